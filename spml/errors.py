@@ -1,4 +1,4 @@
-"""The one exception root of spml; library code raises these, only the CLI turns them into exits."""
+"""spml's exception root: library code raises these; only the CLI turns them into exits."""
 
 
 class SpmlError(Exception):

@@ -1,1 +1,31 @@
-"""spml.cli."""
+"""The `spml` command line: a thin layer over spml.flows and spml.toolkit."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from spml.cli import autoresearch
+from spml.cli._output import console
+from spml.cli.demo import demo
+
+app = typer.Typer(help="spml: ML experiment workflows as Prefect flows.", no_args_is_help=True)
+app.add_typer(autoresearch.app, name="autoresearch")
+app.command()(demo)
+
+
+@app.command()
+def schema(kind: str = typer.Argument("autoresearch", help="Protocol kind.")) -> None:
+    """Print the JSON Schema of a protocol's front matter."""
+    from spml.protocols.autoresearch import protocol_json_schema
+
+    if kind != "autoresearch":
+        console.print(f"[red]error:[/] kind must be 'autoresearch', got {kind!r}")
+        raise typer.Exit(2)
+    typer.echo(json.dumps(protocol_json_schema(), indent=2))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,5 @@
+"""`python -m spml` = the `spml` command."""
+
+from spml.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""Terminal output and the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from spml.errors import SpmlError
+from spml.protocols.experiences import COLUMNS, Experiences
+
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+EXIT_FAILED = 1      # the experiment ran but failed (e.g. the baseline could not be measured)
+EXIT_USAGE = 2       # bad protocol, bad repository state, another supervisor running
+
+
+def guarded(action: Callable[[], T]) -> T:
+    """Run ``action``; print expected errors without a traceback and exit with their code."""
+    try:
+        return action()
+    except SpmlError as exc:
+        from spml.toolkit.settle import BaselineFailed
+
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_FAILED if isinstance(exc, BaselineFailed) else EXIT_USAGE) from None
+    except ValidationError as exc:
+        err_console.print("[bold red]error:[/] invalid input", highlight=False)
+        for err in exc.errors(include_url=False):
+            err_console.print(f"  - {'.'.join(map(str, err['loc']))}: {err['msg']}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def quiet_prefect(verbose: bool) -> None:
+    """Prefect settings for CLI runs; must run before `prefect` is imported."""
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "spml")
+    # The embedded server needs more than Prefect's default 20 s on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def ledger_table(ledger: Experiences, title: str = "experiences.md") -> Table:
+    """The ledger as a rich table."""
+    table = Table(title=title, show_lines=False)
+    for column in COLUMNS:
+        table.add_column(column, overflow="fold",
+                         max_width=48 if column in ("Strategy", "Insight") else None)
+    best = ledger.best
+    for row in ledger.rows:
+        style = "bold green" if best is not None and row.round == best.round else (
+            "red" if row.compliance == "fail" else None)
+        table.add_row(*row.cells(), style=style)
+    return table
+
+
+def ledger_header(ledger: Experiences) -> str:
+    """The ledger's three header lines in one."""
+    best = ledger.best
+    best_text = f"{best.result:.6g} (R{best.round})" if best and best.result is not None else "—"
+    return (f"best {ledger.metric} = {best_text} · rounds {ledger.rounds_done}/"
+            f"{ledger.max_rounds} · status {ledger.status}")

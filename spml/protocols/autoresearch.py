@@ -1,0 +1,190 @@
+"""The Auto Research protocol: `autoresearch-protocol.md`, YAML front matter + prose.
+
+The front matter is validated by `AutoresearchProtocol` (pydantic v2, strict, unknown fields
+refused); the prose body goes to the researcher verbatim. `spml schema autoresearch` prints the
+JSON Schema of the front matter so editors can validate the file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from spml.errors import ProtocolError
+from spml.protocols.frontmatter import format_validation_error, read_front_matter
+from spml.protocols.researchers import ResearcherSpec
+
+PROTOCOL_FILENAME = "autoresearch-protocol.md"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$")
+_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+Direction = Literal["maximize", "minimize"]
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept seconds as a number or a string such as ``"90s"``, ``"5min"``, ``"1h"``."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError("must be seconds (a number) or a duration like '90s', '5min', '1h'")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+def _check_globs(globs: list[str]) -> list[str]:
+    for glob in globs:
+        path = PurePosixPath(glob)
+        if not glob.strip() or path.is_absolute() or ".." in path.parts:
+            raise ValueError(
+                f"file globs must be relative to the experiment directory, got {glob!r}"
+            )
+    return globs
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class FixedSpec(_Section):
+    """What the researcher may never touch, and the training budget."""
+
+    files: Annotated[list[str], Field(min_length=1)] = Field(
+        description="Globs (relative to the experiment dir) of framework files: data, eval, "
+        "entry point, termination logic. Hash-checked before every evaluation."
+    )
+    time_limit: float = Field(
+        gt=0, description="Training wall-clock budget in seconds (or '5min'); the run is "
+        "killed at time_limit + 30 s."
+    )
+    epoch_limit: int | None = Field(
+        default=None, ge=1, description="Optional epoch cap, passed as SPML_EPOCH_LIMIT."
+    )
+
+    _files = field_validator("files")(_check_globs)
+    _duration = field_validator("time_limit", mode="before")(parse_duration)
+
+
+class VariableSpec(_Section):
+    """The only files the researcher may edit or create."""
+
+    files: Annotated[list[str], Field(min_length=1)] = Field(
+        description="Globs of the files the researcher may change or create."
+    )
+    range: str = Field(default="", description="What may be varied, in words.")
+
+    _files = field_validator("files")(_check_globs)
+
+
+class EvalSpec(_Section):
+    """The fixed evaluation: its output is the only source of truth for the metric."""
+
+    command: str = Field(min_length=1, description="Evaluation command, run verbatim.")
+    metric: str = Field(
+        pattern=r"^[A-Za-z0-9_./-]+$", description="Metric key printed by the command."
+    )
+    direction: Direction = Field(description="Whether larger or smaller is better.")
+    timeout: float | None = Field(
+        default=None, gt=0, description="Seconds before the eval is killed "
+        "(default: fixed.time_limit + 30)."
+    )
+
+    _duration = field_validator("timeout", mode="before")(parse_duration)
+
+
+class AcceptanceSpec(_Section):
+    """When a round counts as an improvement."""
+
+    min_delta: float = Field(
+        default=0.0, ge=0, description="Improvement must beat the best by more than this."
+    )
+    repeats: int = Field(
+        default=1, ge=1, le=20, description="Train+eval runs per round (seeds 0..n-1 via "
+        "SPML_SEED); their mean decides."
+    )
+
+
+class AutoresearchProtocol(_Section):
+    """The machine-readable part of `autoresearch-protocol.md`."""
+
+    schema_version: Literal[1] = Field(default=1, description="Protocol schema version.")
+    research_question: str = Field(min_length=1, description="One sentence.")
+    max_rounds: int = Field(ge=0, description="Rounds after the baseline (round 0).")
+    target: float | None = Field(
+        default=None, description="Stop once the best reaches this value (null = no target)."
+    )
+    baseline: float | None = Field(
+        default=None, description="Known baseline metric; null = measured as round 0."
+    )
+    train_command: str = Field(min_length=1, description="Training command, run verbatim.")
+    fixed: FixedSpec
+    variable: VariableSpec
+    eval: EvalSpec
+    researcher: ResearcherSpec
+    experiences_window: int = Field(
+        default=5, ge=1, description="Experience rows shown to the researcher each round."
+    )
+    acceptance: AcceptanceSpec = Field(default_factory=AcceptanceSpec)
+
+    @property
+    def train_timeout_s(self) -> float:
+        """Hard wall-clock limit of one training run: time_limit + 30 s grace."""
+        return self.fixed.time_limit + TRAIN_GRACE_S
+
+    @property
+    def eval_timeout_s(self) -> float:
+        """Hard wall-clock limit of one evaluation run."""
+        return self.eval.timeout or self.fixed.time_limit + TRAIN_GRACE_S
+
+    @property
+    def researcher_timeout_s(self) -> float:
+        """Per-round researcher timeout (default 2 x time_limit)."""
+        return self.researcher.timeout or 2 * self.fixed.time_limit
+
+
+TRAIN_GRACE_S = 30.0
+
+# Changing these mid-run would make the metric incomparable with the recorded best.
+LOCKED_FIELDS: tuple[str, ...] = ("train_command", "fixed", "eval", "baseline", "researcher.kind")
+
+
+def load_protocol(path: Path) -> AutoresearchProtocol:
+    """Parse and validate a protocol file.
+
+    Raises:
+        ProtocolError: one line per problem, naming the field, its line, and the fix.
+    """
+    doc = read_front_matter(path)
+    try:
+        return AutoresearchProtocol.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ProtocolError(format_validation_error(path.name, exc, doc)) from None
+
+
+def read_protocol_body(path: Path) -> str:
+    """The free prose below the front matter (passed to the researcher)."""
+    return read_front_matter(path).body
+
+
+def locked_changes(old: AutoresearchProtocol, new: AutoresearchProtocol) -> list[str]:
+    """Names of the locked fields that differ between two versions of a protocol."""
+    changed = []
+    for dotted in LOCKED_FIELDS:
+        if _get(old, dotted) != _get(new, dotted):
+            changed.append(dotted)
+    return changed
+
+
+def _get(model: BaseModel, dotted: str) -> Any:
+    value: Any = model
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def protocol_json_schema() -> dict[str, Any]:
+    """JSON Schema of the protocol's front matter."""
+    schema = AutoresearchProtocol.model_json_schema()
+    schema["title"] = "spml autoresearch protocol (YAML front matter)"
+    return schema

@@ -1,0 +1,102 @@
+"""Prefect tasks of the Auto Research loop: each wraps one toolkit call.
+
+Every task takes the experiment directory and rebuilds its session from disk, so tasks hold no
+state between calls. All of them touch git, files or processes: `cache_policy=NO_CACHE`.
+Retries are given only to steps that are safe to repeat (reading state, re-planning a round).
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from spml.toolkit import control
+from spml.toolkit.compliance import Violation
+from spml.toolkit.loop import NextStep, close_loop, next_step, open_loop
+from spml.toolkit.measure import Measurement, measure
+from spml.toolkit.researchers import Proposal
+from spml.toolkit.rounds import RoundPlan, begin_round, check_round, run_researcher
+from spml.toolkit.session import LoopSession
+from spml.toolkit.settle import RoundOutcome, abort_round, decide, settle
+from spml.toolkit.summary import LoopSummary, summarize
+
+
+@task(name="open-loop", cache_policy=NO_CACHE, retries=0)
+def open_experiment(experiment_dir: str, max_rounds: int | None) -> int:
+    """Validate, prepare the worktree, recover an interrupted round; returns max rounds."""
+    session = open_loop(experiment_dir, max_rounds)
+    get_run_logger().info("loop open on branch %s (worktree %s)", session.workspace.branch,
+                          session.workspace.path)
+    return session.max_rounds
+
+
+@task(name="next-step", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def plan_next_step(experiment_dir: str) -> NextStep:
+    """Run another round, or end (target, max rounds, stop request)."""
+    return next_step(LoopSession.load(experiment_dir))
+
+
+@task(name="S0-begin-round", task_run_name="R{round_no} S0: begin", cache_policy=NO_CACHE,
+      retries=1, retry_delay_seconds=1)
+def start_round(experiment_dir: str, round_no: int) -> RoundPlan:
+    """Clean tree, protocol edits, human notes, journal, brief."""
+    _, plan = begin_round(LoopSession.load(experiment_dir), round_no)
+    return plan
+
+
+@task(name="S1-researcher", task_run_name="R{plan.round_no} S1: researcher",
+      cache_policy=NO_CACHE, retries=0)
+def dispatch_researcher(experiment_dir: str, plan: RoundPlan) -> Proposal:
+    """S1: the researcher edits the variable files (time-limited)."""
+    return run_researcher(LoopSession.load(experiment_dir), plan)
+
+
+@task(name="S2-compliance", task_run_name="R{plan.round_no} S2: compliance",
+      cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def check_compliance(experiment_dir: str, plan: RoundPlan) -> list[Violation]:
+    """S2: only variable files changed; git state untouched."""
+    return check_round(LoopSession.load(experiment_dir), plan)
+
+
+@task(name="S3-S4-train-eval", task_run_name="R{plan.round_no} S3+S4: train and evaluate",
+      cache_policy=NO_CACHE, retries=0)
+def train_and_evaluate(experiment_dir: str, plan: RoundPlan) -> Measurement:
+    """S3+S4: the fixed training and evaluation commands, with hard limits."""
+    result = measure(LoopSession.load(experiment_dir), plan)
+    get_run_logger().info("R%d measured %s in %.1fs train + %.1fs eval%s", plan.round_no,
+                          list(result.values), result.train_s, result.eval_s,
+                          f" — {result.cause}" if result.cause else "")
+    return result
+
+
+@task(name="S5-decide-and-git", task_run_name="R{plan.round_no} S5: decide, commit or roll back",
+      cache_policy=NO_CACHE, retries=0)
+def settle_round(experiment_dir: str, plan: RoundPlan, proposal: Proposal | None,
+                 violations: list[Violation], measurement: Measurement | None) -> RoundOutcome:
+    """S5: commit an improvement, else archive and roll back; record the ledger row."""
+    session = LoopSession.load(experiment_dir)
+    row = decide(session, plan, proposal, violations, measurement)
+    outcome = settle(session, plan, row)
+    get_run_logger().info("R%d %s: %s — %s", row.round, row.verdict,
+                          row.result_text or row.result, row.insight)
+    return outcome
+
+
+@task(name="stop-requested", cache_policy=NO_CACHE, retries=1)
+def stop_requested(experiment_dir: str) -> str | None:
+    """The stop reason, if the person on the loop asked it to stop."""
+    return control.stop_requested(LoopSession.load(experiment_dir).experiment)
+
+
+@task(name="abort-round", cache_policy=NO_CACHE, retries=0)
+def abort(experiment_dir: str, plan: RoundPlan, reason: str) -> None:
+    """Undo a round that a stop request interrupted; it will be redone on the next run."""
+    abort_round(LoopSession.load(experiment_dir), plan, reason)
+
+
+@task(name="close-loop", cache_policy=NO_CACHE, retries=1)
+def close_experiment(experiment_dir: str, step: NextStep) -> LoopSummary:
+    """Write the final status and summarize the loop."""
+    ledger = close_loop(LoopSession.load(experiment_dir), step)
+    return summarize(ledger, step.reason)
+

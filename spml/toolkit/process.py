@@ -1,0 +1,463 @@
+"""Run one shell command under a time limit, with its whole process group cleaned up afterwards.
+
+Every stage that runs user code (researcher agent, training, evaluation, watchdog) goes
+through :func:`run_command`. The child writes its output straight into log files, runs in its
+own session/process group, and nothing it spawned outlives the call: on a time limit the group
+gets SIGTERM, then SIGKILL after a grace period; after a normal exit any leftover members of the
+group are SIGKILLed. An optional pid file lets a restarted supervisor kill a group orphaned by
+a supervisor that died without cleaning up (:func:`kill_stale_process_group`).
+
+Linux-first: process-group membership and pid-reuse checks read ``/proc``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from spml.errors import CommandError
+
+logger = logging.getLogger(__name__)
+
+_SHELL = "/bin/sh"
+_PROC = Path("/proc")
+# Exit codes 128+N that a shell reports for a child killed by signal N.
+_SHELL_SIGNALS = frozenset(
+    {signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV, signal.SIGABRT, signal.SIGINT}
+)
+_REAP_TIMEOUT_S = 2.0  # how long to wait for SIGKILLed group members to disappear
+_MAX_POLL_S = 0.25
+_TAIL_READ_BYTES = 256 * 1024
+_DESCRIBE_MAX = 200
+
+
+class ExitKind(StrEnum):
+    """How a command ended."""
+
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    SIGNALED = "signaled"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Outcome of :func:`run_command`; output stays in the log files, read on demand."""
+
+    command: str
+    exit_code: int | None
+    kind: ExitKind
+    duration_s: float
+    stdout_path: Path
+    stderr_path: Path
+    time_limit_s: float | None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the command exited with status 0 within its time limit."""
+        return self.kind is ExitKind.OK
+
+    def stdout_text(self, max_bytes: int = 1_000_000) -> str:
+        """Return the last ``max_bytes`` of stdout, decoded as UTF-8 (bad bytes replaced).
+
+        Args:
+            max_bytes: Upper bound on the bytes read from the end of the log.
+
+        Returns:
+            The decoded text; ``""`` when the log is missing.
+        """
+        return _read_tail(self.stdout_path, max_bytes)
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        """Return the last ``lines`` lines of stderr joined by newlines.
+
+        Args:
+            lines: How many lines to keep (progress-bar ``\\r`` updates count as lines).
+
+        Returns:
+            The tail text; ``""`` when the log is missing or empty.
+        """
+        if lines <= 0:
+            return ""
+        return "\n".join(_read_tail(self.stderr_path, _TAIL_READ_BYTES).splitlines()[-lines:])
+
+    def describe(self) -> str:
+        """Summarise the outcome in one line of at most 200 characters (for a ledger Insight).
+
+        Returns:
+            E.g. ``"exit 1: ValueError: boom"`` or
+            ``"killed after exceeding 90s time limit (process group terminated)"``.
+        """
+        if self.kind is ExitKind.TIMEOUT:
+            text = (
+                f"killed after exceeding {self.time_limit_s:g}s time limit "
+                "(process group terminated)"
+            )
+        elif self.kind is ExitKind.SIGNALED:
+            text = _describe_signal(self.exit_code)
+            if last := self._last_output_line():
+                text = f"{text}: {last}"
+        elif self.kind is ExitKind.OK:
+            text = f"exit 0 after {self.duration_s:.1f}s"
+        else:
+            text = f"exit {self.exit_code}: {self._last_output_line() or '(no output)'}"
+        return _one_line(text, _DESCRIBE_MAX)
+
+    def _last_output_line(self) -> str:
+        for path in (self.stderr_path, self.stdout_path):
+            for line in reversed(_read_tail(path, 64 * 1024).splitlines()):
+                if line.strip():
+                    return line.strip()
+        return ""
+
+
+def run_command(  # noqa: PLR0913 - the documented, keyword-only API of the shared runner
+    command: str | Sequence[str],
+    *,
+    cwd: Path,
+    log_dir: Path,
+    name: str,
+    env: Mapping[str, str] | None = None,
+    time_limit_s: float | None = None,
+    kill_grace_s: float = 5.0,
+    pid_file: Path | None = None,
+) -> CommandResult:
+    """Run ``command`` in its own process group and wait for it, killing what it leaves behind.
+
+    A ``str`` runs via ``/bin/sh -c``; a sequence is exec'd directly. stdin is ``/dev/null``;
+    stdout/stderr go straight to ``log_dir/<name>.stdout.log`` and ``<name>.stderr.log``.
+    Safe to call from any thread (waits by polling, no signal handlers).
+
+    Args:
+        command: Shell command line, or argv sequence.
+        cwd: Working directory of the child; must exist.
+        log_dir: Directory for the two log files; created if missing.
+        name: Base name of the log files (no ``/``).
+        env: Variables set over a copy of ``os.environ``.
+        time_limit_s: Wall-clock limit; on expiry the group gets SIGTERM, then SIGKILL.
+        kill_grace_s: Seconds between that SIGTERM and SIGKILL.
+        pid_file: If given, holds ``{"pgid", "pid", "start_time"}`` JSON while the call runs.
+
+    Returns:
+        The :class:`CommandResult`; a failing or killed command is a result, not an error.
+
+    Raises:
+        CommandError: The command could not be started (empty command, bad ``name``, missing
+            ``cwd`` or executable, unwritable log dir or pid file).
+    """
+    argv, display = _argv_and_display(command)
+    stdout_path, stderr_path = _log_paths(log_dir, name, display)
+    started = time.monotonic()
+    proc = _spawn(argv, display, cwd, env, stdout_path, stderr_path)
+    logger.info("started %r as pgid %d (cwd=%s, limit=%ss)", display, proc.pid, cwd, time_limit_s)
+    timed_out = False
+    try:
+        if pid_file is not None:
+            _write_pid_file(pid_file, proc.pid, display)
+        timed_out = _supervise(proc, display, time_limit_s, kill_grace_s)
+    finally:
+        _finish_group(proc, display)
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
+    result = CommandResult(
+        command=display,
+        exit_code=proc.returncode,
+        kind=ExitKind.TIMEOUT if timed_out else _classify(proc.returncode),
+        duration_s=time.monotonic() - started,
+        stdout_path=stdout_path,
+        stderr_path=stderr_path,
+        time_limit_s=time_limit_s,
+    )
+    logger.info("%r finished: %s", display, result.describe())
+    return result
+
+
+def kill_stale_process_group(pid_file: Path) -> bool:
+    """SIGKILL the process group recorded in ``pid_file`` if its leader is still the same process.
+
+    For a supervisor restarting after it was killed without cleanup: the recorded leader must
+    still exist with the recorded ``start_time`` (guards against pid reuse). The file is
+    deleted in every case.
+
+    Args:
+        pid_file: A file written by :func:`run_command` (``pid_file=``).
+
+    Returns:
+        True if a live group was found and killed.
+    """
+    if not pid_file.exists():
+        return False
+    try:
+        record = json.loads(pid_file.read_text(encoding="utf-8"))
+        pid, pgid, start_time = int(record["pid"]), int(record["pgid"]), int(record["start_time"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("ignoring unreadable pid file %s: %s", pid_file, exc)
+        pid_file.unlink(missing_ok=True)
+        return False
+    killed = False
+    if _start_time(pid) == start_time:
+        killed = _signal_group(pgid, signal.SIGKILL)
+        if killed:
+            logger.warning("killed stale process group %d recorded in %s", pgid, pid_file)
+            _wait_group_gone(pgid, time.monotonic() + _REAP_TIMEOUT_S)
+    else:
+        logger.info(
+            "process %d from %s is gone (or its pid was reused); nothing to kill", pid, pid_file
+        )
+    pid_file.unlink(missing_ok=True)
+    return killed
+
+
+# --- starting -------------------------------------------------------------------------------
+
+
+def _argv_and_display(command: str | Sequence[str]) -> tuple[list[str], str]:
+    if isinstance(command, str):
+        if not command.strip():
+            raise CommandError(
+                f"command must be a non-empty shell command line, got {command!r} "
+                "(run_command). Pass the command to run."
+            )
+        return [_SHELL, "-c", command], command
+    argv = [str(part) for part in command]
+    if not argv or not argv[0]:
+        raise CommandError(
+            f"command must be a non-empty argv sequence, got {argv!r} (run_command). "
+            "Pass the program and its arguments."
+        )
+    return argv, shlex.join(argv)
+
+
+def _log_paths(log_dir: Path, name: str, display: str) -> tuple[Path, Path]:
+    if not name or "/" in name or name in {".", ".."}:
+        raise CommandError(
+            f"name must be a plain file-name stem, got {name!r} (log name for {display!r}). "
+            "Use something like 'train' or 'eval-3'."
+        )
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(
+            f"log_dir must be a creatable directory, got {str(log_dir)!r} "
+            f"(logs of {display!r}): {exc}. Fix the path or its permissions."
+        ) from exc
+    return log_dir / f"{name}.stdout.log", log_dir / f"{name}.stderr.log"
+
+
+def _spawn(
+    argv: list[str],
+    display: str,
+    cwd: Path,
+    env: Mapping[str, str] | None,
+    stdout_path: Path,
+    stderr_path: Path,
+) -> subprocess.Popen[bytes]:
+    if not Path(cwd).is_dir():
+        raise CommandError(
+            f"cwd must be an existing directory, got {str(cwd)!r} (starting {display!r}). "
+            "Create it or fix the path."
+        )
+    child_env = {**os.environ, **env} if env is not None else None
+    try:
+        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+            return subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=child_env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as exc:
+        raise CommandError(
+            f"command must be startable, got {display!r} (cwd={str(cwd)!r}): {exc}. "
+            "Check that the program exists, is executable and is on PATH."
+        ) from exc
+
+
+def _write_pid_file(pid_file: Path, pid: int, display: str) -> None:
+    record = {"pgid": pid, "pid": pid, "start_time": _start_time(pid)}
+    try:
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pid_file.with_name(f".{pid_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, pid_file)
+    except OSError as exc:
+        raise CommandError(
+            f"pid_file must be writable, got {str(pid_file)!r} (running {display!r}): {exc}. "
+            "Fix the path or its permissions."
+        ) from exc
+
+
+# --- waiting and killing --------------------------------------------------------------------
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes], display: str, time_limit_s: float | None, grace_s: float
+) -> bool:
+    """Wait for the leader to exit (without reaping it); return True if the limit was hit."""
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
+    if _wait_leader_exit(proc.pid, deadline):
+        return False
+    logger.warning(
+        "%r exceeded its %ss time limit; sending SIGTERM to group %d",
+        display,
+        time_limit_s,
+        proc.pid,
+    )
+    _signal_group(proc.pid, signal.SIGTERM)
+    if not _wait_group_gone(proc.pid, time.monotonic() + max(grace_s, 0.0)):
+        logger.warning(
+            "group %d still alive %ss after SIGTERM; sending SIGKILL", proc.pid, grace_s
+        )
+    return True
+
+
+def _finish_group(proc: subprocess.Popen[bytes], display: str) -> None:
+    """SIGKILL whatever is left of the group, then reap the leader.
+
+    The leader is still an unreaped zombie here, so its pid (= the pgid) cannot be reused.
+    """
+    leftovers = _live_group_members(proc.pid)
+    if leftovers:
+        logger.warning(
+            "killing %d leftover process(es) of %r: %s", len(leftovers), display, leftovers
+        )
+    _signal_group(proc.pid, signal.SIGKILL)
+    if leftovers:
+        _wait_group_gone(proc.pid, time.monotonic() + _REAP_TIMEOUT_S)
+    proc.wait()
+
+
+def _wait_leader_exit(pid: int, deadline: float | None) -> bool:
+    """Poll until ``pid`` (our child) has exited, leaving it unreaped; False at the deadline."""
+    delay = 0.005
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # already reaped elsewhere (e.g. SIGCHLD set to SIG_IGN)
+            return True
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            delay = min(delay, remaining)
+        time.sleep(delay)
+        delay = min(delay * 2, _MAX_POLL_S)
+
+
+def _wait_group_gone(pgid: int, deadline: float) -> bool:
+    """Poll until the group has no live (non-zombie) member; False at the deadline."""
+    delay = 0.005
+    while _live_group_members(pgid):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, _MAX_POLL_S)
+    return True
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError as exc:
+        logger.warning("cannot send %s to process group %d: %s", sig.name, pgid, exc)
+        return False
+    return True
+
+
+# --- /proc ----------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """Fields 3.. of ``/proc/<pid>/stat`` (index 0 = state, 2 = pgrp, 19 = starttime)."""
+    try:
+        raw = (_PROC / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Pids of non-zombie processes in group ``pgid`` (any signalable member without /proc)."""
+    if not _PROC.joinpath("self", "stat").exists():
+        return [pgid] if _signal_group_probe(pgid) else []
+    members = []
+    for entry in os.scandir(_PROC):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(entry.name)
+        if fields and len(fields) > 2 and fields[0] not in "ZX" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _signal_group_probe(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+# --- classification and text ----------------------------------------------------------------
+
+
+def _classify(returncode: int | None) -> ExitKind:
+    if returncode == 0:
+        return ExitKind.OK
+    if returncode is None or returncode < 0:
+        return ExitKind.SIGNALED
+    if returncode - 128 in _SHELL_SIGNALS:
+        return ExitKind.SIGNALED
+    return ExitKind.FAILED
+
+
+def _describe_signal(exit_code: int | None) -> str:
+    if exit_code is None:
+        return "killed by a signal"
+    number = -exit_code if exit_code < 0 else exit_code - 128
+    try:
+        sig_name = signal.Signals(number).name
+    except ValueError:
+        sig_name = "unknown signal"
+    text = f"killed by signal {number} ({sig_name})"
+    return text if exit_code < 0 else f"{text}, exit code {exit_code}"
+
+
+def _read_tail(path: Path, max_bytes: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(size - max(max_bytes, 0), 0))
+            data = fh.read()
+    except OSError:
+        return ""
+    if len(data) < size:
+        data = data.lstrip(bytes(range(0x80, 0xC0)))  # drop a cut-off UTF-8 sequence
+    return data.decode("utf-8", errors="replace")
+
+
+def _one_line(text: str, limit: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -1,0 +1,68 @@
+"""Finish or undo a round that a killed supervisor left in flight — exactly once.
+
+The journal says how far the round got (see `spml.toolkit.settle` for the write order):
+
+* the ledger already has the row -> only the bookkeeping after it is redone;
+* `committing` and the branch tip is that round's commit -> the commit happened: record the row;
+* anything else -> the round is rolled back to its base and will be redone from scratch.
+
+Orphaned researcher/train/eval process groups of the dead supervisor are killed first, so
+nothing keeps writing into the worktree.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from spml.toolkit.ledger import clear_journal, read_journal, read_ledger
+from spml.toolkit.process import kill_stale_process_group
+from spml.toolkit.record import ROUND_TRAILER, record
+from spml.toolkit.session import LoopSession
+
+log = logging.getLogger(__name__)
+
+
+def recover_unfinished_round(session: LoopSession) -> str:
+    """Bring the worktree, ledger and researcher to a consistent state; say what was done."""
+    _kill_orphans(session)
+    journal = read_journal(session.experiment)
+    workspace = session.workspace
+    if journal is None:
+        workspace.rollback(workspace.head())
+        return "clean"
+    ledger = read_ledger(session.experiment)
+    row = journal.decided_row()
+    if ledger is not None and ledger.has_round(journal.round):
+        action = "finished the bookkeeping of"
+        row = next(r for r in ledger.rows if r.round == journal.round)
+    elif journal.phase == "committing" and row is not None and _tip_is_round(session, journal):
+        action = "recorded the commit of"
+    else:
+        row, action = None, "rolled back"
+        workspace.rollback(journal.base)
+        if journal.round > 0:
+            session.researcher().abandon(journal.round)
+        clear_journal(session.experiment)
+    if row is not None:
+        workspace.rollback(workspace.head())
+        record(session, row)
+    message = f"{action} round {journal.round} interrupted by a supervisor crash"
+    log.warning(message)
+    return message
+
+
+def _tip_is_round(session: LoopSession, journal) -> bool:  # noqa: ANN001
+    commit = session.workspace.repo.commit(session.workspace.head())
+    trailer = f"{ROUND_TRAILER}: {journal.round}"
+    parents = [p.hexsha for p in commit.parents]
+    return trailer in commit.message and parents == [journal.base]
+
+
+def _kill_orphans(session: LoopSession) -> None:
+    state = session.experiment.state_dir
+    candidates = [state / "train.pid", state / "eval.pid"]
+    candidates += list((state / "rounds").glob("*/researcher.pid"))
+    for pid_file in candidates:
+        if pid_file.exists() and kill_stale_process_group(pid_file):
+            log.warning("killed an orphaned process group left by a dead supervisor (%s)",
+                        pid_file.name)

@@ -1,0 +1,70 @@
+"""The end-of-loop report: baseline, best, improvement, rounds, commits, and distilled insights."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from spml.protocols.experiences import Experiences, Status, format_value, table_lines
+
+
+class LoopSummary(BaseModel):
+    """What a finished (or stopped) loop achieved."""
+
+    metric: str
+    status: Status
+    reason: str = ""
+    baseline: float | None
+    best: float | None
+    best_round: int | None
+    rounds_done: int
+    max_rounds: int
+    commits: int
+    insights: list[str]
+
+    @property
+    def improvement(self) -> float | None:
+        """best - baseline (sign follows the metric)."""
+        if self.baseline is None or self.best is None:
+            return None
+        return self.best - self.baseline
+
+    def headline(self) -> str:
+        """One line: baseline -> best, and the change in percent."""
+        if self.baseline is None or self.best is None:
+            return f"{self.metric}: no measured result"
+        pct = (f" ({100 * self.improvement / abs(self.baseline):+.1f}%)"
+               if self.baseline and self.improvement is not None else "")
+        return (f"{self.metric}: baseline {format_value(self.baseline)} -> best "
+                f"{format_value(self.best)} (R{self.best_round}){pct}")
+
+
+def summarize(ledger: Experiences, reason: str = "") -> LoopSummary:
+    """Condense the ledger into a `LoopSummary`."""
+    baseline = next((r.result for r in ledger.rows if r.round == 0), None)
+    best = ledger.best
+    committed = [r for r in ledger.rows if r.round > 0 and r.verdict == "committed"]
+    return LoopSummary(
+        metric=ledger.metric, status=ledger.status, reason=reason, baseline=baseline,
+        best=best.result if best else None, best_round=best.round if best else None,
+        rounds_done=ledger.rounds_done, max_rounds=ledger.max_rounds, commits=len(committed),
+        insights=[f"R{r.round}: {r.strategy} — {r.insight}" for r in committed[-5:]],
+    )
+
+
+def render_summary(summary: LoopSummary, ledger: Experiences) -> str:
+    """Markdown for the summary artifact."""
+    lines = [
+        f"# Auto Research: {summary.status}",
+        "",
+        f"- **Result:** {summary.headline()}",
+        f"- **Rounds:** {summary.rounds_done} / {summary.max_rounds}, "
+        f"{summary.commits} committed",
+        f"- **Ended because:** {summary.reason or summary.status}",
+        "",
+        "## What worked",
+        *(f"- {i}" for i in summary.insights or ["(no round beat the baseline)"]),
+        "",
+        "## Experiences",
+        *table_lines(ledger.rows),
+    ]
+    return "\n".join(lines) + "\n"
