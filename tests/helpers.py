@@ -1,0 +1,95 @@
+"""Plain helpers shared by the tests (importable: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RESEARCHER = FIXTURES / "researchers" / "researcher.py"
+
+
+def git(cwd: Path, *args: str, check: bool = True) -> str | int:
+    """Run git in ``cwd``; return its stdout (or, with ``check=False``, its exit code)."""
+    out = subprocess.run(["git", *args], cwd=cwd, check=check, capture_output=True, text=True)
+    return out.stdout.strip() if check else out.returncode
+
+
+def toy_protocol(plan_path: Path, **overrides: Any) -> dict[str, Any]:
+    """Protocol fields for the toy experiment with a scripted command researcher."""
+    fields: dict[str, Any] = {
+        "research_question": "Can x be tuned to minimise the toy loss?",
+        "max_rounds": 3,
+        "target": None,
+        "baseline": None,
+        "train_command": f"{sys.executable} train.py",
+        "fixed": {"files": ["train.py", "evaluate.py"], "time_limit": 5},
+        "variable": {"files": ["params.yaml"], "range": "x"},
+        "eval": {"command": f"{sys.executable} evaluate.py", "metric": "loss",
+                 "direction": "minimize"},
+        "researcher": {"kind": "command",
+                       "command": f"{sys.executable} {RESEARCHER} {plan_path}",
+                       "timeout": 20},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(fields.get(key), dict):
+            fields[key] = {**fields[key], **value}
+        else:
+            fields[key] = value
+    return fields
+
+
+def write_protocol(exp: Path, fields: dict[str, Any], body: str = "Toy background.") -> Path:
+    """Write `autoresearch-protocol.md` with ``fields`` as front matter."""
+    path = exp / "autoresearch-protocol.md"
+    path.write_text(f"---\n{yaml.safe_dump(fields, sort_keys=False)}---\n{body}\n")
+    return path
+
+
+def _drive_round(experiment_dir: str, round_no: int) -> str:
+    # Mirrors spml.flows.autoresearch.autoresearch_round step for step, without Prefect.
+    from spml.toolkit import control
+    from spml.toolkit.measure import measure
+    from spml.toolkit.rounds import begin_round, check_round, run_researcher
+    from spml.toolkit.session import LoopSession
+    from spml.toolkit.settle import abort_round, decide, settle
+
+    session, plan = begin_round(LoopSession.load(experiment_dir), round_no)
+    proposal, violations, measurement = None, [], None
+    if round_no > 0:
+        proposal = run_researcher(session, plan)
+        if proposal.ok:
+            violations = check_round(session, plan)
+        if reason := control.stop_requested(session.experiment):
+            abort_round(session, plan, reason)
+            return "aborted"
+    if (proposal is None or proposal.ok) and not violations:
+        measurement = measure(LoopSession.load(experiment_dir), plan)
+    session = LoopSession.load(experiment_dir)
+    row = decide(session, plan, proposal, violations, measurement)
+    return settle(session, plan, row).row.verdict
+
+
+def drive(exp: Path, max_rounds: int | None = None,
+          between_rounds: Callable[[int], None] | None = None) -> Any:
+    """Run a whole loop with the toolkit alone: the flow's steps in order, without Prefect."""
+    from spml.toolkit.experiment import hold_experiment
+    from spml.toolkit.loop import close_loop, next_step, open_loop
+    from spml.toolkit.session import LoopSession
+
+    with hold_experiment(exp):
+        open_loop(str(exp), max_rounds)
+        while (step := next_step(LoopSession.load(exp))).kind == "round":
+            _drive_round(str(exp), step.round_no)
+            if between_rounds is not None:
+                between_rounds(step.round_no)
+        return close_loop(LoopSession.load(exp), step)
+
+
+if __name__ == "__main__":  # python helpers.py EXP [MAX_ROUNDS]: a Prefect-free supervisor
+    drive(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
