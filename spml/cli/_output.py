@@ -49,15 +49,19 @@ def quiet_prefect(verbose: bool) -> None:
 
 def ledger_table(ledger: Experiences, title: str = "experiences.md") -> Table:
     """The ledger as a rich table."""
-    table = Table(title=title, show_lines=False)
-    for column in COLUMNS:
-        table.add_column(column, overflow="fold",
-                         max_width=48 if column in ("Strategy", "Insight") else None)
+    # One line per round: long Strategy/Insight/Note cells are cut here; experiences.md has
+    # them in full.
+    columns = [c for c in COLUMNS if c != "Note" or any(r.note for r in ledger.rows)]
+    table = Table(title=title, expand=True)
+    for column in columns:
+        wide = column in ("Strategy", "Insight", "Note")
+        table.add_column(column, no_wrap=True, overflow="ellipsis", ratio=3 if wide else None)
     best = ledger.best
     for row in ledger.rows:
         style = "bold green" if best is not None and row.round == best.round else (
             "red" if row.compliance == "fail" else None)
-        table.add_row(*row.cells(), style=style)
+        cells = dict(zip(COLUMNS, row.cells(), strict=True))
+        table.add_row(*(cells[c] for c in columns), style=style)
     return table
 
 

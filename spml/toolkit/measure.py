@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from spml.errors import MetricNotFound
 from spml.toolkit.compliance import Violation
 from spml.toolkit.metrics import parse_metric
-from spml.toolkit.process import CommandResult, ExitKind, run_command
+from spml.toolkit.process import CommandResult, ExitKind, run_command, supervisor_path
 from spml.toolkit.rounds import RoundPlan, check_round, verify_fixed_files
 from spml.toolkit.session import LoopSession
 
@@ -45,6 +45,7 @@ def command_env(session: LoopSession, round_no: int, seed: int) -> dict[str, str
     """Environment for the fixed train and eval commands."""
     fixed = session.protocol.fixed
     env = {
+        **supervisor_path(),
         "SPML_SEED": str(seed),
         "SPML_ROUND": str(round_no),
         "SPML_TIME_LIMIT": f"{fixed.time_limit:g}",

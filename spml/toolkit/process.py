@@ -18,6 +18,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -461,3 +462,13 @@ def _read_tail(path: Path, max_bytes: int) -> str:
 def _one_line(text: str, limit: int) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def supervisor_path() -> dict[str, str]:
+    """PATH with this interpreter's directory first, so `python` in a command is spml's Python.
+
+    Without it, `.venv/bin/spml` run from a shell whose PATH has another Python would train
+    with an interpreter that lacks the experiment's packages.
+    """
+    bindir = str(Path(sys.executable).parent)
+    return {"PATH": os.pathsep.join([bindir, os.environ.get("PATH", os.defpath)])}

@@ -16,6 +16,7 @@ from spml.toolkit.compliance import Violation, check_compliance
 from spml.toolkit.experiment import write_atomic
 from spml.toolkit.gitops import GitSnapshot
 from spml.toolkit.ledger import Journal, read_ledger, write_journal
+from spml.toolkit.process import supervisor_path
 from spml.toolkit.researchers import Proposal, ResearchContext
 from spml.toolkit.session import LoopSession, reload_protocol
 
@@ -71,7 +72,7 @@ def research_context(session: LoopSession, plan: RoundPlan) -> ResearchContext:
     return ResearchContext(
         round_no=plan.round_no, workdir=session.workdir, brief_path=round_dir / "brief.md",
         strategy_path=round_dir / "strategy.txt", log_dir=round_dir,
-        timeout_s=session.protocol.researcher_timeout_s,
+        timeout_s=session.protocol.researcher_timeout_s, env=supervisor_path(),
     )
 
 

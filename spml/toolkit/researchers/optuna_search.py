@@ -77,7 +77,7 @@ class OptunaResearcher:
         params = {name: trial.params[name] for name in self._spec.space}
         write_params(self._params_path, params)
         shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
-        strategy = f"optuna {self._spec.sampler} trial {trial.number}: {shown}"
+        strategy = f"{shown} (optuna {self._spec.sampler} trial {trial.number})"
         return Proposal(True, strategy, "", time.monotonic() - started)
 
     def observe(self, round_no: int, value: float | None, committed: bool) -> None:

@@ -1,0 +1,119 @@
+"""Train the MLP described by params.yaml on data/train.csv within a wall-clock budget.
+
+Fixed file. Environment:
+  SPML_TIME_LIMIT  training budget in seconds (float, default 20); training stops before it
+  SPML_EPOCH_LIMIT optional maximum number of epochs (int)
+  SPML_SEED        random seed (int, default 0)
+Writes outputs/model.pt (model state + the params used) and ends with a summary block.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from model import ParamsError, build_model, load_csv, load_params
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+CHECKPOINT = HERE / "outputs" / "model.pt"
+
+
+def env_budget() -> tuple[float, int | None, int]:
+    """Read (time limit, epoch limit or None, seed) from the environment."""
+    try:
+        time_limit = float(os.environ.get("SPML_TIME_LIMIT", "20"))
+        epochs = os.environ.get("SPML_EPOCH_LIMIT")
+        epoch_limit = int(epochs) if epochs else None
+        seed = int(os.environ.get("SPML_SEED", "0"))
+    except ValueError as exc:
+        raise SystemExit(f"ERROR: bad SPML_* environment variable: {exc}") from exc
+    if not time_limit > 0 or (epoch_limit is not None and epoch_limit < 1):
+        raise SystemExit("ERROR: SPML_TIME_LIMIT must be > 0 and SPML_EPOCH_LIMIT >= 1")
+    return time_limit, epoch_limit, seed
+
+
+def run_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    data: tuple[torch.Tensor, torch.Tensor],
+    batch_size: int,
+    deadline: float,
+) -> float:
+    """One shuffled pass over data (cut short at deadline); return the mean batch loss."""
+    x, y = data
+    order = torch.randperm(len(x))
+    total, steps = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        idx = order[start : start + batch_size]
+        loss = nn.functional.mse_loss(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, steps = total + loss.item(), steps + 1
+        if not math.isfinite(total):
+            print("FAIL: loss is nan")
+            raise SystemExit(1)
+        if time.perf_counter() >= deadline:
+            break
+    return total / steps
+
+
+def train(model: nn.Module, params: dict[str, Any], data: tuple, budget: tuple) -> tuple:
+    """Run epochs until the time or epoch budget is spent; return (epochs, seconds)."""
+    time_limit, epoch_limit, _ = budget
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"]
+    )
+    start = time.perf_counter()
+    deadline = start + time_limit
+    epochs, last_epoch_s = 0, 0.0
+    while epoch_limit is None or epochs < epoch_limit:
+        epoch_start = time.perf_counter()
+        if epoch_start + last_epoch_s >= deadline:  # the next epoch would overrun the budget
+            break
+        loss = run_epoch(model, opt, data, params["batch_size"], deadline)
+        epochs += 1
+        last_epoch_s = time.perf_counter() - epoch_start
+        if epochs == 1 or epochs % 25 == 0:
+            print(f"epoch {epochs:4d}  loss {loss:.6f}  elapsed {epoch_start - start:.2f}s")
+    return epochs, time.perf_counter() - start
+
+
+def main() -> None:
+    """Entry point: validate params, train, save the checkpoint, print the summary."""
+    budget = env_budget()
+    try:
+        params = load_params(HERE / "params.yaml")
+    except ParamsError as exc:
+        raise SystemExit(f"ERROR: invalid params.yaml: {exc}") from exc
+    torch.set_num_threads(1)
+    torch.manual_seed(budget[2])
+    x, y = load_csv(HERE / "data" / "train.csv")
+    model = build_model(params, x.shape[1])
+    print(f"params: {params}")
+    epochs, seconds = train(model, params, (x, y), budget)
+    model.eval()
+    with torch.no_grad():
+        train_mse = nn.functional.mse_loss(model(x), y).item()
+    if not math.isfinite(train_mse):
+        print("FAIL: loss is nan")
+        raise SystemExit(1)
+    CHECKPOINT.parent.mkdir(exist_ok=True)
+    torch.save(
+        {"state_dict": model.state_dict(), "params": params, "n_features": x.shape[1]},
+        CHECKPOINT,
+    )
+    print("---")
+    print(f"train_mse: {train_mse:.6f}")
+    print(f"training_seconds: {seconds:.2f}")
+    print(f"epochs: {epochs}")
+    print(f"num_params: {sum(p.numel() for p in model.parameters())}")
+
+
+if __name__ == "__main__":
+    main()
