@@ -41,6 +41,9 @@ def guarded(action: Callable[[], T]) -> T:
 def quiet_prefect(verbose: bool) -> None:
     """Prefect settings for CLI runs; must run before `prefect` is imported."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "spml")
+    # The embedded server's first-start analytics write races its own migrations on SQLite
+    # ("database is locked" tracebacks); spml never needs it.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The embedded server needs more than Prefect's default 20 s on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not verbose:
