@@ -21,6 +21,7 @@ from spml.tasks.autoresearch import (
     stop_requested,
     train_and_evaluate,
 )
+from spml.tasks.stale_runs import crash_stale_runs
 from spml.toolkit.experiment import hold_experiment
 from spml.toolkit.summary import LoopSummary
 
@@ -56,6 +57,7 @@ def autoresearch_flow(experiment_dir: str, max_rounds: int | None = None) -> Loo
     logger = get_run_logger()
     with hold_experiment(experiment_dir):
         limit = open_experiment(experiment_dir, max_rounds)
+        crash_stale_runs(experiment_dir)
         progress = start_progress(experiment_dir)
         publish_experiences(experiment_dir, progress)
         while (step := plan_next_step(experiment_dir)).kind == "round":

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 from helpers import git
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
 from spml.toolkit.experiment import Experiment
 from spml.toolkit.ledger import read_journal, read_ledger
@@ -51,6 +53,11 @@ def test_cli_run_killed_mid_round_resumes_exactly_once(toy_experiment, prefect_a
     assert [s.split(" — ")[0] for s in subjects[:3]] == [
         "autoresearch: round 3", "autoresearch: round 2", "autoresearch: round 1"]
     assert read_journal(experiment) is None
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(
+            name=FlowFilterName(any_=["autoresearch"])))
+    mine = [r for r in runs if r.parameters.get("experiment_dir") == str(exp)]
+    assert sorted(r.state.type.value for r in mine) == ["COMPLETED", "CRASHED"]
     worktree = experiment.worktree_dir("autoresearch")
     assert git(worktree, "status", "--porcelain", "--untracked-files=all") == ""
 

@@ -1,0 +1,88 @@
+"""The root `prefect.yaml` (style guide H9), checked without a Prefect server.
+
+Every deployment's entrypoint must import to a Prefect `Flow` of the declared name, pass only
+parameters that the flow accepts, and say what it does. The nightly sweep is deployed with an
+inactive cron schedule, so deploying never starts research runs by surprise.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect import Flow
+from prefect.cli.deploy._models import PrefectYamlModel, RawScheduleConfig
+from prefect.flows import load_flow_from_entrypoint
+
+PREFECT_YAML = Path(__file__).resolve().parents[2] / "prefect.yaml"
+FLOW_NAMES = {"default": "autoresearch", "nightly": "autoresearch"}
+
+
+def _load() -> dict[str, Any]:
+    return yaml.safe_load(PREFECT_YAML.read_text())
+
+
+CONFIG = _load()
+DEPLOYMENTS = {d["name"]: d for d in CONFIG["deployments"]}
+
+
+def test_top_level_sections() -> None:
+    assert CONFIG["name"] == "spml"
+    assert CONFIG["prefect-version"] == "3.9.1"
+    assert CONFIG["build"] is None
+    assert CONFIG["push"] is None
+    steps = [next(iter(step)) for step in CONFIG["pull"]]
+    assert steps == ["prefect.deployments.steps.set_working_directory"]
+    # No absolute path: resolved on the worker, at run time (deployments/README.md).
+    assert CONFIG["pull"][0][steps[0]]["directory"] == "{{ $SPML_PROJECT_DIR }}"
+
+
+def test_prefect_accepts_the_file() -> None:
+    # The pydantic model `prefect deploy` validates prefect.yaml with (Prefect-internal module).
+    model = PrefectYamlModel.model_validate(CONFIG)
+    assert [d.name for d in model.deployments] == list(FLOW_NAMES)
+
+
+def test_deployment_names() -> None:
+    assert set(DEPLOYMENTS) == set(FLOW_NAMES)
+
+
+@pytest.mark.parametrize("name", sorted(FLOW_NAMES))
+def test_entrypoint_is_a_flow_taking_the_parameters(name: str) -> None:
+    deployment = DEPLOYMENTS[name]
+    assert ":" not in deployment["entrypoint"], "entrypoints are module paths (H9)"
+    flow = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
+    assert isinstance(flow, Flow)
+    assert flow.name == FLOW_NAMES[name]
+    accepted = set(inspect.signature(flow.fn).parameters)
+    assert set(deployment["parameters"]) <= accepted
+    required = {p.name for p in inspect.signature(flow.fn).parameters.values()
+                if p.default is inspect.Parameter.empty}
+    assert required <= set(deployment["parameters"]), "explicit parameters (H9)"
+
+
+@pytest.mark.parametrize("name", sorted(FLOW_NAMES))
+def test_deployment_is_described_and_configured(name: str) -> None:
+    deployment = DEPLOYMENTS[name]
+    assert deployment["description"].strip()
+    assert deployment["concurrency_limit"] == 1
+    assert "spml" in deployment["tags"]
+    pool = deployment["work_pool"]
+    assert pool["name"] == "spml-process"
+    assert pool["job_variables"]["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"] == "spml"
+
+
+def test_default_has_no_schedule() -> None:
+    assert not DEPLOYMENTS["default"].get("schedules")
+
+
+def test_nightly_schedule_is_an_inactive_cron() -> None:
+    (schedule,) = DEPLOYMENTS["nightly"]["schedules"]
+    RawScheduleConfig.model_validate(schedule)
+    assert schedule["cron"] == "0 2 * * *"
+    assert schedule["timezone"] == "UTC"
+    assert schedule["active"] is False
+    assert schedule["slug"] == "nightly-sweep"
