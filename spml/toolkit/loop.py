@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from spml.errors import ProtocolError
-from spml.protocols.autoresearch import PROTOCOL_FILENAME, AutoresearchProtocol, load_protocol
+from spml.protocols.autoresearch import (
+    PROTOCOL_FILENAME,
+    AutoresearchProtocol,
+    load_protocol,
+    locked_changes,
+)
 from spml.protocols.experiences import ExperienceRow, Experiences, Status
 from spml.toolkit import control
 from spml.toolkit.acceptance import target_reached
@@ -60,8 +65,6 @@ def open_loop(experiment_dir: str, max_rounds: int | None = None) -> LoopSession
 
 
 def _refuse_locked_edits(previous: AutoresearchProtocol, protocol: AutoresearchProtocol) -> None:
-    from spml.protocols.autoresearch import locked_changes
-
     changed = locked_changes(previous, protocol)
     if changed:
         raise ProtocolError(
@@ -82,8 +85,8 @@ def _preflight(session: LoopSession) -> None:
         if not any(compile_globs([glob])(f) for f in files):
             raise ProtocolError(f"fixed.files pattern {glob!r} must match a committed file, "
                                 "matches none. Commit the file or fix the pattern.")
-    is_variable = compile_globs(p.variable.files)
-    overlap = [f for f in files if is_variable(f) and compile_globs(p.fixed.files)(f)]
+    is_variable, is_fixed = compile_globs(p.variable.files), compile_globs(p.fixed.files)
+    overlap = [f for f in files if is_variable(f) and is_fixed(f)]
     if overlap:
         raise ProtocolError(f"{overlap[0]!r} matches both fixed.files and variable.files; a "
                             "file is either fixed or variable.")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from spml.toolkit.ledger import clear_journal, read_journal, read_ledger
+from spml.toolkit.ledger import Journal, clear_journal, read_journal, read_ledger
 from spml.toolkit.process import kill_stale_process_group
 from spml.toolkit.record import ROUND_TRAILER, record
 from spml.toolkit.session import LoopSession
@@ -51,7 +51,7 @@ def recover_unfinished_round(session: LoopSession) -> str:
     return message
 
 
-def _tip_is_round(session: LoopSession, journal) -> bool:  # noqa: ANN001
+def _tip_is_round(session: LoopSession, journal: Journal) -> bool:
     commit = session.workspace.repo.commit(session.workspace.head())
     trailer = f"{ROUND_TRAILER}: {journal.round}"
     parents = [p.hexsha for p in commit.parents]

@@ -6,6 +6,7 @@ share nothing in memory and can run in any process: a killed supervisor resumes 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,7 @@ def save_session(experiment: Experiment, protocol: AutoresearchProtocol,
     """Record the accepted protocol and this run's overrides."""
     state: dict[str, Any] = {"accepted_protocol": protocol.model_dump(mode="json"),
                              "max_rounds_override": max_rounds_override}
-    write_atomic(_session_path(experiment), _dumps(state))
+    write_atomic(_session_path(experiment), json.dumps(state, indent=2, sort_keys=True))
 
 
 def accepted_protocol(experiment: Experiment) -> AutoresearchProtocol | None:
@@ -139,8 +140,3 @@ def reload_protocol(session: LoopSession) -> tuple[LoopSession, str]:
                         session.max_rounds_override),
             f"protocol edit applied: {', '.join(changed)}")
 
-
-def _dumps(state: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(state, indent=2, sort_keys=True)
