@@ -7,30 +7,18 @@ JSON Schema of the front matter so editors can validate the file.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spml.errors import ProtocolError
-from spml.protocols.frontmatter import format_validation_error, read_front_matter
+from spml.protocols.frontmatter import PositiveDuration, format_validation_error, read_front_matter
+from spml.protocols.frontmatter import parse_duration as parse_duration  # public: re-exported
 from spml.protocols.researchers import ResearcherSpec
 
 PROTOCOL_FILENAME = "autoresearch-protocol.md"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$")
-_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
 Direction = Literal["maximize", "minimize"]
-
-
-def parse_duration(value: Any) -> Any:
-    """Accept seconds as a number or a string such as ``"90s"``, ``"5min"``, ``"1h"``."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError("must be seconds (a number) or a duration like '90s', '5min', '1h'")
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    return value
 
 
 def _check_globs(globs: list[str]) -> list[str]:
@@ -54,8 +42,8 @@ class FixedSpec(_Section):
         description="Globs (relative to the experiment dir) of framework files: data, eval, "
         "entry point, termination logic. Hash-checked before every evaluation."
     )
-    time_limit: float = Field(
-        gt=0, description="Training wall-clock budget in seconds (or '5min'); the run is "
+    time_limit: PositiveDuration = Field(
+        description="Training wall-clock budget in seconds (or '5min'); the run is "
         "killed at time_limit + 30 s."
     )
     epoch_limit: int | None = Field(
@@ -63,7 +51,6 @@ class FixedSpec(_Section):
     )
 
     _files = field_validator("files")(_check_globs)
-    _duration = field_validator("time_limit", mode="before")(parse_duration)
 
 
 class VariableSpec(_Section):
@@ -85,12 +72,10 @@ class EvalSpec(_Section):
         pattern=r"^[A-Za-z0-9_./-]+$", description="Metric key printed by the command."
     )
     direction: Direction = Field(description="Whether larger or smaller is better.")
-    timeout: float | None = Field(
-        default=None, gt=0, description="Seconds before the eval is killed "
+    timeout: PositiveDuration | None = Field(
+        default=None, description="Seconds before the eval is killed "
         "(default: fixed.time_limit + 30)."
     )
-
-    _duration = field_validator("timeout", mode="before")(parse_duration)
 
 
 class AcceptanceSpec(_Section):
@@ -112,10 +97,12 @@ class AutoresearchProtocol(_Section):
     research_question: str = Field(min_length=1, description="One sentence.")
     max_rounds: int = Field(ge=0, description="Rounds after the baseline (round 0).")
     target: float | None = Field(
-        default=None, description="Stop once the best reaches this value (null = no target)."
+        default=None, allow_inf_nan=False,
+        description="Stop once the best reaches this value (null = no target)."
     )
     baseline: float | None = Field(
-        default=None, description="Known baseline metric; null = measured as round 0."
+        default=None, allow_inf_nan=False,
+        description="Known baseline metric; null = measured as round 0."
     )
     train_command: str = Field(min_length=1, description="Training command, run verbatim.")
     fixed: FixedSpec

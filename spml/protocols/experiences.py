@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,7 +85,7 @@ class Experiences(BaseModel):
 
     def window(self, size: int) -> list[ExperienceRow]:
         """The last ``size`` rows, oldest first (what the researcher sees)."""
-        return self.rows[-size:]
+        return self.rows[-size:] if size > 0 else []  # rows[-0:] would be every row
 
     def rounds_since_improvement(self) -> int:
         """Consecutive rounds, counted from the newest, that were rolled back."""
@@ -158,7 +158,7 @@ def parse_experiences(text: str, source: str = "experiences.md") -> Experiences:
             if row is not None:
                 rows.append(row)
         else:
-            _parse_header_line(line, header)
+            _parse_header_line(line, number, source, header)
     for key in ("metric", "max_rounds", "status"):
         if key not in header:
             raise ProtocolError(f"{source} must have a '{_HEADER_NAMES[key]}' header line. "
@@ -171,12 +171,15 @@ _HEADER_NAMES = {"metric": "best: <metric> = ...", "max_rounds": "rounds: <done>
                  "status": "status: ..."}
 
 
-def _parse_header_line(line: str, header: dict[str, object]) -> None:
+def _parse_header_line(line: str, number: int, source: str, header: dict[str, object]) -> None:
     if match := _HEADER_BEST.match(line):
         header["metric"] = match.group("metric")
     elif match := _HEADER_ROUNDS.match(line):
         header["max_rounds"] = int(match.group(2))
     elif match := _HEADER_STATUS.match(line):
+        if match.group(1) not in get_args(Status):
+            raise ProtocolError(f"{source} line {number}: status must be one of "
+                                f"{', '.join(get_args(Status))}, got {match.group(1)!r}.")
         header["status"] = match.group(1)
 
 

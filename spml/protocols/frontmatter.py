@@ -15,17 +15,64 @@ exactly where the bad field is.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BeforeValidator, Field, ValidationError, WithJsonSchema
 
 from spml.errors import ProtocolError
 
 FENCE = "---"
 Loc = tuple[str | int, ...]
+# YAML 1.1 (PyYAML) reads `1e-4` as a string: a float needs a dot (`1.0e-4`). Protocols are
+# strict, so `low: 1e-4` would be refused; read exponent floats the YAML 1.2 way instead.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_UNION_TAG_FIELDS = ("kind", "type")
+
+
+class FrontMatterLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that also reads exponent floats without a dot (``1e-4``)."""
+
+
+class FrontMatterDumper(yaml.SafeDumper):
+    """`yaml.SafeDumper` that quotes strings `FrontMatterLoader` would read as floats."""
+
+
+for _cls in (FrontMatterLoader, FrontMatterDumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT,
+                               list("-+0123456789"))
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$")
+_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept seconds as a number or a string such as ``"90s"``, ``"5min"``, ``"1h"``."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError("must be seconds (a number) or a duration like '90s', '5min', '1h'")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+# Seconds > 0, written as a number or a duration string; the JSON Schema allows both forms.
+PositiveDuration = Annotated[
+    float,
+    Field(gt=0),
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                              {"type": "string", "pattern": _DURATION.pattern}]}),
+]
+
+
+def dump_front_matter(data: dict[str, Any]) -> str:
+    """YAML text for ``data`` that `read_front_matter` reads back unchanged."""
+    return yaml.dump(data, Dumper=FrontMatterDumper, sort_keys=False, allow_unicode=True)
 
 
 @dataclass(frozen=True)
@@ -37,8 +84,9 @@ class FrontMatter:
     lines: dict[Loc, int] = field(default_factory=dict)
 
     def line_of(self, loc: Loc) -> int | None:
-        """Line of the deepest known prefix of ``loc`` (a missing field maps to its parent)."""
-        for end in range(len(loc), 0, -1):
+        """Line of the deepest known prefix of ``loc`` (a missing field maps to its parent;
+        a missing top-level field to line 1, where the front matter opens)."""
+        for end in range(len(loc), -1, -1):
             if loc[:end] in self.lines:
                 return self.lines[loc[:end]]
         return None
@@ -52,7 +100,7 @@ def read_front_matter(path: Path) -> FrontMatter:
     """
     if not path.is_file():
         raise ProtocolError(f"protocol file must exist, got {str(path)!r}. Create it first.")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not content
     lines = text.splitlines()
     if not lines or lines[0].strip() != FENCE:
         raise ProtocolError(
@@ -60,7 +108,9 @@ def read_front_matter(path: Path) -> FrontMatter:
             f"(line 1). Put the protocol fields between two '---' lines at the top."
         )
     try:
-        end = next(i for i in range(1, len(lines)) if lines[i].strip() == FENCE)
+        # Only a '---' at column 0 closes the front matter (YAML itself treats one there as a
+        # document marker); an indented one is content of a multi-line string.
+        end = next(i for i in range(1, len(lines)) if lines[i].rstrip() == FENCE)
     except StopIteration:
         raise ProtocolError(
             f"{path.name} must close its front matter with a second '---' line. "
@@ -68,26 +118,32 @@ def read_front_matter(path: Path) -> FrontMatter:
         ) from None
     yaml_text = "\n".join(lines[1:end])
     data, field_lines = _parse_yaml(path.name, yaml_text, first_line=2)
+    field_lines[()] = 1
     body = "\n".join(lines[end + 1 :]).strip("\n")
     return FrontMatter(data=data, body=body, lines=field_lines)
 
 
 def _parse_yaml(name: str, text: str, first_line: int) -> tuple[dict[str, Any], dict[Loc, int]]:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=FrontMatterLoader)
+        data = yaml.load(text, Loader=FrontMatterLoader)  # a SafeLoader subclass: safe
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + first_line}" if mark is not None else "front matter"
         problem = getattr(exc, "problem", None) or str(exc)
+        # The problem is often found a line after its cause (an unclosed bracket or quote):
+        # name the line where the construct being parsed began as well.
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None and (mark is None or start.line != mark.line):
+            problem = f"{problem} ({context} that begins on line {start.line + first_line})"
         raise ProtocolError(
             f"{name} ({where}): the YAML front matter is malformed: {problem}."
         ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ProtocolError(f"{name}: the front matter must be a mapping of fields, got "
-                            f"{type(data).__name__}.")
+        raise ProtocolError(f"{name} (line {first_line}): the front matter must be a mapping "
+                            f"of fields (`name: value` lines), got {type(data).__name__}.")
     field_lines: dict[Loc, int] = {}
     _collect_lines(node, (), first_line, field_lines)
     return data, field_lines
@@ -109,7 +165,7 @@ def format_validation_error(name: str, exc: ValidationError, doc: FrontMatter) -
     """One line per error: ``- <field path> (line N): <message>``."""
     rows = [f"{name} is not a valid protocol ({exc.error_count()} error(s)):"]
     for err in exc.errors(include_url=False):
-        loc = _document_path(tuple(err["loc"]), doc)
+        loc = _document_path(tuple(err["loc"]), doc, err["type"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         line = doc.line_of(loc)
         where = f" (line {line})" if line is not None else ""
@@ -117,16 +173,37 @@ def format_validation_error(name: str, exc: ValidationError, doc: FrontMatter) -
     return "\n".join(rows)
 
 
-def _document_path(loc: Loc, doc: FrontMatter) -> Loc:
-    """Drop the parts pydantic adds for unions (a tag such as 'optuna' or 'float').
+def _document_path(loc: Loc, doc: FrontMatter, err_type: str) -> Loc:
+    """Map pydantic's error location onto the document's field path.
 
-    A part is kept when the document has it, or when it is the last part (a missing field).
+    Pydantic adds the tag of a union member to the location: the `kind`/`type` value of a
+    discriminated union (`researcher.optuna.space`, `space.lr.float`) or the member type of a
+    plain union (`choices.0.str`). Those parts are not fields of the document and are dropped.
+    A part the document lacks is kept only as the last part of a `missing` error.
     """
     kept: Loc = ()
+    node: Any = doc.data
+    tag_seen = False
     for index, part in enumerate(loc):
-        if (*kept, part) in doc.lines or index == len(loc) - 1:
+        if not tag_seen and _is_union_tag(node, part):
+            tag_seen = True
+            continue
+        if _has_part(node, part):
+            kept, node, tag_seen = (*kept, part), node[part], False
+        elif index == len(loc) - 1 and err_type == "missing":
             kept = (*kept, part)
     return kept
+
+
+def _is_union_tag(node: Any, part: str | int) -> bool:
+    return isinstance(node, dict) and isinstance(part, str) and any(
+        node.get(name) == part for name in _UNION_TAG_FIELDS)
+
+
+def _has_part(node: Any, part: str | int) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
 
 
 def _hint(err: dict[str, Any]) -> str:
@@ -134,4 +211,6 @@ def _hint(err: dict[str, Any]) -> str:
         return " — remove it or check its spelling"
     if err["type"] == "missing":
         return " — add this field"
-    return f", got {err['input']!r}" if not isinstance(err.get("input"), dict) else ""
+    if isinstance(err.get("input"), dict) or "got " in err["msg"]:
+        return ""  # a mapping is too long to echo; a validator message already shows the value
+    return f", got {err['input']!r}"

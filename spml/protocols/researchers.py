@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from spml.protocols.frontmatter import PositiveDuration
+
 Scalar = str | int | float | bool | None
 
 
@@ -42,6 +44,8 @@ class IntParam(_Spec):
     @model_validator(mode="after")
     def _bounds(self) -> IntParam:
         _check_bounds(self.low, self.high, self.log)
+        if self.log and self.step != 1:  # Optuna refuses the pair when the study starts
+            raise ValueError(f"step must be 1 when log: true, got step={self.step!r}")
         return self
 
 
@@ -70,8 +74,8 @@ class CommandResearcherSpec(_Spec):
 
     kind: Literal["command"]
     command: str = Field(min_length=1, description="Shell command; exit 0 = code ready.")
-    timeout: float | None = Field(
-        default=None, gt=0, description="Seconds per round (default 2 x fixed.time_limit)."
+    timeout: PositiveDuration | None = Field(
+        default=None, description="Seconds per round, or '10min' (default 2 x fixed.time_limit)."
     )
 
     @field_validator("command")
@@ -97,7 +101,9 @@ class OptunaResearcherSpec(_Spec):
     sampler: Literal["tpe", "random", "cmaes"] = "tpe"
     seed: int | None = Field(default=None, description="Sampler seed (reproducible search).")
     space: dict[str, ParamSpec] = Field(min_length=1, description="One entry per parameter.")
-    timeout: float | None = Field(default=None, gt=0, description="Seconds per round.")
+    timeout: PositiveDuration | None = Field(
+        default=None, description="Seconds per round, or '10min' (default 2 x fixed.time_limit)."
+    )
 
 
 ResearcherSpec = Annotated[

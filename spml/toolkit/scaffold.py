@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spml.errors import ProtocolError
 from spml.protocols.autoresearch import PROTOCOL_FILENAME, AutoresearchProtocol, load_protocol
+from spml.protocols.frontmatter import dump_front_matter
 from spml.toolkit.experiment import write_atomic
 from spml.toolkit.researchers.optuna_search import read_params
 
@@ -57,7 +56,6 @@ def write_protocol(exp_dir: Path, fields: dict[str, Any]) -> Path:
     if path.exists():
         raise ProtocolError(f"{path} already exists; edit it, or remove it to start over.")
     AutoresearchProtocol.model_validate(fields)
-    front = yaml.safe_dump(fields, sort_keys=False, allow_unicode=True)
-    write_atomic(path, f"---\n{front}---\n\n{BODY}")
+    write_atomic(path, f"---\n{dump_front_matter(fields)}---\n\n{BODY}")
     load_protocol(path)  # the file as written must load back
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 
 from spml.protocols.researchers import CommandResearcherSpec
@@ -19,8 +20,10 @@ class CommandResearcher:
 
     def propose(self, ctx: ResearchContext) -> Proposal:
         """Run the command with the round's placeholders and environment."""
+        # Paths are shell-quoted: a checkout under "My Projects/" must not split the argument.
         command = self._spec.command.format(
-            prompt_file=ctx.brief_path, round=ctx.round_no, workdir=ctx.workdir
+            prompt_file=shlex.quote(str(ctx.brief_path)), round=ctx.round_no,
+            workdir=shlex.quote(str(ctx.workdir)),
         )
         env = {
             **ctx.env,

@@ -109,11 +109,11 @@ class OptunaResearcher:
             study.tell(trial.number, state=TrialState.FAIL)
 
     def _add_baseline(self, study: optuna.Study, value: float) -> None:
-        current = read_params(self._params_path)
-        params = {k: current[k] for k in self._distributions if k in current}
-        if len(params) != len(self._distributions):
-            return
-        try:
+        try:  # ProtocolError is a ValueError: an unreadable params file seeds nothing either
+            current = read_params(self._params_path)
+            params = {k: current[k] for k in self._distributions if k in current}
+            if len(params) != len(self._distributions):
+                return
             trial = optuna.trial.create_trial(params=params, distributions=self._distributions,
                                               value=value, user_attrs={"round": 0})
         except ValueError:  # baseline values outside the search space: nothing to seed
@@ -126,7 +126,12 @@ def read_params(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     text = path.read_text(encoding="utf-8")
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ProtocolError(f"params file {path.name} must be valid "
+                            f"{'JSON' if path.suffix == '.json' else 'YAML'}: "
+                            f"{' '.join(str(exc).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
