@@ -103,3 +103,39 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
     except OSError:
         return True
+
+
+def test_external_kill_during_training_kills_orphaned_training(toy_experiment, tmp_path) -> None:
+    exp = toy_experiment({"default": "good", "2": "slow_train"})
+    proc = start(exp)
+    pid_file = Experiment.locate(exp, "x").state_dir / "train.pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and _round_two_training(exp)):
+        assert proc.poll() is None
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    trainer = json.loads(pid_file.read_text())["pid"]
+    time.sleep(0.5)  # let train.py spawn its long-lived child
+    proc.kill()
+    proc.wait()
+    assert Path(f"/proc/{trainer}").exists()
+    (tmp_path / "plan.json").write_text(json.dumps({"default": "good"}))
+    assert finish(start(exp)) == 0
+    assert not Path(f"/proc/{trainer}").exists() or _is_zombie(trainer)
+    assert not _sleepers()
+    assert_exactly_once(exp, 3)
+
+
+def _round_two_training(exp: Path) -> bool:
+    return (Experiment.locate(exp, "x").round_dir(2) / "train-0.stdout.log").exists()
+
+
+def _sleepers() -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"time.sleep(300)" in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return [pid for pid in found if not _is_zombie(pid)]
