@@ -106,7 +106,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=8, help="optuna trials after baseline")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed")
     parser.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
-    parser.add_argument("--time-limit", type=float, default=2.0, help="SPML_TIME_LIMIT (s)")
+    parser.add_argument("--time-limit", type=float, default=5.0, help="safety stop (s)")
     parser.add_argument("--train-seed", type=int, default=0, help="SPML_SEED for train.py")
     return parser.parse_args()
 

@@ -1,7 +1,12 @@
-"""Train the MLP described by params.yaml on data/train.csv within a wall-clock budget.
+"""Train the MLP described by params.yaml on data/train.csv for a fixed budget of steps.
+
+The budget is MAX_STEPS optimizer steps, so a run's result depends on the params and the seed
+only, never on how busy the machine is (a wall-clock budget would let the same settings score
+differently from run to run, and a search would "win" on that noise). The wall clock is a
+safety stop.
 
 Fixed file. Environment:
-  SPML_TIME_LIMIT  training budget in seconds (float, default 20); training stops before it
+  SPML_TIME_LIMIT  safety stop in seconds (float, default 20); training stops before it
   SPML_EPOCH_LIMIT optional maximum number of epochs (int)
   SPML_SEED        random seed (int, default 0)
 Writes outputs/model.pt (model state + the params used) and ends with a summary block.
@@ -21,6 +26,7 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINT = HERE / "outputs" / "model.pt"
+MAX_STEPS = 1200  # optimizer steps per run: the fixed training budget
 
 
 def env_budget() -> tuple[float, int | None, int]:
@@ -42,9 +48,13 @@ def run_epoch(
     opt: torch.optim.Optimizer,
     data: tuple[torch.Tensor, torch.Tensor],
     batch_size: int,
-    deadline: float,
-) -> float:
-    """One shuffled pass over data (cut short at deadline); return the mean batch loss."""
+    limits: tuple[float, int],
+) -> tuple[float, int]:
+    """One shuffled pass over data, cut short at the deadline or the step budget.
+
+    Returns the mean batch loss and the number of steps taken.
+    """
+    deadline, steps_left = limits
     x, y = data
     order = torch.randperm(len(x))
     total, steps = 0.0, 0
@@ -58,30 +68,32 @@ def run_epoch(
         if not math.isfinite(total):
             print("FAIL: loss is nan")
             raise SystemExit(1)
-        if time.perf_counter() >= deadline:
+        if time.perf_counter() >= deadline or steps >= steps_left:
             break
-    return total / steps
+    return total / steps, steps
 
 
 def train(model: nn.Module, params: dict[str, Any], data: tuple, budget: tuple) -> tuple:
-    """Run epochs until the time or epoch budget is spent; return (epochs, seconds)."""
+    """Run epochs until the step, epoch or time budget is spent; return (epochs, steps, s)."""
     time_limit, epoch_limit, _ = budget
     opt = torch.optim.AdamW(
         model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"]
     )
     start = time.perf_counter()
     deadline = start + time_limit
-    epochs, last_epoch_s = 0, 0.0
-    while epoch_limit is None or epochs < epoch_limit:
+    epochs, steps, last_epoch_s = 0, 0, 0.0
+    while (epoch_limit is None or epochs < epoch_limit) and steps < MAX_STEPS:
         epoch_start = time.perf_counter()
         if epoch_start + last_epoch_s >= deadline:  # the next epoch would overrun the budget
+            print(f"stopped by the {time_limit:g}s safety limit after {steps} steps")
             break
-        loss = run_epoch(model, opt, data, params["batch_size"], deadline)
-        epochs += 1
+        loss, taken = run_epoch(model, opt, data, params["batch_size"],
+                                (deadline, MAX_STEPS - steps))
+        epochs, steps = epochs + 1, steps + taken
         last_epoch_s = time.perf_counter() - epoch_start
         if epochs == 1 or epochs % 25 == 0:
             print(f"epoch {epochs:4d}  loss {loss:.6f}  elapsed {epoch_start - start:.2f}s")
-    return epochs, time.perf_counter() - start
+    return epochs, steps, time.perf_counter() - start
 
 
 def main() -> None:
@@ -96,7 +108,7 @@ def main() -> None:
     x, y = load_csv(HERE / "data" / "train.csv")
     model = build_model(params, x.shape[1])
     print(f"params: {params}")
-    epochs, seconds = train(model, params, (x, y), budget)
+    epochs, steps, seconds = train(model, params, (x, y), budget)
     model.eval()
     with torch.no_grad():
         train_mse = nn.functional.mse_loss(model(x), y).item()
@@ -112,6 +124,7 @@ def main() -> None:
     print(f"train_mse: {train_mse:.6f}")
     print(f"training_seconds: {seconds:.2f}")
     print(f"epochs: {epochs}")
+    print(f"steps: {steps}")
     print(f"num_params: {sum(p.numel() for p in model.parameters())}")
 
 
