@@ -54,8 +54,10 @@ def decide(session: LoopSession, plan: RoundPlan, proposal: Proposal | None,
                              insight=f"compliance: {causes}", **base)
     assert measurement is not None
     if not measurement.ok or measurement.mean is None:
+        # No Result: a mean over the repeats that happened to finish is not the round's value,
+        # and the researcher must learn that the round failed, not a partial number.
         return ExperienceRow(compliance="pass", verdict="rolled_back", insight=measurement.cause,
-                             result=measurement.mean, **base)
+                             **base)
     return _judge(session, plan, measurement, base)
 
 

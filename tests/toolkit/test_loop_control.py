@@ -143,3 +143,15 @@ def test_user_checkout_is_never_touched(toy_experiment, drive_loop) -> None:
     assert (exp / "params.yaml").read_text() == "x: 0.0\n"
     status = set(git(exp.parent, "status", "--porcelain").splitlines())
     assert status == {"?? exp/experiences.md", "?? wip.txt"}
+
+
+def test_a_failed_repeat_fails_the_round_without_a_partial_result(toy_experiment,
+                                                                  drive_loop) -> None:
+    exp = toy_experiment({"default": "good"}, max_rounds=1, acceptance={"repeats": 2},
+                         train_command="python -c \"import os, sys; "
+                         "sys.exit(int(os.environ['SPML_SEED']) * (os.environ['SPML_ROUND'] "
+                         "== '1'))\" && python train.py")
+    drive_loop(exp)
+    failed = rows(exp)[1]
+    assert (failed.verdict, failed.result) == ("rolled_back", None)
+    assert failed.insight.startswith("train crashed: exit 1")
