@@ -22,6 +22,7 @@ from spml.tasks.autoresearch import (
     train_and_evaluate,
 )
 from spml.tasks.stale_runs import crash_stale_runs
+from spml.tasks.ui_controls import pull_controls
 from spml.toolkit.experiment import hold_experiment
 from spml.toolkit.summary import LoopSummary
 
@@ -60,7 +61,11 @@ def autoresearch_flow(experiment_dir: str, max_rounds: int | None = None) -> Loo
         crash_stale_runs(experiment_dir)
         progress = start_progress(experiment_dir)
         publish_experiences(experiment_dir, progress)
-        while (step := plan_next_step(experiment_dir)).kind == "round":
+        while True:
+            pull_controls(experiment_dir)  # notes / stop set as Prefect Variables in the UI
+            step = plan_next_step(experiment_dir)
+            if step.kind == "end":
+                break
             logger.info("round %d of %d", step.round_no, limit)
             autoresearch_round(experiment_dir, step.round_no)
             publish_experiences(experiment_dir, progress)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from spml.tasks.ui_controls import pull_ui_controls
 from spml.toolkit import control
 from spml.toolkit.compliance import Violation
 from spml.toolkit.loop import NextStep, close_loop, next_step, open_loop
@@ -84,7 +85,8 @@ def settle_round(experiment_dir: str, plan: RoundPlan, proposal: Proposal | None
 
 @task(name="stop-requested", cache_policy=NO_CACHE, retries=1)
 def stop_requested(experiment_dir: str) -> str | None:
-    """The stop reason, if the person on the loop asked it to stop."""
+    """The stop reason, if the person on the loop asked it to stop (CLI or Prefect UI)."""
+    pull_ui_controls(experiment_dir)
     return control.stop_requested(LoopSession.load(experiment_dir).experiment)
 
 

@@ -63,3 +63,22 @@ def test_max_rounds_parameter_caps_the_run(toy_experiment) -> None:
     assert (summary.rounds_done, summary.max_rounds, summary.status) == (1, 1, "completed")
     summary = autoresearch_flow(str(exp), max_rounds=2)  # resuming continues the same ledger
     assert (summary.rounds_done, summary.commits) == (2, 2)
+
+
+def test_notes_and_stop_from_prefect_variables(toy_experiment) -> None:
+    from prefect.variables import Variable
+
+    exp = toy_experiment({"default": "good"}, max_rounds=4)
+    Variable.set("spml-note-exp", ["from the UI", "second note"], overwrite=True)
+    Variable.set("spml-stop-exp", True, overwrite=True)
+    summary = autoresearch_flow(str(exp))
+    assert summary.status == "stopped"
+    assert Variable.get("spml-stop-exp") is None  # acted on once
+    assert Variable.get("spml-note-exp") is None
+    Variable.set("spml-note-exp", "third", overwrite=True)
+    summary = autoresearch_flow(str(exp), max_rounds=1)
+    from spml.protocols.experiences import parse_experiences
+
+    rows = parse_experiences((exp / "experiences.md").read_text()).rows
+    assert [r.round for r in rows] == [0, 1]
+    assert rows[1].note == "from the UI; second note; third"
