@@ -86,8 +86,11 @@ def settle(session: LoopSession, plan: RoundPlan, row: ExperienceRow) -> RoundOu
         workspace.rollback(plan.base)
         if row.verdict != "committed":
             clear_journal(experiment)
+            hint = ("Files that training or evaluation writes must be covered by .gitignore"
+                    if row.compliance == "fail" else
+                    "Fix the training or evaluation command")
             raise BaselineFailed(f"the baseline (round 0) could not be measured: {row.insight}. "
-                                 "Fix the training or evaluation command and run again.")
+                                 f"{hint}, then run again.")
     elif row.verdict == "committed":
         write_journal(experiment, Journal(round=plan.round_no, base=plan.base,
                                           phase="committing", row=row.model_dump()))

@@ -155,3 +155,14 @@ def test_a_failed_repeat_fails_the_round_without_a_partial_result(toy_experiment
     failed = rows(exp)[1]
     assert (failed.verdict, failed.result) == ("rolled_back", None)
     assert failed.insight.startswith("train crashed: exit 1")
+
+
+def test_unignored_training_output_fails_the_baseline_with_a_gitignore_hint(toy_experiment,
+                                                                             drive_loop) -> None:
+    from spml.toolkit.settle import BaselineFailed
+
+    exp = toy_experiment()
+    (exp / ".gitignore").write_text("__pycache__/\n")
+    git(exp, "commit", "-qam", "forget to ignore outputs")
+    with pytest.raises(BaselineFailed, match=r"outputs/result.json.*covered by \.gitignore"):
+        drive_loop(exp)
