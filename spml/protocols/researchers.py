@@ -100,6 +100,10 @@ class OptunaResearcherSpec(_Spec):
     )
     sampler: Literal["tpe", "random", "cmaes"] = "tpe"
     seed: int | None = Field(default=None, description="Sampler seed (reproducible search).")
+    startup_trials: int | None = Field(
+        default=None, ge=1, description="tpe/cmaes: random trials (baseline included) before "
+        "the model-based search starts (Optuna's default: 10 for tpe, 1 for cmaes)."
+    )
     space: dict[str, ParamSpec] = Field(min_length=1, description="One entry per parameter.")
     timeout: PositiveDuration | None = Field(
         default=None, description="Seconds per round, or '10min' (default 2 x fixed.time_limit)."

@@ -451,3 +451,13 @@ def test_command_researcher_observe_and_abandon_change_nothing(tmp_path: Path) -
     researcher.abandon(1)
 
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["tpe", "cmaes"])
+def test_startup_trials_reach_the_sampler(kind: str) -> None:
+    from spml.toolkit.researchers.optuna_search import _sampler
+
+    spec = OptunaResearcherSpec.model_validate(
+        {"kind": "optuna", "params_file": "p.yaml", "sampler": kind, "startup_trials": 3,
+         "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}})
+    assert _sampler(spec, n_trials=0)._n_startup_trials == 3

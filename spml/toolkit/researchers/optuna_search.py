@@ -43,11 +43,12 @@ def _sampler(spec: OptunaResearcherSpec, n_trials: int) -> optuna.samplers.BaseS
     # Each round builds a fresh sampler (the process may have been restarted in between), so a
     # fixed seed would replay the same random draw every round: offset it by the trial count.
     seed = None if spec.seed is None else spec.seed + n_trials
+    startup = {} if spec.startup_trials is None else {"n_startup_trials": spec.startup_trials}
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.CmaEsSampler(seed=seed, **startup)
+    return optuna.samplers.TPESampler(seed=seed, **startup)
 
 
 class OptunaResearcher:
