@@ -63,8 +63,7 @@ def _drive_round(experiment_dir: str, round_no: int) -> str:
     proposal, violations, measurement = None, [], None
     if round_no > 0:
         proposal = run_researcher(session, plan)
-        if proposal.ok:
-            violations = check_round(session, plan)
+        violations = check_round(session, plan)
         if reason := control.stop_requested(session.experiment):
             abort_round(session, plan, reason)
             return "aborted"

@@ -35,8 +35,8 @@ def autoresearch_round(experiment_dir: str, round_no: int) -> str:
     violations = []
     if round_no > 0:
         proposal = dispatch_researcher(experiment_dir, plan)
-        if proposal.ok:
-            violations = check_compliance(experiment_dir, plan)
+        # Checked even after a failed researcher: what it touched must be reported and undone.
+        violations = check_compliance(experiment_dir, plan)
         if reason := stop_requested(experiment_dir):
             abort(experiment_dir, plan, reason)
             return "aborted"

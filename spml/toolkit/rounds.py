@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from spml.toolkit import control
 from spml.toolkit.brief import BriefInputs, render_brief
@@ -31,6 +32,9 @@ class RoundPlan:
     base: str
     snapshot: GitSnapshot = field(repr=False)
     notes: tuple[str, ...] = ()
+    # Contents of the supervisor's own files outside the worktree (ledger, journal, session),
+    # which a researcher running with the user's rights could otherwise rewrite.
+    supervisor_files: dict[str, bytes | None] = field(default_factory=dict, repr=False)
 
     @property
     def note_text(self) -> str:
@@ -52,7 +56,8 @@ def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, Round
     write_journal(session.experiment, Journal(round=round_no, base=base))
     round_dir = session.experiment.round_dir(round_no)
     round_dir.mkdir(parents=True, exist_ok=True)
-    plan = RoundPlan(round_no, base, workspace.snapshot(), tuple(notes))
+    plan = RoundPlan(round_no, base, workspace.snapshot(), tuple(notes),
+                     _read_all(supervisor_files(session)))
     if round_no > 0:
         write_atomic(round_dir / "brief.md", _brief(session, plan))
     return session, plan
@@ -93,8 +98,35 @@ def check_round(session: LoopSession, plan: RoundPlan) -> list[Violation]:
         exp_rel=session.experiment.exp_rel, variable=session.protocol.variable.files,
         fixed=session.protocol.fixed.files, fixed_module_names=_module_names(fixed),
     )
+    violations += restore_supervisor_files(plan)
     for violation in violations:
         log.warning("round %d compliance: %s", plan.round_no, violation.reason)
+    return violations
+
+
+def supervisor_files(session: LoopSession) -> list[Path]:
+    """Files only the supervisor writes during a round."""
+    state = session.experiment.state_dir
+    return [session.experiment.ledger_path, state / "round.json", state / "session.json"]
+
+
+def _read_all(paths: list[Path]) -> dict[str, bytes | None]:
+    return {str(p): p.read_bytes() if p.is_file() else None for p in paths}
+
+
+def restore_supervisor_files(plan: RoundPlan) -> list[Violation]:
+    """Put back any supervisor file changed since the round began; one violation each."""
+    violations = []
+    for name, content in plan.supervisor_files.items():
+        path = Path(name)
+        current = path.read_bytes() if path.is_file() else None
+        if current == content:
+            continue
+        if content is None:
+            path.unlink()
+        else:
+            write_atomic(path, content.decode("utf-8"))
+        violations.append(Violation(path.name, f"modified supervisor file {path.name} (restored)"))
     return violations
 
 

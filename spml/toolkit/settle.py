@@ -44,14 +44,14 @@ def decide(session: LoopSession, plan: RoundPlan, proposal: Proposal | None,
     """The ledger row for a round, from what each step reported."""
     base = dict(round=plan.round_no, strategy=proposal.strategy if proposal else "baseline",
                 note=plan.note_text)
-    if proposal is not None and not proposal.ok:
-        return ExperienceRow(compliance="n/a", verdict="rolled_back", insight=proposal.cause,
-                             **base)
+    failed = proposal.cause if proposal is not None and not proposal.ok else ""
     violations = violations or list(measurement.violations if measurement else ())
     if violations:
         causes = "; ".join(dict.fromkeys(v.reason for v in violations))
-        return ExperienceRow(compliance="fail", verdict="rolled_back",
-                             insight=f"compliance: {causes}", **base)
+        insight = f"compliance: {causes}" + (f"; {failed}" if failed else "")
+        return ExperienceRow(compliance="fail", verdict="rolled_back", insight=insight, **base)
+    if failed:
+        return ExperienceRow(compliance="n/a", verdict="rolled_back", insight=failed, **base)
     assert measurement is not None
     if not measurement.ok or measurement.mean is None:
         # No Result: a mean over the repeats that happened to finish is not the round's value,

@@ -73,6 +73,7 @@ def test_well_behaved_researcher_improves_and_commits(toy_experiment, drive_loop
     ("commit", "compliance: moved HEAD"),
     ("stash", "refs/stash"),
     ("hook", "hooks/pre-commit"),
+    ("forge_ledger", "modified supervisor file experiences.md (restored)"),
 ])
 def test_noncompliant_round_is_rolled_back(toy_experiment, drive_loop, mode, cause) -> None:
     exp = toy_experiment({"default": "good", "2": mode})
