@@ -54,7 +54,7 @@ class ExperienceRow(BaseModel):
 
     def cells(self) -> list[str]:
         """The row's markdown cells in column order."""
-        shown = NO_VALUE if self.result is None else format_value(self.result)
+        shown = NO_VALUE if self.result is None else exact_value(self.result)
         result = self.result_text or shown
         return [str(self.round), self.compliance, result, self.verdict, self.strategy,
                 self.insight, self.note]
@@ -127,13 +127,19 @@ def format_value(value: float) -> str:
     return f"{value:.6g}"
 
 
+def exact_value(value: float) -> str:
+    """The shortest text that parses back to exactly ``value``: decisions read the ledger, so
+    it must not round (a 6-digit best would accept a worse value in the 7th digit)."""
+    return repr(float(value))
+
+
 def format_result(values: list[float]) -> str:
-    """Mean, and for several repeats the spread: ``0.0123 ± 0.0004 (n=3)``."""
+    """Exact mean, and for several repeats the spread: ``0.0123 ± 0.0004 (n=3)``."""
     mean = sum(values) / len(values)
     if len(values) == 1:
-        return format_value(mean)
+        return exact_value(mean)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{format_value(mean)} ± {std:.2g} (n={len(values)})"
+    return f"{exact_value(mean)} ± {std:.2g} (n={len(values)})"
 
 
 def _escape(cell: str) -> str:

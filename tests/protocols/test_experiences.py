@@ -143,8 +143,17 @@ def test_result_is_read_from_the_repeats_text() -> None:
 
 def test_format_result() -> None:
     assert format_result([0.5]) == "0.5"
-    assert format_result([1.0, 2.0, 3.0]) == "2 ± 1 (n=3)"
-    assert format_value(0.123456789) == "0.123457"
+    assert format_result([1.0, 2.0, 3.0]) == "2.0 ± 1 (n=3)"
+    assert format_result([0.1234556]) == "0.1234556"  # exact: decisions read it back
+    assert format_value(0.123456789) == "0.123457"  # display only
+
+
+def test_ledger_keeps_exact_values_for_decisions() -> None:
+    ledger = Experiences(metric="m", max_rounds=2).with_row(
+        ExperienceRow(round=0, compliance="pass", result=0.1234556, verdict="committed"))
+    parsed = parse_experiences(ledger.render())
+    assert parsed.best is not None
+    assert parsed.best.result == 0.1234556
 
 
 def test_hand_edits_of_prose_cells_and_extra_text_are_tolerated() -> None:

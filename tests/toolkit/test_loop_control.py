@@ -88,7 +88,7 @@ def test_repeats_use_seeds_and_the_mean_decides(toy_experiment, drive_loop) -> N
     drive_loop(exp)
     baseline = rows(exp)[0]
     assert baseline.result == pytest.approx(10.0)  # 9 + mean(0, 1, 2)
-    assert baseline.result_text.startswith("10 ± 1 (n=3)")
+    assert baseline.result_text.startswith("10.0 ± 1 (n=3)")
     round_dir = experiment(exp).round_dir(0)
     seeds = [(round_dir / f"train-{i}.stdout.log").read_text().split()[0] for i in range(3)]
     assert seeds == ["seed=0", "seed=1", "seed=2"]
