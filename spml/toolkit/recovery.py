@@ -37,6 +37,13 @@ def recover_unfinished_round(session: LoopSession) -> str:
         row = next(r for r in ledger.rows if r.round == journal.round)
     elif journal.phase == "committing" and row is not None and _tip_is_round(session, journal):
         action = "recorded the commit of"
+    elif journal.phase == "rolling_back" and row is not None:
+        # The round was measured and decided: finish its rollback instead of redoing it.
+        action = "finished the rollback of"
+        if workspace.changes_since(journal.base):  # killed before the attempt was archived
+            workspace.archive_attempt(journal.round, journal.base,
+                                      f"spml attempt: round {journal.round} — {row.insight}")
+        workspace.rollback(journal.base)
     else:
         row, action = None, "rolled back"
         workspace.rollback(journal.base)

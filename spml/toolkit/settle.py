@@ -101,6 +101,7 @@ def settle(session: LoopSession, plan: RoundPlan, row: ExperienceRow) -> RoundOu
     else:
         write_journal(experiment, Journal(round=plan.round_no, base=plan.base,
                                           phase="rolling_back", row=row.model_dump()))
+        crash_point("before-rollback", plan.round_no)
         attempt = workspace.archive_attempt(plan.round_no, plan.base,
                                             f"spml attempt: round {plan.round_no} — "
                                             f"{row.insight}")

@@ -421,6 +421,15 @@ def test_long_strategy_is_truncated(tmp_path: Path) -> None:
     assert proposal.strategy == "x" * MAX_STRATEGY_CHARS
 
 
+def test_huge_sparse_strategy_file_is_read_bounded(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, 1)
+
+    proposal = _command('truncate -s 3G "$SPML_STRATEGY_FILE"').propose(ctx)
+
+    assert proposal.ok
+    assert len(proposal.strategy) <= MAX_STRATEGY_CHARS
+
+
 def test_non_zero_exit_fails_the_proposal_and_names_the_exit(tmp_path: Path) -> None:
     ctx = _context(tmp_path, 1)
 

@@ -65,13 +65,17 @@ def test_resume_after_crash_point(toy_experiment, point) -> None:
     assert_exactly_once(exp, 3)
 
 
-def test_resume_after_crash_during_rollback(toy_experiment) -> None:
+@pytest.mark.parametrize("point", ["before-rollback@2", "after-rollback@2"])
+def test_resume_after_crash_during_rollback(toy_experiment, tmp_path, point) -> None:
     exp = toy_experiment({"default": "good", "2": "worse"})
-    assert finish(start(exp, crash_at="after-rollback@2")) == -signal.SIGKILL
+    assert finish(start(exp, crash_at=point)) == -signal.SIGKILL
     assert finish(start(exp)) == 0
     assert_exactly_once(exp, 3)
     ledger = read_ledger(Experiment.locate(exp, "autoresearch-protocol.md"))
     assert next(r for r in ledger.rows if r.round == 2).verdict == "rolled_back"
+    # The decided round was finished, not redone: one researcher run, the attempt archived.
+    assert (tmp_path / "briefs.log").read_text().count("=== round 2\n") == 1
+    assert git(exp, "show", "refs/spml/attempts/2:exp/params.yaml") == "x: -5.0"
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 60) -> None:

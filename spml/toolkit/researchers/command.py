@@ -48,8 +48,10 @@ class CommandResearcher:
 
     def _strategy(self, ctx: ResearchContext, stdout: str) -> str:
         text = ""
-        if ctx.strategy_path.is_file():
-            text = ctx.strategy_path.read_text(encoding="utf-8", errors="replace").strip()
+        # Bounded read of a regular file only: the researcher controls this file.
+        if ctx.strategy_path.is_file() and not ctx.strategy_path.is_symlink():
+            with ctx.strategy_path.open("rb") as handle:
+                text = handle.read(4 * MAX_STRATEGY_CHARS).decode("utf-8", "replace").strip()
         if not text:
             lines = [line for line in stdout.splitlines() if line.strip()]
             text = lines[-1] if lines else ""
