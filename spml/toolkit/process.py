@@ -205,7 +205,7 @@ def kill_stale_process_group(pid_file: Path) -> bool:
         pid_file.unlink(missing_ok=True)
         return False
     killed = False
-    if _start_time(pid) == start_time:
+    if _start_time(pid) == start_time or _orphans_of(pgid, start_time):
         killed = _signal_group(pgid, signal.SIGKILL)
         if killed:
             logger.warning("killed stale process group %d recorded in %s", pgid, pid_file)
@@ -216,6 +216,19 @@ def kill_stale_process_group(pid_file: Path) -> bool:
         )
     pid_file.unlink(missing_ok=True)
     return killed
+
+
+def _orphans_of(pgid: int, start_time: int) -> list[int]:
+    """Live members of a group whose leader has exited (e.g. `sleep 30 &` of a dead shell).
+
+    A pgid cannot be reused while any member of its group lives, so members started after the
+    recorded leader belong to it, unless a new process now leads a group of that number.
+    """
+    leader = _stat_fields(pgid)
+    if leader is not None and len(leader) > 19 and int(leader[2]) == pgid:
+        return []  # the number now leads another group: pid reuse, not ours
+    return [pid for pid in _live_group_members(pgid)
+            if (_start_time(pid) or 0) >= start_time]
 
 
 # --- starting -------------------------------------------------------------------------------

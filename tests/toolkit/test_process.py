@@ -329,3 +329,39 @@ def test_stdout_text_returns_the_tail(tmp_path: Path) -> None:
     assert result.stdout_text(max_bytes=4) == "END"  # cut-off UTF-8 byte dropped
     assert result.stdout_text(max_bytes=5) == "éEND"
     assert len(result.stdout_text()) == 5004
+
+
+def test_kill_stale_group_whose_leader_already_exited(tmp_path: Path) -> None:
+    # The supervisor dies; the group's leader (a shell) exits; its background child lives on.
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import sys; from pathlib import Path; from spml.toolkit.process import run_command; "
+        f"run_command('sleep 300 & sleep 0.3', cwd=Path({str(tmp_path)!r}), "
+        f"log_dir=Path({str(tmp_path)!r}), name='c', pid_file=Path({str(pid_file)!r}))"
+    )
+    supervisor = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 30
+    while not pid_file.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    supervisor.kill()
+    supervisor.wait()
+    record = json.loads(pid_file.read_text())
+    time.sleep(0.6)  # the leader `sh` exits; `sleep 300` stays in the group
+    assert kill_stale_process_group(pid_file)
+    deadline = time.monotonic() + 10
+    while _live_members(record["pgid"]):
+        assert time.monotonic() < deadline, "orphaned group member survived"
+        time.sleep(0.05)
+
+
+def _live_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in "ZX" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members

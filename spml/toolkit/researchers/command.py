@@ -55,7 +55,7 @@ class CommandResearcher:
         if not text:
             lines = [line for line in stdout.splitlines() if line.strip()]
             text = lines[-1] if lines else ""
-        text = " ".join(text.split())
+        text = " ".join("".join(c for c in text if c.isprintable() or c.isspace()).split())
         return text[:MAX_STRATEGY_CHARS] or "(no strategy given)"
 
     def observe(self, round_no: int, value: float | None, committed: bool) -> None:
