@@ -244,7 +244,8 @@ class Workspace:
         # The loop's own branch and the stash (shared by all worktrees) are what a researcher
         # could use to smuggle state. Other branches and tags belong to the user, who may keep
         # working in their checkout during a loop: they are neither checked nor restored.
-        return name in (self._branch_ref, "refs/stash")
+        # Replace refs are watched too: they would rewrite what every other git reader sees.
+        return name in (self._branch_ref, "refs/stash") or name.startswith("refs/replace/")
 
     def archive_attempt(self, round_no: int, base: str, message: str) -> str | None:
         """Keep the working-tree state as a commit on ``refs/spml/attempts/<round_no>``.

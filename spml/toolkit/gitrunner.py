@@ -72,6 +72,8 @@ class GitRunner:
             "GIT_INDEX_FILE": str(index_file or self.index_file),
             "GIT_LITERAL_PATHSPECS": "1",
             "GIT_TERMINAL_PROMPT": "0",
+            # `git replace` would let a researcher swap the fixed files' blobs in every read.
+            "GIT_NO_REPLACE_OBJECTS": "1",
         }
 
     def run(self, *args: str, index_file: Path | None = None, config: Iterable[str] = (),

@@ -21,7 +21,9 @@ def find_repo(repo_dir: Path) -> git.Repo:
         GitStateError: ``repo_dir`` is not inside a git repository.
     """
     try:
-        return git.Repo(repo_dir, search_parent_directories=True)
+        repo = git.Repo(repo_dir, search_parent_directories=True)
+        repo.git.update_environment(GIT_NO_REPLACE_OBJECTS="1")
+        return repo
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         raise GitStateError(
             f"{repo_dir} is not inside a git repository; run `git init` and commit your "

@@ -74,6 +74,7 @@ def test_well_behaved_researcher_improves_and_commits(toy_experiment, drive_loop
     ("stash", "refs/stash"),
     ("hook", "hooks/pre-commit"),
     ("forge_ledger", "modified supervisor file experiences.md (restored)"),
+    ("replace", "refs/replace/"),
 ])
 def test_noncompliant_round_is_rolled_back(toy_experiment, drive_loop, mode, cause) -> None:
     exp = toy_experiment({"default": "good", "2": mode})
@@ -86,6 +87,7 @@ def test_noncompliant_round_is_rolled_back(toy_experiment, drive_loop, mode, cau
     assert digests(worktree(exp)) == before
     assert_clean(exp)
     assert not (exp.parent / ".git" / "hooks" / "pre-commit").exists()
+    assert git(exp, "for-each-ref", "refs/replace/", "refs/stash") == ""
     assert len(git(exp, "log", "--format=%h", BRANCH).splitlines()) == 3  # init + R1 + R3
 
 
