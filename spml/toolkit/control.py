@@ -65,3 +65,14 @@ def stop_requested(experiment: Experiment) -> str | None:
 def clear_stop(experiment: Experiment) -> None:
     """Acknowledge a stop request (the loop has stopped)."""
     _stop_path(experiment).unlink(missing_ok=True)
+
+
+def swap_supervisor_run(experiment: Experiment, run_id: str) -> str | None:
+    """Record the orchestrator run now supervising the experiment; return the previous one.
+
+    Called with the experiment lock held: the previous run, if it is not this one, is dead.
+    """
+    path = experiment.state_dir / "supervisor-run.txt"
+    previous = path.read_text(encoding="utf-8").strip() if path.is_file() else None
+    write_atomic(path, run_id)
+    return previous if previous != run_id else None
