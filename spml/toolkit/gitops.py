@@ -14,6 +14,8 @@ snapshot's ``admin_digest``.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +74,21 @@ class GitSnapshot:
     admin_digest: dict[str, str]
     _admin_bytes: dict[str, AdminEntry] = field(default_factory=dict, compare=False,
                                                 repr=False)
+
+    def to_json(self) -> str:
+        """Serialize (admin file contents base64-encoded) so recovery can restore from disk."""
+        admin = {k: [mode, base64.b64encode(data).decode()]
+                 for k, (mode, data) in self._admin_bytes.items()}
+        return json.dumps({"head": self.head, "head_ref": self.head_ref, "refs": self.refs,
+                           "admin_digest": self.admin_digest, "admin": admin})
+
+    @classmethod
+    def from_json(cls, text: str) -> GitSnapshot:
+        """The inverse of `to_json`."""
+        raw = json.loads(text)
+        admin = {k: (int(mode), base64.b64decode(data)) for k, (mode, data) in
+                 raw["admin"].items()}
+        return cls(raw["head"], raw["head_ref"], raw["refs"], raw["admin_digest"], admin)
 
 
 class Workspace:

@@ -18,10 +18,15 @@ from spml.toolkit import control
 from spml.toolkit.acceptance import target_reached
 from spml.toolkit.experiment import Experiment
 from spml.toolkit.gitops import Workspace, ensure_excluded
-from spml.toolkit.globs import compile_globs
 from spml.toolkit.ledger import read_ledger, write_ledger
 from spml.toolkit.recovery import recover_unfinished_round
-from spml.toolkit.session import STAGE, LoopSession, accepted_protocol, save_session
+from spml.toolkit.session import (
+    STAGE,
+    LoopSession,
+    accepted_protocol,
+    preflight,
+    save_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ def open_loop(experiment_dir: str, max_rounds: int | None = None) -> LoopSession
     workspace = Workspace.open_or_create(experiment.repo_root, experiment.worktree_dir(STAGE),
                                          experiment.branch(STAGE))
     session = LoopSession(experiment, protocol, workspace, max_rounds)
-    _preflight(session)
+    preflight(session)
     save_session(experiment, protocol, max_rounds)
     if control.stop_requested(experiment):
         log.info("clearing a stop request left from before this run")
@@ -72,28 +77,6 @@ def _refuse_locked_edits(previous: AutoresearchProtocol, protocol: AutoresearchP
             "fields cannot change mid-run because the recorded best would no longer be "
             "comparable. Restore them, or start a new experiment directory."
         )
-
-
-def _preflight(session: LoopSession) -> None:
-    """Check the protocol against the committed files before any round runs."""
-    p = session.protocol
-    head = session.workspace.head()
-    committed = [session.in_experiment(path) for path in session.workspace.tree_blob_ids(
-        head, lambda path: session.in_experiment(path) is not None)]
-    files = [path for path in committed if path is not None]
-    for glob in p.fixed.files:
-        if not any(compile_globs([glob])(f) for f in files):
-            raise ProtocolError(f"fixed.files pattern {glob!r} must match a committed file, "
-                                "matches none. Commit the file or fix the pattern.")
-    is_variable, is_fixed = compile_globs(p.variable.files), compile_globs(p.fixed.files)
-    overlap = [f for f in files if is_variable(f) and is_fixed(f)]
-    if overlap:
-        raise ProtocolError(f"{overlap[0]!r} matches both fixed.files and variable.files; a "
-                            "file is either fixed or variable.")
-    params_file = getattr(p.researcher, "params_file", None)
-    if params_file is not None and not is_variable(params_file):
-        raise ProtocolError(f"researcher.params_file must be a variable file, got "
-                            f"{params_file!r}. Add it to variable.files.")
 
 
 def _open_ledger(session: LoopSession) -> None:

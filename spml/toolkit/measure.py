@@ -65,7 +65,8 @@ def measure(session: LoopSession, plan: RoundPlan) -> Measurement:
         train_s += train.duration_s
         if not train.ok:
             return Measurement(tuple(values), _train_cause(train, session), (), train_s, eval_s)
-        violations = verify_fixed_files(session, plan) + check_round(session, plan)
+        violations = verify_fixed_files(session, plan) + check_round(session, plan,
+                                                                     after_researcher=False)
         if violations:
             return Measurement(tuple(values), "", tuple(violations), train_s, eval_s)
         value, cause, duration = _evaluate(session, plan, seed)

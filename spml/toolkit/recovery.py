@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 
+from spml.toolkit.gitops import GitSnapshot
 from spml.toolkit.ledger import Journal, clear_journal, read_journal, read_ledger
 from spml.toolkit.process import kill_stale_process_group
 from spml.toolkit.record import ROUND_TRAILER, record
+from spml.toolkit.rounds import SNAPSHOT_FILENAME
 from spml.toolkit.session import LoopSession
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ def recover_unfinished_round(session: LoopSession) -> str:
         return "clean"
     ledger = read_ledger(session.experiment)
     row = journal.decided_row()
+    saved = _saved_snapshot(session, journal.round)
     if ledger is not None and ledger.has_round(journal.round):
         action = "finished the bookkeeping of"
         row = next(r for r in ledger.rows if r.round == journal.round)
@@ -43,19 +46,30 @@ def recover_unfinished_round(session: LoopSession) -> str:
         if workspace.changes_since(journal.base):  # killed before the attempt was archived
             workspace.archive_attempt(journal.round, journal.base,
                                       f"spml attempt: round {journal.round} — {row.insight}")
-        workspace.rollback(journal.base)
+        workspace.rollback(journal.base, restore_refs=saved)
     else:
         row, action = None, "rolled back"
-        workspace.rollback(journal.base)
+        workspace.rollback(journal.base, restore_refs=saved)
         if journal.round > 0:
             session.researcher().abandon(journal.round)
         clear_journal(session.experiment)
     if row is not None:
-        workspace.rollback(workspace.head())
+        workspace.rollback(workspace.head(), restore_refs=saved)
         record(session, row)
     message = f"{action} round {journal.round} interrupted by a supervisor crash"
     log.warning(message)
     return message
+
+
+def _saved_snapshot(session: LoopSession, round_no: int) -> GitSnapshot | None:
+    """The git state saved when the round began: hooks, config and watched refs to restore."""
+    path = session.experiment.round_dir(round_no) / SNAPSHOT_FILENAME
+    try:
+        return GitSnapshot.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("no usable git snapshot for round %d; restoring the worktree only",
+                    round_no)
+        return None
 
 
 def _tip_is_round(session: LoopSession, journal: Journal) -> bool:

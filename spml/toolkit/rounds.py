@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spml.protocols.autoresearch import PROTOCOL_FILENAME
 from spml.toolkit import control
 from spml.toolkit.brief import BriefInputs, render_brief
 from spml.toolkit.compliance import Violation, check_compliance
@@ -22,6 +23,7 @@ from spml.toolkit.researchers import Proposal, ResearchContext
 from spml.toolkit.session import LoopSession, reload_protocol
 
 log = logging.getLogger(__name__)
+SNAPSHOT_FILENAME = "git-snapshot.json"
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,11 @@ def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, Round
     write_journal(session.experiment, Journal(round=round_no, base=base))
     round_dir = session.experiment.round_dir(round_no)
     round_dir.mkdir(parents=True, exist_ok=True)
-    plan = RoundPlan(round_no, base, workspace.snapshot(), tuple(notes),
-                     _read_all(supervisor_files(session)))
+    snapshot = workspace.snapshot()
+    # On disk too: after a crash, recovery restores hooks, config and watched refs from it.
+    write_atomic(round_dir / SNAPSHOT_FILENAME, snapshot.to_json())
+    plan = RoundPlan(round_no, base, snapshot, tuple(notes),
+                     _read_all(supervisor_files(session, plan_round=round_no)))
     if round_no > 0:
         write_atomic(round_dir / "brief.md", _brief(session, plan))
     return session, plan
@@ -89,8 +94,14 @@ def run_researcher(session: LoopSession, plan: RoundPlan) -> Proposal:
     return proposal
 
 
-def check_round(session: LoopSession, plan: RoundPlan) -> list[Violation]:
-    """S2: every change since the base must be an allowed change of a variable file."""
+def check_round(session: LoopSession, plan: RoundPlan,
+                after_researcher: bool = True) -> list[Violation]:
+    """S2: every change since the base must be an allowed change of a variable file.
+
+    The protocol file is guarded only across the researcher step: an edit made then could
+    come from the researcher widening its own rights, so it is undone (the person on the loop
+    edits it between rounds); an edit during training is the person's and applies next round.
+    """
     workspace = session.workspace
     fixed = session.fixed_paths(plan.base)
     violations = check_compliance(
@@ -98,26 +109,31 @@ def check_round(session: LoopSession, plan: RoundPlan) -> list[Violation]:
         exp_rel=session.experiment.exp_rel, variable=session.protocol.variable.files,
         fixed=session.protocol.fixed.files, fixed_module_names=_module_names(fixed),
     )
-    violations += restore_supervisor_files(plan)
+    skip = () if after_researcher else (str(session.experiment.protocol_path),)
+    violations += restore_supervisor_files(plan, skip)
     for violation in violations:
         log.warning("round %d compliance: %s", plan.round_no, violation.reason)
     return violations
 
 
-def supervisor_files(session: LoopSession) -> list[Path]:
-    """Files only the supervisor writes during a round."""
-    state = session.experiment.state_dir
-    return [session.experiment.ledger_path, state / "round.json", state / "session.json"]
+def supervisor_files(session: LoopSession, plan_round: int) -> list[Path]:
+    """Files only the supervisor writes during a round (the protocol: see `check_round`)."""
+    experiment = session.experiment
+    state = experiment.state_dir
+    return [experiment.ledger_path, state / "round.json", state / "session.json",
+            experiment.round_dir(plan_round) / SNAPSHOT_FILENAME, experiment.protocol_path]
 
 
 def _read_all(paths: list[Path]) -> dict[str, bytes | None]:
     return {str(p): p.read_bytes() if p.is_file() else None for p in paths}
 
 
-def restore_supervisor_files(plan: RoundPlan) -> list[Violation]:
+def restore_supervisor_files(plan: RoundPlan, skip: tuple[str, ...] = ()) -> list[Violation]:
     """Put back any supervisor file changed since the round began; one violation each."""
     violations = []
     for name, content in plan.supervisor_files.items():
+        if name in skip:
+            continue
         path = Path(name)
         current = path.read_bytes() if path.is_file() else None
         if current == content:
@@ -125,8 +141,11 @@ def restore_supervisor_files(plan: RoundPlan) -> list[Violation]:
         if content is None:
             path.unlink()
         else:
-            write_atomic(path, content.decode("utf-8"))
-        violations.append(Violation(path.name, f"modified supervisor file {path.name} (restored)"))
+            write_atomic(path, content)
+        reason = (f"{path.name} changed while the researcher ran (restored: edit the protocol "
+                  "between rounds)" if path.name == PROTOCOL_FILENAME else
+                  f"modified supervisor file {path.name} (restored)")
+        violations.append(Violation(path.name, reason))
     return violations
 
 

@@ -93,6 +93,28 @@ class LoopSession:
         return self.workspace.tree_blob_ids(commit, pred)
 
 
+def preflight(session: LoopSession) -> None:
+    """Check the protocol against the committed files before any round runs."""
+    p = session.protocol
+    head = session.workspace.head()
+    committed = [session.in_experiment(path) for path in session.workspace.tree_blob_ids(
+        head, lambda path: session.in_experiment(path) is not None)]
+    files = [path for path in committed if path is not None]
+    for glob in p.fixed.files:
+        if not any(compile_globs([glob])(f) for f in files):
+            raise ProtocolError(f"fixed.files pattern {glob!r} must match a committed file, "
+                                "matches none. Commit the file or fix the pattern.")
+    is_variable, is_fixed = compile_globs(p.variable.files), compile_globs(p.fixed.files)
+    overlap = [f for f in files if is_variable(f) and is_fixed(f)]
+    if overlap:
+        raise ProtocolError(f"{overlap[0]!r} matches both fixed.files and variable.files; a "
+                            "file is either fixed or variable.")
+    params_file = getattr(p.researcher, "params_file", None)
+    if params_file is not None and not is_variable(params_file):
+        raise ProtocolError(f"researcher.params_file must be a variable file, got "
+                            f"{params_file!r}. Add it to variable.files.")
+
+
 def _session_path(experiment: Experiment) -> Path:
     return experiment.state_dir / "session.json"
 
@@ -132,11 +154,16 @@ def reload_protocol(session: LoopSession) -> tuple[LoopSession, str]:
                    "(restore it, or stop and start a new experiment)")
         log.warning(message)
         return session, message
+    candidate = LoopSession(session.experiment, fresh, session.workspace,
+                            session.max_rounds_override)
+    try:
+        preflight(candidate)
+    except ProtocolError as exc:
+        log.warning("protocol edit refused: %s", exc)
+        return session, f"protocol edit refused: {exc}"
     save_session(session.experiment, fresh, session.max_rounds_override)
     changed = [k for k in type(fresh).model_fields if getattr(fresh, k) != getattr(
         session.protocol, k)]
     log.info("protocol edit applied: %s", ", ".join(changed))
-    return (LoopSession(session.experiment, fresh, session.workspace,
-                        session.max_rounds_override),
-            f"protocol edit applied: {', '.join(changed)}")
+    return candidate, f"protocol edit applied: {', '.join(changed)}"
 

@@ -75,6 +75,7 @@ def test_well_behaved_researcher_improves_and_commits(toy_experiment, drive_loop
     ("hook", "hooks/pre-commit"),
     ("forge_ledger", "modified supervisor file experiences.md (restored)"),
     ("replace", "refs/replace/"),
+    ("widen_protocol", "autoresearch-protocol.md changed while the researcher ran (restored"),
 ])
 def test_noncompliant_round_is_rolled_back(toy_experiment, drive_loop, mode, cause) -> None:
     exp = toy_experiment({"default": "good", "2": mode})

@@ -166,3 +166,16 @@ def test_unignored_training_output_fails_the_baseline_with_a_gitignore_hint(toy_
     git(exp, "commit", "-qam", "forget to ignore outputs")
     with pytest.raises(BaselineFailed, match=r"outputs/result.json.*covered by \.gitignore"):
         drive_loop(exp)
+
+
+def test_protocol_edit_that_fails_preflight_is_refused(toy_experiment, drive_loop) -> None:
+    exp = toy_experiment({"default": "good"}, max_rounds=2)
+
+    def edit(round_no: int) -> None:
+        if round_no == 1:  # make a fixed file variable too
+            edit_protocol(exp, lambda f: f["variable"].update(files=["params.yaml", "*.py"]))
+
+    drive_loop(exp, between_rounds=edit)
+    note = rows(exp)[2].note
+    assert note.startswith("protocol edit refused:")
+    assert "matches both fixed.files and variable.files" in note

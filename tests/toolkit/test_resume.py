@@ -143,3 +143,19 @@ def _sleepers() -> list[int]:
         except OSError:
             continue
     return [pid for pid in found if not _is_zombie(pid)]
+
+
+def test_git_config_tampering_is_undone_by_recovery_after_a_crash(toy_experiment,
+                                                                  tmp_path) -> None:
+    exp = toy_experiment({"default": "good", "2": "config_then_die"})
+    config = exp.parent / ".git" / "config"
+    before = config.read_text()
+    proc = start(exp)
+    _wait_for(tmp_path / "researcher-2.started", proc)
+    proc.kill()  # the supervisor dies before it could check the round
+    proc.wait()
+    assert "hide" in config.read_text()
+    (tmp_path / "plan.json").write_text(json.dumps({"default": "good"}))
+    assert finish(start(exp)) == 0
+    assert config.read_text() == before
+    assert_exactly_once(exp, 3)
