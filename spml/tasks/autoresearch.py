@@ -37,8 +37,10 @@ def plan_next_step(experiment_dir: str) -> NextStep:
     return next_step(LoopSession.load(experiment_dir))
 
 
+# persist_result=False: a RoundPlan carries copies of .git/config and hooks (which may hold
+# credentials); they must never be written to Prefect's result storage.
 @task(name="S0-begin-round", task_run_name="R{round_no} S0: begin", cache_policy=NO_CACHE,
-      retries=1, retry_delay_seconds=1)
+      retries=1, retry_delay_seconds=1, persist_result=False)
 def start_round(experiment_dir: str, round_no: int) -> RoundPlan:
     """Clean tree, protocol edits, human notes, journal, brief."""
     _, plan = begin_round(LoopSession.load(experiment_dir), round_no)

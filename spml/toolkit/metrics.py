@@ -22,7 +22,10 @@ from spml.errors import MetricNotFound
 
 logger = logging.getLogger(__name__)
 
-_NUMBER = r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|(?i:nan|inf(?:inity)?)(?!\w))"
+# `(?!,\d)`: "1,234.5" is refused rather than read as 1.
+# The atomic group keeps the regex from backtracking into a shorter number ("12,3" -> 1).
+_NUMBER = (r"[-+]?(?:(?>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)(?!,\d)"
+           r"|(?i:nan|inf(?:inity)?)(?!\w))")
 # A key may not continue an identifier on its left (its right side is the `:`/`=` anyway).
 _KEY_START = r"(?<![\w.\-/])"
 _GENERIC_KEY = r"[A-Za-z_][\w.\-/]*"

@@ -222,3 +222,9 @@ def test_parse_summary_without_block_is_empty(text: str) -> None:
 
 def test_parse_summary_separator_may_have_surrounding_spaces() -> None:
     assert parse_summary("x: 1\n  ---  \ny: 2\n") == {"y": 2.0}
+
+
+def test_thousands_separator_is_refused_not_misread() -> None:
+    for text in ("loss: 1,234.5", "loss: 12,345.5", "loss=12,3", "loss: 12.5,1"):
+        assert find_metric(text, "loss") is None, text
+    assert find_metric("loss=0.5,acc=0.9", "loss") == 0.5
