@@ -20,17 +20,24 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 from spml.errors import CommandError
+from spml.toolkit.procfs import (
+    TOKEN_VAR,
+    kill_by_token,
+    live_group_members,
+    orphans_of,
+    start_time,
+)
 
 logger = logging.getLogger(__name__)
 
 _SHELL = "/bin/sh"
-_PROC = Path("/proc")
 # Exit codes 128+N that a shell reports for a child killed by signal N.
 _SHELL_SIGNALS = frozenset(
     {signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV, signal.SIGABRT, signal.SIGINT}
@@ -158,15 +165,18 @@ def run_command(  # noqa: PLR0913 - the documented, keyword-only API of the shar
     argv, display = _argv_and_display(command)
     stdout_path, stderr_path = _log_paths(log_dir, name, display)
     started = time.monotonic()
-    proc = _spawn(argv, display, cwd, env, stdout_path, stderr_path)
+    token = uuid.uuid4().hex
+    proc = _spawn(argv, display, cwd, {**(env or {}), TOKEN_VAR: token}, stdout_path,
+                  stderr_path)
     logger.info("started %r as pgid %d (cwd=%s, limit=%ss)", display, proc.pid, cwd, time_limit_s)
     timed_out = False
     try:
         if pid_file is not None:
-            _write_pid_file(pid_file, proc.pid, display)
+            _write_pid_file(pid_file, proc.pid, display, token)
         timed_out = _supervise(proc, display, time_limit_s, kill_grace_s)
     finally:
         _finish_group(proc, display)
+        kill_by_token(token)
         if pid_file is not None:
             pid_file.unlink(missing_ok=True)
     result = CommandResult(
@@ -199,13 +209,14 @@ def kill_stale_process_group(pid_file: Path) -> bool:
         return False
     try:
         record = json.loads(pid_file.read_text(encoding="utf-8"))
-        pid, pgid, start_time = int(record["pid"]), int(record["pgid"]), int(record["start_time"])
+        pid, pgid = int(record["pid"]), int(record["pgid"])
+        recorded_start = int(record["start_time"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("ignoring unreadable pid file %s: %s", pid_file, exc)
         pid_file.unlink(missing_ok=True)
         return False
-    killed = False
-    if _start_time(pid) == start_time or _orphans_of(pgid, start_time):
+    killed = bool(kill_by_token(str(record.get("token", ""))))
+    if start_time(pid) == recorded_start or orphans_of(pgid, recorded_start):
         killed = _signal_group(pgid, signal.SIGKILL)
         if killed:
             logger.warning("killed stale process group %d recorded in %s", pgid, pid_file)
@@ -216,19 +227,6 @@ def kill_stale_process_group(pid_file: Path) -> bool:
         )
     pid_file.unlink(missing_ok=True)
     return killed
-
-
-def _orphans_of(pgid: int, start_time: int) -> list[int]:
-    """Live members of a group whose leader has exited (e.g. `sleep 30 &` of a dead shell).
-
-    A pgid cannot be reused while any member of its group lives, so members started after the
-    recorded leader belong to it, unless a new process now leads a group of that number.
-    """
-    leader = _stat_fields(pgid)
-    if leader is not None and len(leader) > 19 and int(leader[2]) == pgid:
-        return []  # the number now leads another group: pid reuse, not ours
-    return [pid for pid in _live_group_members(pgid)
-            if (_start_time(pid) or 0) >= start_time]
 
 
 # --- starting -------------------------------------------------------------------------------
@@ -300,8 +298,8 @@ def _spawn(
         ) from exc
 
 
-def _write_pid_file(pid_file: Path, pid: int, display: str) -> None:
-    record = {"pgid": pid, "pid": pid, "start_time": _start_time(pid)}
+def _write_pid_file(pid_file: Path, pid: int, display: str, token: str) -> None:
+    record = {"pgid": pid, "pid": pid, "start_time": start_time(pid), "token": token}
     try:
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = pid_file.with_name(f".{pid_file.name}.{os.getpid()}.tmp")
@@ -343,7 +341,7 @@ def _finish_group(proc: subprocess.Popen[bytes], display: str) -> None:
 
     The leader is still an unreaped zombie here, so its pid (= the pgid) cannot be reused.
     """
-    leftovers = _live_group_members(proc.pid)
+    leftovers = live_group_members(proc.pid)
     if leftovers:
         logger.warning(
             "killing %d leftover process(es) of %r: %s", len(leftovers), display, leftovers
@@ -375,7 +373,7 @@ def _wait_leader_exit(pid: int, deadline: float | None) -> bool:
 def _wait_group_gone(pgid: int, deadline: float) -> bool:
     """Poll until the group has no live (non-zombie) member; False at the deadline."""
     delay = 0.005
-    while _live_group_members(pgid):
+    while live_group_members(pgid):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
@@ -391,45 +389,6 @@ def _signal_group(pgid: int, sig: signal.Signals) -> bool:
         return False
     except PermissionError as exc:
         logger.warning("cannot send %s to process group %d: %s", sig.name, pgid, exc)
-        return False
-    return True
-
-
-# --- /proc ----------------------------------------------------------------------------------
-
-
-def _stat_fields(pid: int | str) -> list[str] | None:
-    """Fields 3.. of ``/proc/<pid>/stat`` (index 0 = state, 2 = pgrp, 19 = starttime)."""
-    try:
-        raw = (_PROC / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()
-
-
-def _start_time(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields and len(fields) > 19 else None
-
-
-def _live_group_members(pgid: int) -> list[int]:
-    """Pids of non-zombie processes in group ``pgid`` (any signalable member without /proc)."""
-    if not _PROC.joinpath("self", "stat").exists():
-        return [pgid] if _signal_group_probe(pgid) else []
-    members = []
-    for entry in os.scandir(_PROC):
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(entry.name)
-        if fields and len(fields) > 2 and fields[0] not in "ZX" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
-
-
-def _signal_group_probe(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
         return False
     return True
 

@@ -365,3 +365,24 @@ def _live_members(pgid: int) -> list[int]:
         if fields[0] not in "ZX" and int(fields[2]) == pgid:
             members.append(int(stat.parent.name))
     return members
+
+
+def test_descendant_that_left_the_group_is_killed(tmp_path: Path) -> None:
+    # `setsid` puts the sleeper in a new session and group: only the run token finds it.
+    marker = tmp_path / "daemon.pid"
+    result = run_command(f"setsid sh -c 'echo $$ > {marker}; exec sleep 300' & sleep 0.5",
+                         cwd=tmp_path, log_dir=tmp_path, name="d")
+    assert result.ok
+    daemon = int(marker.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(daemon):
+        assert time.monotonic() < deadline, "the setsid daemon outlived run_command"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in "ZX"
