@@ -142,6 +142,12 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    # The rename itself must reach the disk too, or a power cut can bring the old file back.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def hold_experiment(experiment_dir: str | Path, protocol_filename: str = "") -> ExperimentLock:
