@@ -21,12 +21,16 @@ def demo(
 
     def _demo() -> None:
         from spml.cli.autoresearch import run_loop
+        from spml.protocols.autoresearch import PROTOCOL_FILENAME
         from spml.toolkit.examples import DEMO_EXAMPLE, copy_example
+        from spml.toolkit.experiment import Experiment
+        from spml.toolkit.session import STAGE
 
         target = copy_example(DEMO_EXAMPLE, directory.resolve())
         console.print(f"copied the [bold]{DEMO_EXAMPLE}[/] example to {target} (a new git repo)")
         run_loop(target, rounds)
-        console.print(f"inspect: git -C {target} log --oneline spml/autoresearch/"
-                      f"{target.name.lower()}  ·  cat {target}/experiences.md", highlight=False)
+        branch = Experiment.locate(target, PROTOCOL_FILENAME).branch(STAGE)
+        console.print(f"inspect: git -C {target} log --oneline {branch}  ·  "
+                      f"cat {target}/experiences.md", highlight=False)
 
     guarded(_demo)
