@@ -22,11 +22,10 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from spml.errors import CommandError
+from spml.toolkit.command_result import CommandResult, ExitKind, classify_returncode
 from spml.toolkit.procfs import (
     TOKEN_VAR,
     kill_by_token,
@@ -38,94 +37,8 @@ from spml.toolkit.procfs import (
 logger = logging.getLogger(__name__)
 
 _SHELL = "/bin/sh"
-# Exit codes 128+N that a shell reports for a child killed by signal N.
-_SHELL_SIGNALS = frozenset(
-    {signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV, signal.SIGABRT, signal.SIGINT}
-)
 _REAP_TIMEOUT_S = 2.0  # how long to wait for SIGKILLed group members to disappear
 _MAX_POLL_S = 0.25
-_TAIL_READ_BYTES = 256 * 1024
-_DESCRIBE_MAX = 200
-
-
-class ExitKind(StrEnum):
-    """How a command ended."""
-
-    OK = "ok"
-    FAILED = "failed"
-    TIMEOUT = "timeout"
-    SIGNALED = "signaled"
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """Outcome of :func:`run_command`; output stays in the log files, read on demand."""
-
-    command: str
-    exit_code: int | None
-    kind: ExitKind
-    duration_s: float
-    stdout_path: Path
-    stderr_path: Path
-    time_limit_s: float | None
-
-    @property
-    def ok(self) -> bool:
-        """Whether the command exited with status 0 within its time limit."""
-        return self.kind is ExitKind.OK
-
-    def stdout_text(self, max_bytes: int = 1_000_000) -> str:
-        """Return the last ``max_bytes`` of stdout, decoded as UTF-8 (bad bytes replaced).
-
-        Args:
-            max_bytes: Upper bound on the bytes read from the end of the log.
-
-        Returns:
-            The decoded text; ``""`` when the log is missing.
-        """
-        return _read_tail(self.stdout_path, max_bytes)
-
-    def stderr_tail(self, lines: int = 20) -> str:
-        """Return the last ``lines`` lines of stderr joined by newlines.
-
-        Args:
-            lines: How many lines to keep (progress-bar ``\\r`` updates count as lines).
-
-        Returns:
-            The tail text; ``""`` when the log is missing or empty.
-        """
-        if lines <= 0:
-            return ""
-        return "\n".join(_read_tail(self.stderr_path, _TAIL_READ_BYTES).splitlines()[-lines:])
-
-    def describe(self) -> str:
-        """Summarise the outcome in one line of at most 200 characters (for a ledger Insight).
-
-        Returns:
-            E.g. ``"exit 1: ValueError: boom"`` or
-            ``"killed after exceeding 90s time limit (process group terminated)"``.
-        """
-        if self.kind is ExitKind.TIMEOUT:
-            text = (
-                f"killed after exceeding {self.time_limit_s:g}s time limit "
-                "(process group terminated)"
-            )
-        elif self.kind is ExitKind.SIGNALED:
-            text = _describe_signal(self.exit_code)
-            if last := self._last_output_line():
-                text = f"{text}: {last}"
-        elif self.kind is ExitKind.OK:
-            text = f"exit 0 after {self.duration_s:.1f}s"
-        else:
-            text = f"exit {self.exit_code}: {self._last_output_line() or '(no output)'}"
-        return _one_line(text, _DESCRIBE_MAX)
-
-    def _last_output_line(self) -> str:
-        for path in (self.stderr_path, self.stdout_path):
-            for line in reversed(_read_tail(path, 64 * 1024).splitlines()):
-                if line.strip():
-                    return line.strip()
-        return ""
 
 
 def run_command(  # noqa: PLR0913 - the documented, keyword-only API of the shared runner
@@ -162,34 +75,88 @@ def run_command(  # noqa: PLR0913 - the documented, keyword-only API of the shar
         CommandError: The command could not be started (empty command, bad ``name``, missing
             ``cwd`` or executable, unwritable log dir or pid file).
     """
-    argv, display = _argv_and_display(command)
-    stdout_path, stderr_path = _log_paths(log_dir, name, display)
-    started = time.monotonic()
-    token = uuid.uuid4().hex
-    proc = _spawn(argv, display, cwd, {**(env or {}), TOKEN_VAR: token}, stdout_path,
-                  stderr_path)
-    logger.info("started %r as pgid %d (cwd=%s, limit=%ss)", display, proc.pid, cwd, time_limit_s)
+    running = start_command(command, cwd=cwd, log_dir=log_dir, name=name, env=env,
+                            pid_file=pid_file, time_limit_s=time_limit_s)
     timed_out = False
     try:
-        if pid_file is not None:
-            _write_pid_file(pid_file, proc.pid, display, token)
-        timed_out = _supervise(proc, display, time_limit_s, kill_grace_s)
+        timed_out = _supervise(running.proc, running.display, time_limit_s, kill_grace_s)
     finally:
-        _finish_group(proc, display)
-        kill_by_token(token)
-        if pid_file is not None:
-            pid_file.unlink(missing_ok=True)
-    result = CommandResult(
-        command=display,
-        exit_code=proc.returncode,
-        kind=ExitKind.TIMEOUT if timed_out else _classify(proc.returncode),
-        duration_s=time.monotonic() - started,
-        stdout_path=stdout_path,
-        stderr_path=stderr_path,
-        time_limit_s=time_limit_s,
-    )
-    logger.info("%r finished: %s", display, result.describe())
+        result = running.finish(timed_out=timed_out)
     return result
+
+
+class RunningCommand:
+    """A started command whose group this object owns until `finish` (for callers that poll,
+    such as a watchdog reading the log while the process runs)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], display: str, token: str,
+                 paths: tuple[Path, Path], pid_file: Path | None,
+                 time_limit_s: float | None) -> None:
+        self.proc, self.display, self._token = proc, display, token
+        self.stdout_path, self.stderr_path = paths
+        self._pid_file, self._time_limit_s = pid_file, time_limit_s
+        self._started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        """The leader's pid, which is also the process group id."""
+        return self.proc.pid
+
+    def exited(self, timeout_s: float = 0.0) -> bool:
+        """Whether the leader has exited (waiting up to ``timeout_s``); it stays unreaped."""
+        return _wait_leader_exit(self.proc.pid, time.monotonic() + timeout_s)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM the group, wait up to ``grace_s`` for it to go (`finish` SIGKILLs the rest)."""
+        _signal_group(self.proc.pid, signal.SIGTERM)
+        _wait_group_gone(self.proc.pid, time.monotonic() + max(grace_s, 0.0))
+
+    def finish(self, timed_out: bool = False) -> CommandResult:
+        """Kill whatever is left (group and escaped descendants), reap, and report."""
+        try:
+            _finish_group(self.proc, self.display)
+            kill_by_token(self._token)
+        finally:
+            if self._pid_file is not None:
+                self._pid_file.unlink(missing_ok=True)
+        result = CommandResult(
+            command=self.display, exit_code=self.proc.returncode,
+            kind=ExitKind.TIMEOUT if timed_out else classify_returncode(self.proc.returncode),
+            duration_s=time.monotonic() - self._started, stdout_path=self.stdout_path,
+            stderr_path=self.stderr_path, time_limit_s=self._time_limit_s,
+        )
+        logger.info("%r finished: %s", self.display, result.describe())
+        return result
+
+
+def start_command(  # noqa: PLR0913 - same keyword-only API as run_command
+    command: str | Sequence[str],
+    *,
+    cwd: Path,
+    log_dir: Path,
+    name: str,
+    env: Mapping[str, str] | None = None,
+    pid_file: Path | None = None,
+    time_limit_s: float | None = None,
+) -> RunningCommand:
+    """Start ``command`` like `run_command` does, without waiting; see `RunningCommand`.
+
+    Raises:
+        CommandError: The command could not be started.
+    """
+    argv, display = _argv_and_display(command)
+    paths = _log_paths(log_dir, name, display)
+    token = uuid.uuid4().hex
+    proc = _spawn(argv, display, cwd, {**(env or {}), TOKEN_VAR: token}, *paths)
+    logger.info("started %r as pgid %d (cwd=%s, limit=%ss)", display, proc.pid, cwd, time_limit_s)
+    running = RunningCommand(proc, display, token, paths, pid_file, time_limit_s)
+    if pid_file is not None:
+        try:
+            _write_pid_file(pid_file, proc.pid, display, token)
+        except CommandError:
+            running.finish()
+            raise
+    return running
 
 
 def kill_stale_process_group(pid_file: Path) -> bool:
@@ -391,49 +358,6 @@ def _signal_group(pgid: int, sig: signal.Signals) -> bool:
         logger.warning("cannot send %s to process group %d: %s", sig.name, pgid, exc)
         return False
     return True
-
-
-# --- classification and text ----------------------------------------------------------------
-
-
-def _classify(returncode: int | None) -> ExitKind:
-    if returncode == 0:
-        return ExitKind.OK
-    if returncode is None or returncode < 0:
-        return ExitKind.SIGNALED
-    if returncode - 128 in _SHELL_SIGNALS:
-        return ExitKind.SIGNALED
-    return ExitKind.FAILED
-
-
-def _describe_signal(exit_code: int | None) -> str:
-    if exit_code is None:
-        return "killed by a signal"
-    number = -exit_code if exit_code < 0 else exit_code - 128
-    try:
-        sig_name = signal.Signals(number).name
-    except ValueError:
-        sig_name = "unknown signal"
-    text = f"killed by signal {number} ({sig_name})"
-    return text if exit_code < 0 else f"{text}, exit code {exit_code}"
-
-
-def _read_tail(path: Path, max_bytes: int) -> str:
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(size - max(max_bytes, 0), 0))
-            data = fh.read()
-    except OSError:
-        return ""
-    if len(data) < size:
-        data = data.lstrip(bytes(range(0x80, 0xC0)))  # drop a cut-off UTF-8 sequence
-    return data.decode("utf-8", errors="replace")
-
-
-def _one_line(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def supervisor_path() -> dict[str, str]:
