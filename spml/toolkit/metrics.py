@@ -100,8 +100,22 @@ def parse_summary(text: str) -> dict[str, float]:
     starts = list(_SUMMARY_START.finditer(text))
     if not starts:
         return {}
-    block = text[starts[-1].end() :]
-    return {m.group("key"): float(m.group("num")) for m in _SUMMARY_PAIR.finditer(block)}
+    return find_pairs(text[starts[-1].end() :])
+
+
+def find_pairs(text: str) -> dict[str, float]:
+    """Return every numeric ``key=value`` / ``key: value`` pair in ``text``.
+
+    Keys are identifiers that may contain ``.``, ``-`` and ``/`` (``train/loss``) and may be
+    quoted as in a printed dict; numbers follow the module's number rules.
+
+    Args:
+        text: Any text (one line or many).
+
+    Returns:
+        ``{key: value}`` in order of first appearance; for a repeated key the last value wins.
+    """
+    return {m.group("key"): float(m.group("num")) for m in _SUMMARY_PAIR.finditer(text)}
 
 
 def _pair_pattern(metric: str) -> re.Pattern[str]:

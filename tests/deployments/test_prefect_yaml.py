@@ -18,7 +18,12 @@ from prefect.cli.deploy._models import PrefectYamlModel, RawScheduleConfig
 from prefect.flows import load_flow_from_entrypoint
 
 PREFECT_YAML = Path(__file__).resolve().parents[2] / "prefect.yaml"
-FLOW_NAMES = {"default": "autoresearch", "nightly": "autoresearch"}
+# Full deployment name (`<flow name>/<deployment name>`) -> entrypoint.
+EXPECTED = {
+    "autoresearch/default": "spml.flows.autoresearch.autoresearch_flow",
+    "autoresearch/nightly": "spml.flows.autoresearch.autoresearch_flow",
+    "watchdog/default": "spml.flows.watchdog.watchdog_flow",
+}
 
 
 def _load() -> dict[str, Any]:
@@ -26,7 +31,8 @@ def _load() -> dict[str, Any]:
 
 
 CONFIG = _load()
-DEPLOYMENTS = {d["name"]: d for d in CONFIG["deployments"]}
+DEPLOYMENTS = {f"{d['entrypoint'].rsplit('.', 1)[1].removesuffix('_flow')}/{d['name']}": d
+               for d in CONFIG["deployments"]}
 
 
 def test_top_level_sections() -> None:
@@ -43,20 +49,20 @@ def test_top_level_sections() -> None:
 def test_prefect_accepts_the_file() -> None:
     # The pydantic model `prefect deploy` validates prefect.yaml with (Prefect-internal module).
     model = PrefectYamlModel.model_validate(CONFIG)
-    assert [d.name for d in model.deployments] == list(FLOW_NAMES)
+    assert len(model.deployments) == len(EXPECTED)
 
 
 def test_deployment_names() -> None:
-    assert set(DEPLOYMENTS) == set(FLOW_NAMES)
+    assert {k: d["entrypoint"] for k, d in DEPLOYMENTS.items()} == EXPECTED
 
 
-@pytest.mark.parametrize("name", sorted(FLOW_NAMES))
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_entrypoint_is_a_flow_taking_the_parameters(name: str) -> None:
     deployment = DEPLOYMENTS[name]
     assert ":" not in deployment["entrypoint"], "entrypoints are module paths (H9)"
     flow = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
     assert isinstance(flow, Flow)
-    assert flow.name == FLOW_NAMES[name]
+    assert f"{flow.name}/{deployment['name']}" == name
     accepted = set(inspect.signature(flow.fn).parameters)
     assert set(deployment["parameters"]) <= accepted
     required = {p.name for p in inspect.signature(flow.fn).parameters.values()
@@ -64,7 +70,7 @@ def test_entrypoint_is_a_flow_taking_the_parameters(name: str) -> None:
     assert required <= set(deployment["parameters"]), "explicit parameters (H9)"
 
 
-@pytest.mark.parametrize("name", sorted(FLOW_NAMES))
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_deployment_is_described_and_configured(name: str) -> None:
     deployment = DEPLOYMENTS[name]
     assert deployment["description"].strip()
@@ -76,11 +82,12 @@ def test_deployment_is_described_and_configured(name: str) -> None:
 
 
 def test_default_has_no_schedule() -> None:
-    assert not DEPLOYMENTS["default"].get("schedules")
+    assert not DEPLOYMENTS["autoresearch/default"].get("schedules")
+    assert not DEPLOYMENTS["watchdog/default"].get("schedules")
 
 
 def test_nightly_schedule_is_an_inactive_cron() -> None:
-    (schedule,) = DEPLOYMENTS["nightly"]["schedules"]
+    (schedule,) = DEPLOYMENTS["autoresearch/nightly"]["schedules"]
     RawScheduleConfig.model_validate(schedule)
     assert schedule["cron"] == "0 2 * * *"
     assert schedule["timezone"] == "UTC"

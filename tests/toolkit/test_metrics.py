@@ -7,7 +7,7 @@ import math
 import pytest
 
 from spml.errors import MetricNotFound
-from spml.toolkit.metrics import find_metric, parse_metric, parse_summary
+from spml.toolkit.metrics import find_metric, find_pairs, parse_metric, parse_summary
 
 
 @pytest.mark.parametrize(
@@ -228,3 +228,15 @@ def test_thousands_separator_is_refused_not_misread() -> None:
     for text in ("loss: 1,234.5", "loss: 12,345.5", "loss=12,3", "loss: 12.5,1"):
         assert find_metric(text, "loss") is None, text
     assert find_metric("loss=0.5,acc=0.9", "loss") == 0.5
+
+
+def test_find_pairs_reads_every_numeric_pair_last_wins() -> None:
+    text = "step=3 loss: 0.5 'acc': 1 lr=3e-4 name=run1 loss=0.25 x=1,234"
+
+    assert find_pairs(text) == {"step": 3.0, "loss": 0.25, "acc": 1.0, "lr": 3e-4}
+
+
+def test_find_pairs_keys_with_slash_dot_dash_and_no_pairs() -> None:
+    assert find_pairs("train/loss=1 eval.acc: 2 lr-head=3") == {
+        "train/loss": 1.0, "eval.acc": 2.0, "lr-head": 3.0}
+    assert find_pairs("nothing here") == {}

@@ -1,0 +1,67 @@
+"""`spml watchdog run | status`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spml.cli._output import EXIT_FAILED, console, err_console, guarded, quiet_prefect
+
+app = typer.Typer(help="Watchdog: keep one long training run alive.", no_args_is_help=True)
+DirArg = Annotated[Path, typer.Argument(help="Experiment directory.")]
+
+
+@app.command()
+def run(
+    experiment_dir: DirArg,
+    train_command: Annotated[str | None, typer.Option(help="Training command.")] = None,
+    checkpoint_glob: Annotated[str | None, typer.Option(help="Checkpoint glob.")] = None,
+    log_file: Annotated[str | None, typer.Option(help="Training log file.")] = None,
+    eval_command: Annotated[str | None, typer.Option(help="Eval ({checkpoint}).")] = None,
+    hang_timeout: Annotated[float | None, typer.Option(help="Seconds of silence.")] = None,
+    startup_grace: Annotated[float | None, typer.Option(help="Grace seconds.")] = None,
+    restart_delay: Annotated[float | None, typer.Option(help="Backoff base seconds.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Supervise the run; exit 0 when training finished, 1 on a code failure or crash loop."""
+    quiet_prefect(verbose)
+    overrides = {"train_command": train_command, "checkpoint_glob": checkpoint_glob,
+                 "log_file": log_file, "eval_command": eval_command,
+                 "hang_timeout": hang_timeout, "startup_grace": startup_grace,
+                 "restart_delay": restart_delay}
+    guarded(lambda: _run(experiment_dir.resolve(), overrides))
+
+
+def _run(exp: Path, overrides: dict) -> None:
+    from spml.protocols.watchdog import load_watchdog_settings
+    from spml.tasks.watchdog import TrainingStopped
+
+    load_watchdog_settings(exp, overrides)  # a bad setting exits 2 before Prefect starts
+    from spml.flows.watchdog import watchdog_flow
+
+    console.print(f"[bold]Watchdog[/] on {exp}")
+    try:
+        watchdog_flow(str(exp), {k: v for k, v in overrides.items() if v is not None})
+    except TrainingStopped as exc:
+        err_console.print(f"[bold red]stopped:[/] {exc}", highlight=False)
+        err_console.print(f"diagnosis: {exp / 'experiment-context.md'}", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    console.print("training finished", highlight=False)
+
+
+@app.command()
+def status(experiment_dir: DirArg) -> None:
+    """Print the watchdog status recorded in experiment-context.md."""
+    def _status() -> None:
+        from spml.toolkit.watchdog.context import ContextFile
+
+        fields = ContextFile(experiment_dir / "experiment-context.md").read_status()
+        if not fields:
+            console.print("no watchdog status yet")
+        for key, value in fields.items():
+            console.print(f"{key}: {value}", highlight=False)
+
+    guarded(_status)

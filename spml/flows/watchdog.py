@@ -1,0 +1,30 @@
+"""The `watchdog` flow: keep one long training run alive (deployment `watchdog/default`).
+
+The training attempt is one task whose retries are the restart policy: environment failures
+(host OOM kill, preemption, NCCL timeout, hardware error, disk full, hang) are retried from the
+newest complete checkpoint; code failures and crash loops stop the flow with a diagnosis in
+`experiment-context.md`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from spml.tasks.watchdog import load_settings, publish_watch_summary, supervise_training
+
+
+@flow(name="watchdog")
+def watchdog_flow(experiment_dir: str, overrides: dict[str, Any] | None = None) -> str:
+    """Supervise the training run of ``experiment_dir`` until it finishes or must stop.
+
+    Args:
+        experiment_dir: directory with `watchdog.yaml` or `experiment-context.md` settings.
+        overrides: settings that win over the files (the CLI flags).
+    """
+    settings = load_settings(experiment_dir, overrides or {})
+    state = supervise_training(settings, experiment_dir, return_state=True)
+    summary = publish_watch_summary(experiment_dir)
+    get_run_logger().info(summary)
+    return state.result()  # re-raises TrainingStopped: the flow run fails with the diagnosis

@@ -1,0 +1,27 @@
+"""Watchdog for one long training run: classify how an attempt ended, decide whether to restart."""
+
+from spml.toolkit.watchdog.classify import (
+    AttemptEnd,
+    Diagnosis,
+    FailureKind,
+    classify,
+    read_oom_evidence,
+)
+from spml.toolkit.watchdog.policy import (
+    AttemptRecord,
+    RestartDecision,
+    RestartPolicy,
+    decide_restart,
+)
+
+__all__ = [
+    "AttemptEnd",
+    "AttemptRecord",
+    "Diagnosis",
+    "FailureKind",
+    "RestartDecision",
+    "RestartPolicy",
+    "classify",
+    "decide_restart",
+    "read_oom_evidence",
+]

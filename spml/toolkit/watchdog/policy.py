@@ -1,0 +1,209 @@
+"""Restart policy of the watchdog: a pure decision over the attempts of one training run.
+
+A code failure never restarts. An environment failure restarts after a capped exponential
+backoff with jitter, unless a budget is spent or the run is crash-looping; the backoff step
+resets after a healthy attempt. Defaults and anchors: shared/spec/toolkit-and-watchdog-notes.md
+§5.7 and §5.9 (Kubernetes back-off with reset-after-stability, NVIDIA resiliency-ext
+``max_no_progress_restarts``, pytorch#60910 on retrying failures before the first step).
+
+Example:
+    >>> from spml.toolkit.watchdog.classify import Diagnosis
+    >>> kill = Diagnosis("environment", "SIGTERM: preemption", "signal:15", ())
+    >>> decision = decide_restart(RestartPolicy(jitter=0.0), [AttemptRecord(0, 60, None, 7, kill)])
+    >>> decision.restart, decision.delay_s
+    (True, 30.0)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+from spml.toolkit.watchdog.classify import Diagnosis
+
+logger = logging.getLogger(__name__)
+
+_HOUR_S = 3600.0
+_MAX_DOUBLINGS = 64  # 2**64 * any sane base is far past any cap; avoids float overflow
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Backoff and crash-loop limits (notes §5.9); every count is per training run.
+
+    Raises:
+        ValueError: A delay or count is negative, a "max_*" loop guard is below 1, or
+            ``jitter`` is outside ``[0, 1)``.
+    """
+
+    base_delay_s: float = 30.0  # first delay; doubles per consecutive environment failure
+    cap_s: float = 600.0  # the doubling stops here (before jitter)
+    jitter: float = 0.2  # delay is scaled by a uniform factor in [1 - jitter, 1 + jitter]
+    max_restarts_per_hour: int = 3  # failures ending within one hour (the latest included)
+    max_restarts: int = 10  # restarts over the whole run
+    max_no_progress: int = 3  # consecutive attempts that did not get past the step before
+    max_early_failures: int = 2  # failures before their first logged step (stop at the 2nd)
+    healthy_reset_s: float = 1800.0  # an attempt that ran this long ...
+    healthy_reset_steps: int = 1  # ... and advanced this many steps resets the backoff
+    max_same_signature: int = 2  # same failure this many times in a row without progress
+
+    def __post_init__(self) -> None:
+        guards = {"max_no_progress", "max_early_failures", "max_same_signature"}
+        for field in fields(self):
+            value, floor = getattr(self, field.name), 1 if field.name in guards else 0
+            if field.name != "jitter" and value < floor:
+                raise ValueError(f"{field.name} must be >= {floor}, got {value!r} "
+                                 "(RestartPolicy). Use a non-negative delay or count.")
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r} (RestartPolicy). "
+                             "Use e.g. 0.2 for +/-20 %.")
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One ended attempt, as the restart policy sees it."""
+
+    started_at: float  # wall-clock seconds (time.time())
+    ended_at: float
+    started_step: int | None  # step it resumed from (None = fresh start)
+    last_step: int | None  # last step seen in its log (None = failed before any step)
+    diagnosis: Diagnosis
+
+
+@dataclass(frozen=True)
+class RestartDecision:
+    """Whether to relaunch the run, after how long, and why (numbers quoted)."""
+
+    restart: bool
+    delay_s: float
+    reason: str
+
+
+def decide_restart(
+    policy: RestartPolicy,
+    history: Sequence[AttemptRecord],
+    *,
+    rng: random.Random | None = None,
+) -> RestartDecision:
+    """Decide whether the run restarts after its latest attempt (``history[-1]``).
+
+    Args:
+        policy: Backoff and crash-loop limits.
+        history: Every attempt of the run so far, oldest first; all but the last were restarted.
+        rng: Source of the jitter; pass a seeded one for a reproducible delay.
+
+    Returns:
+        A restart after ``min(base * 2**k, cap)`` seconds with jitter (k = failures since the
+        last healthy attempt, minus one) for an environment failure within every budget; else
+        ``restart=False`` with a reason that names the cause or the limit hit, and ``delay_s=0``.
+
+    Raises:
+        ValueError: ``history`` is empty.
+    """
+    if not history:
+        raise ValueError("history must hold at least the attempt that just ended, got [] "
+                         "(decide_restart).")
+    last = history[-1].diagnosis
+    if last.kind == "code":
+        return _stop(f"code failure, not restarting: {last.cause} [{last.signature}]")
+    for check in _STOP_CHECKS:
+        if (why := check(policy, history)) is not None:
+            return _stop(f"environment failure ({last.cause}), but {why}")
+    k = len(_since_healthy(policy, history)) - 1
+    delay = min(policy.base_delay_s * 2.0 ** min(k, _MAX_DOUBLINGS), policy.cap_s)
+    delay *= 1.0 + (rng or random.Random()).uniform(-policy.jitter, policy.jitter)
+    reason = (f"environment failure ({last.cause}): restart {len(history)} of at most "
+              f"{policy.max_restarts} in {delay:.1f}s (backoff step {k})")
+    logger.info("restart decision: %s", reason)
+    return RestartDecision(True, delay, reason)
+
+
+# --- stop checks, in order; each returns why the run must stop, or None ---------------------
+
+
+def _total_budget(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> str | None:
+    done = len(history) - 1
+    if done < policy.max_restarts:
+        return None
+    return f"the restart budget is spent: {done} restarts made, max_restarts={policy.max_restarts}"
+
+
+def _hourly_budget(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> str | None:
+    now = history[-1].ended_at
+    recent = sum(1 for record in history if record.ended_at >= now - _HOUR_S)
+    if recent <= policy.max_restarts_per_hour:
+        return None
+    return (f"{recent} failures within the last hour exceed "
+            f"max_restarts_per_hour={policy.max_restarts_per_hour}")
+
+
+def _early_failures(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> str | None:
+    early = [r for r in _since_healthy(policy, history) if r.last_step is None]
+    if history[-1].last_step is not None or len(early) < policy.max_early_failures:
+        return None
+    return (f"{len(early)} attempts failed before logging their first step "
+            f"(max_early_failures={policy.max_early_failures}): a startup problem")
+
+
+def _same_signature(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> str | None:
+    count, tail = policy.max_same_signature, history[-policy.max_same_signature :]
+    signature = history[-1].diagnosis.signature
+    if len(tail) < count or any(r.diagnosis.signature != signature for r in tail):
+        return None
+    if any(_advanced(record, previous) for previous, record in zip(tail, tail[1:], strict=False)):
+        return None
+    return (f"the same failure {signature!r} ended {count} attempts in a row with no step "
+            f"progress between them (max_same_signature={count}): likely a code or hardware "
+            "fault")
+
+
+def _no_progress(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> str | None:
+    count = policy.max_no_progress
+    if len(history) < count:
+        return None
+    stalled = [not _advanced(history[i], history[i - 1] if i else None)
+               for i in range(len(history) - count, len(history))]
+    if not all(stalled):
+        return None
+    best = max((r.last_step for r in history if r.last_step is not None), default=None)
+    return (f"{count} consecutive attempts made no step progress "
+            f"(max_no_progress={count}; furthest step reached: {best})")
+
+
+_STOP_CHECKS: tuple[Callable[[RestartPolicy, Sequence[AttemptRecord]], str | None], ...] = (
+    _total_budget, _hourly_budget, _early_failures, _same_signature, _no_progress,
+)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _stop(reason: str) -> RestartDecision:
+    logger.warning("not restarting: %s", reason)
+    return RestartDecision(False, 0.0, reason)
+
+
+def _advanced(record: AttemptRecord, previous: AttemptRecord | None) -> bool:
+    """Whether ``record`` got past both the step it resumed from and the previous attempt."""
+    if record.last_step is None:
+        return False
+    before = previous.last_step if previous is not None else None
+    marks = [step for step in (record.started_step, before) if step is not None]
+    return not marks or record.last_step > max(marks)
+
+
+def _healthy(policy: RestartPolicy, record: AttemptRecord) -> bool:
+    """Ran >= healthy_reset_s and advanced >= healthy_reset_steps past its resume step."""
+    if record.last_step is None:
+        return False
+    advanced = record.last_step - (record.started_step or 0)
+    ran = record.ended_at - record.started_at
+    return ran >= policy.healthy_reset_s and advanced >= policy.healthy_reset_steps
+
+
+def _since_healthy(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> list[AttemptRecord]:
+    """The attempts from the last healthy one on (all of them if none was healthy)."""
+    healthy = [i for i, record in enumerate(history) if _healthy(policy, record)]
+    return list(history[healthy[-1] if healthy else 0 :])

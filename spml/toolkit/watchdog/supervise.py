@@ -1,0 +1,203 @@
+"""One supervised attempt with all its bookkeeping: the unit that a Prefect task retries.
+
+`supervise_once` waits out the backoff decided after the previous attempt, resumes from the
+newest checkpoint that was seen complete, runs the attempt, classifies how it ended, records it
+(`.spml/watchdog/attempts.jsonl` and `experiment-context.md`) and decides whether a restart is
+allowed. Everything is on disk, so a restarted watchdog continues the same history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from spml.protocols.watchdog import WatchdogSettings
+from spml.toolkit.logmetrics import MetricHistory, MetricPoint
+from spml.toolkit.watchdog.alerts import AlertMonitor, Baseline
+from spml.toolkit.watchdog.attempt import AttemptConfig, AttemptOutcome, run_attempt
+from spml.toolkit.watchdog.checkpoints import Checkpoint, CheckpointTracker
+from spml.toolkit.watchdog.classify import Diagnosis, classify
+from spml.toolkit.watchdog.context import ContextFile
+from spml.toolkit.watchdog.policy import (
+    AttemptRecord,
+    RestartDecision,
+    RestartPolicy,
+    decide_restart,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttemptReport:
+    """What the Prefect task needs to decide between done, retry and stop."""
+
+    number: int
+    finished: bool
+    diagnosis: Diagnosis | None
+    decision: RestartDecision | None
+    last_step: int | None
+    resumed_from: str | None
+
+
+class WatchdogState:
+    """The watchdog's durable state under `<exp>/.spml/watchdog/`."""
+
+    def __init__(self, exp_dir: Path) -> None:
+        self.dir = exp_dir / ".spml" / "watchdog"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._attempts = self.dir / "attempts.jsonl"
+        self._complete = self.dir / "complete-checkpoints.json"
+
+    def history(self) -> list[AttemptRecord]:
+        """Every recorded attempt, oldest first."""
+        if not self._attempts.is_file():
+            return []
+        rows = [json.loads(line) for line in self._attempts.read_text().splitlines() if line]
+        return [AttemptRecord(**{**r, "diagnosis": Diagnosis(**{
+            **r["diagnosis"], "evidence": tuple(r["diagnosis"]["evidence"])})})
+                for r in rows if r.get("diagnosis")]
+
+    def append(self, record: AttemptRecord) -> None:
+        """Record one ended attempt."""
+        with self._attempts.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(asdict(record)) + "\n")
+
+    def attempts_started(self) -> int:
+        """Attempts started so far (finished ones included)."""
+        return len(list(self.dir.glob("attempt-*")))
+
+    def mark_complete(self, checkpoint: Checkpoint) -> None:
+        """Remember a checkpoint that was seen complete while its writer was alive."""
+        known = self._known()
+        known[str(checkpoint.path)] = checkpoint.step
+        self._complete.write_text(json.dumps(known))
+
+    def resume_point(self) -> Checkpoint | None:
+        """The newest remembered-complete checkpoint that still exists."""
+        existing = [(step if step is not None else -1, Path(p)) for p, step in
+                    self._known().items() if Path(p).exists()]
+        if not existing:
+            return None
+        step, path = max(existing)
+        stat = path.stat()
+        return Checkpoint(path, None if step < 0 else step, stat.st_size, stat.st_mtime)
+
+    def pending_delay(self) -> float:
+        """The backoff decided after the last failed attempt (0 when none)."""
+        path = self.dir / "next-delay.txt"
+        return float(path.read_text()) if path.is_file() else 0.0
+
+    def save_delay(self, delay_s: float) -> None:
+        """Record the backoff the next attempt must wait out first."""
+        (self.dir / "next-delay.txt").write_text(f"{delay_s}")
+
+    def _known(self) -> dict[str, int | None]:
+        return json.loads(self._complete.read_text()) if self._complete.is_file() else {}
+
+
+def policy_of(settings: WatchdogSettings) -> RestartPolicy:
+    """The restart policy the settings ask for."""
+    return RestartPolicy(base_delay_s=settings.restart_delay, cap_s=settings.restart_cap,
+                         max_restarts=settings.max_restarts,
+                         max_restarts_per_hour=settings.max_restarts_per_hour)
+
+
+def supervise_once(settings: WatchdogSettings, exp_dir: Path,
+                   pending_delay_s: float = 0.0) -> AttemptReport:
+    """Run the next attempt after ``pending_delay_s``; classify, record and decide."""
+    if pending_delay_s > 0:
+        log.info("restarting in %.1fs (backoff)", pending_delay_s)
+        time.sleep(pending_delay_s)
+    state = WatchdogState(exp_dir)
+    context = ContextFile(exp_dir / "experiment-context.md")
+    number = state.attempts_started() + 1
+    resume = state.resume_point()
+    tracker = CheckpointTracker(settings.checkpoint_glob, exp_dir,
+                                stable_s=settings.checkpoint_stable)
+    context.set_status("running", attempt=str(number),
+                       resumed_from=str(resume.path) if resume else "fresh start")
+    observer = Observer(settings, state, context, tracker)
+    outcome = run_attempt(_config(settings, exp_dir, state), number, resume, on_poll=observer)
+    return _conclude(settings, state, context, number, outcome)
+
+
+class Observer:
+    """Called at every poll while the writer is alive: checkpoints, progress, alerts.
+
+    Checkpoint completeness is only judged here, never after the attempt died: once the writer
+    is gone a half-written file also looks "stable".
+    """
+
+    def __init__(self, settings: WatchdogSettings, state: WatchdogState, context: ContextFile,
+                 tracker: CheckpointTracker) -> None:
+        self._settings, self._state, self._context = settings, state, context
+        self._tracker = tracker
+        self._monitor = AlertMonitor(baseline=_baseline(settings))
+        self._seen = 0
+
+    def __call__(self, history: MetricHistory) -> None:
+        """Track checkpoints; on new metrics log a progress line and raise new alerts."""
+        newest = self._tracker.newest_complete(time.time())
+        if newest is not None:
+            self._state.mark_complete(newest)
+        new_points = history.points[self._seen:]
+        self._seen = len(history.points)
+        if not new_points:
+            return
+        log.info(progress_line(new_points[-1], self._settings.total_steps))
+        for alert in self._monitor.update(new_points):
+            log.warning("alert: %s", alert.message)
+            self._context.add_alert(f"step {alert.step}: [{alert.rule}] {alert.message}")
+
+
+def progress_line(point: MetricPoint, total_steps: int | None) -> str:
+    """`[HH:MM] step cur/total (pct) — loss=…, grad_norm=…`."""
+    step = "?" if point.step is None else str(point.step)
+    if total_steps and point.step is not None:
+        step = f"{point.step}/{total_steps} ({100 * point.step / total_steps:.0f}%)"
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in list(point.values.items())[:4])
+    return f"[{time.strftime('%H:%M')}] step {step} — {shown}"
+
+
+def _baseline(settings: WatchdogSettings) -> Baseline | None:
+    given = settings.baseline
+    if given is None:
+        return None
+    return Baseline(loss=given.loss, grad_norm=given.grad_norm, throughput=given.throughput,
+                    mfu=given.mfu)
+
+
+def _config(settings: WatchdogSettings, exp_dir: Path, state: WatchdogState) -> AttemptConfig:
+    return AttemptConfig(
+        train_command=settings.train_command, exp_dir=exp_dir,
+        log_file=exp_dir / settings.log_file if settings.log_file else None,
+        hang_timeout_s=settings.hang_timeout, startup_grace_s=settings.startup_grace,
+        poll_interval_s=settings.poll_interval, state_dir=state.dir)
+
+
+def _conclude(settings: WatchdogSettings, state: WatchdogState, context: ContextFile,
+              number: int, outcome: AttemptOutcome) -> AttemptReport:
+    resumed = str(outcome.resume_from) if outcome.resume_from else None
+    if outcome.finished:
+        context.set_status("completed", attempts=str(number),
+                           last_step=outcome.end.last_step)
+        return AttemptReport(number, True, None, None, outcome.end.last_step, resumed)
+    diagnosis = classify(outcome.end)
+    state.append(AttemptRecord(outcome.started_at, outcome.ended_at, outcome.end.started_step,
+                               outcome.end.last_step, diagnosis))
+    decision = decide_restart(policy_of(settings), state.history())
+    action = (f"restart in {decision.delay_s:.0f}s" if decision.restart
+              else f"stopped: {decision.reason}")
+    context.add_diagnosis(outcome.end.last_step, diagnosis.cause, diagnosis.kind,
+                          diagnosis.evidence, action, resumed or "none")
+    log.warning("attempt %d ended: %s (%s) -> %s", number, diagnosis.cause, diagnosis.kind,
+                action)
+    if not (decision.restart and diagnosis.kind == "environment"):
+        state_name = "stopped_code_failure" if diagnosis.kind == "code" else "stopped_crash_loop"
+        context.set_status(state_name, attempts=number, last_step=outcome.end.last_step,
+                           reason=decision.reason)
+    return AttemptReport(number, False, diagnosis, decision, outcome.end.last_step, resumed)

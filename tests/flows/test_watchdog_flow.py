@@ -1,0 +1,98 @@
+"""The watchdog flow with fault injection: a real fake trainer, real kills, real retries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spml.flows.watchdog import watchdog_flow
+from spml.tasks.watchdog import TrainingStopped
+from spml.toolkit.watchdog.supervise import WatchdogState
+
+TRAINER = Path(__file__).parents[1] / "fixtures" / "watchdog" / "fake_trainer.py"
+
+
+def experiment(tmp_path: Path, plan: dict, **settings: object) -> Path:
+    exp = tmp_path / "run"
+    exp.mkdir(parents=True)
+    shutil.copy(TRAINER, exp / "fake_trainer.py")
+    (exp / "plan.json").write_text(json.dumps(plan))
+    fields = {"train_command": f"{sys.executable} fake_trainer.py plan.json",
+              "checkpoint_glob": "ckpt/step_*.json", "log_file": "train.log",
+              "hang_timeout": 1.5, "startup_grace": 1, "poll_interval": 0.05,
+              "checkpoint_stable": 0.05, "restart_delay": 0, "max_restarts_per_hour": 10,
+              "total_steps": 30, **settings}
+    (exp / "watchdog.yaml").write_text(yaml.safe_dump(fields))
+    return exp
+
+
+def resumes(exp: Path) -> list[int]:
+    return [int(line.split("resume_step=")[1]) for line in
+            (exp / "resumes.log").read_text().splitlines()]
+
+
+def test_environment_failures_are_restarted_from_the_newest_checkpoint(tmp_path) -> None:
+    plan = {"faults": {"1": "kill", "2": "hang", "3": "nccl", "4": "enospc"}, "at": 8}
+    exp = experiment(tmp_path, plan)
+    watchdog_flow(str(exp))
+    assert resumes(exp) == [0, 5, 10, 15, 20]  # each restart lost less than 5 steps
+    causes = [r.diagnosis.cause for r in WatchdogState(exp).history()]
+    assert len(causes) == 4
+    assert all(r.diagnosis.kind == "environment" for r in WatchdogState(exp).history())
+    assert "train.log" in str(exp / "train.log")
+    assert (exp / "train.log").read_text().splitlines()[-1].startswith("step=30 ")
+    context = (exp / "experiment-context.md").read_text()
+    assert "state: completed" in context
+    assert context.count("### Issue #") == 4
+
+
+def test_code_failure_is_not_restarted_and_is_diagnosed(tmp_path) -> None:
+    exp = experiment(tmp_path, {"default": "zerodiv", "at": 2})
+    with pytest.raises(TrainingStopped, match="ZeroDivisionError"):
+        watchdog_flow(str(exp))
+    assert resumes(exp) == [0]  # started exactly once
+    context = (exp / "experiment-context.md").read_text()
+    assert "ZeroDivisionError" in context
+    assert "Classification: code" in context or "code" in context
+
+
+def test_crash_loop_guard_stops_identical_early_failures(tmp_path) -> None:
+    exp = experiment(tmp_path, {"default": "early_die"})
+    with pytest.raises(TrainingStopped):
+        watchdog_flow(str(exp))
+    assert len(resumes(exp)) == 2
+
+
+def test_nan_loss_raises_an_alert(tmp_path) -> None:
+    exp = experiment(tmp_path, {"default": "nan", "at": 12})
+    watchdog_flow(str(exp))
+    context = (exp / "experiment-context.md").read_text()
+    assert "## Alerts" in context
+    assert "nan" in context.lower()
+
+
+def test_cli_exit_codes_and_status(tmp_path, prefect_api_url) -> None:
+    import os
+    import subprocess
+
+    exp = experiment(tmp_path, {"default": "zerodiv", "at": 2})
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url}
+    spml = [sys.executable, "-m", "spml", "watchdog"]
+    done = subprocess.run([*spml, "run", str(exp)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"diagnosis: {exp / 'experiment-context.md'}" in done.stderr
+    status = subprocess.run([*spml, "status", str(exp)], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert "stopped_code_failure" in status.stdout
+
+    ok = experiment(tmp_path / "ok", {"default": "none"})
+    done = subprocess.run([*spml, "run", str(ok)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "training finished" in done.stdout
