@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +41,9 @@ def _run(exp: Path, overrides: dict) -> None:
 
     load_watchdog_settings(exp, overrides)  # a bad setting exits 2 before Prefect starts
     from spml.flows.watchdog import watchdog_flow
+
+    # One progress line per poll even when Prefect's own logs are quiet.
+    logging.getLogger("spml.toolkit.watchdog.supervise").setLevel(logging.INFO)
 
     console.print(f"[bold]Watchdog[/] on {exp}")
     try:
