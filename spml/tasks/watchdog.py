@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from spml.errors import SpmlError
 from spml.protocols.watchdog import WatchdogSettings, load_watchdog_settings
+from spml.toolkit.watchdog.evaluator import read_evaluations
 from spml.toolkit.watchdog.supervise import AttemptReport, WatchdogState, supervise_once
 
 MAX_TASK_RETRIES = 1000  # the real budget is the crash-loop guard's (RestartPolicy)
@@ -71,10 +72,21 @@ def load_settings(experiment_dir: str, overrides: dict) -> WatchdogSettings:
 @task(name="publish-watch-summary", cache_policy=NO_CACHE, retries=1)
 def publish_watch_summary(experiment_dir: str) -> str:
     """The attempts as a table artifact; returns a one-line summary."""
-    history = WatchdogState(Path(experiment_dir)).history()
+    state = WatchdogState(Path(experiment_dir))
     rows = [{"attempt": i + 1, "started_step": r.started_step, "last_step": r.last_step,
-             "kind": r.diagnosis.kind, "cause": r.diagnosis.cause} for i, r in enumerate(history)]
+             "kind": r.diagnosis.kind, "cause": r.diagnosis.cause}
+            for i, r in enumerate(state.history())]
     if rows:
         create_table_artifact(key="watchdog-attempts", table=rows,
                               description=f"failed attempts in {experiment_dir}")
-    return f"{len(rows)} failed attempt(s) recorded"
+    evaluations = [{"step": e["step"], "ok": e["ok"], "duration_s": e["duration_s"],
+                    **e["metrics"]} for e in read_evaluations(state.dir)]
+    if evaluations:
+        create_table_artifact(key="watchdog-evaluations", table=evaluations,
+                              description=f"checkpoint evaluations in {experiment_dir}")
+    if alerts := state.alerts():
+        create_markdown_artifact(key="watchdog-alerts",
+                                 markdown="# Watchdog alerts\n\n" + "\n".join(
+                                     f"- {a}" for a in alerts))
+    return (f"{len(rows)} failed attempt(s), {len(evaluations)} evaluation(s), "
+            f"{len(alerts)} alert(s) recorded")

@@ -74,6 +74,9 @@ def test_nan_loss_raises_an_alert(tmp_path) -> None:
     context = (exp / "experiment-context.md").read_text()
     assert "## Alerts" in context
     assert "nan" in context.lower()
+    from prefect.artifacts import Artifact
+
+    assert "nan" in Artifact.get("watchdog-alerts").data.lower()
 
 
 def test_cli_exit_codes_and_status(tmp_path, prefect_api_url) -> None:
@@ -96,3 +99,26 @@ def test_cli_exit_codes_and_status(tmp_path, prefect_api_url) -> None:
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "training finished" in done.stdout
+
+
+def test_new_checkpoints_are_evaluated_in_the_background(tmp_path) -> None:
+    from prefect.artifacts import Artifact
+
+    from spml.toolkit.watchdog.evaluator import read_evaluations
+
+    exp = experiment(tmp_path, {"default": "none"},
+                     eval_command=f"{sys.executable} evaluate.py {{checkpoint}}")
+    (exp / "evaluate.py").write_text(
+        "import json, sys, time\ntime.sleep(0.2)\n"
+        "step = json.load(open(sys.argv[1]))['step']\nprint(f'step={step} val_loss={1 / step}')\n")
+    watchdog_flow(str(exp))
+    rows = read_evaluations(WatchdogState(exp).dir)
+    assert rows, "no checkpoint was evaluated"
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps))
+    assert all(r["ok"] and r["metrics"]["val_loss"] == pytest.approx(1 / r["step"])
+               for r in rows)
+    context = (exp / "experiment-context.md").read_text()
+    assert "### Eval #1 — checkpoint step=" in context
+    table = json.loads(Artifact.get("watchdog-evaluations").data)
+    assert [row["step"] for row in table] == steps

@@ -68,7 +68,8 @@ def attempt_command(config: AttemptConfig, resume_from: Checkpoint | None) -> tu
 
 
 def run_attempt(config: AttemptConfig, number: int, resume_from: Checkpoint | None,
-                on_poll: Callable[[MetricHistory], None] | None = None) -> AttemptOutcome:
+                on_poll: Callable[[MetricHistory], None] | None = None,
+                xid_events: Callable[[], list[int]] | None = None) -> AttemptOutcome:
     """Run attempt ``number`` until it exits or hangs; never raises for a failing run."""
     command, env = attempt_command(config, resume_from)
     log_dir = config.state_dir / f"attempt-{number:03d}"
@@ -88,6 +89,7 @@ def run_attempt(config: AttemptConfig, number: int, resume_from: Checkpoint | No
         exit_code=None if hung else result.exit_code, hung=hung,
         log_tail="\n".join([*recent, _tail(result)]), started_step=resume_from.step if resume_from
         else None, last_step=history.last_step, oom_kill_evidence=oom,
+        xid_events=tuple(xid_events()) if xid_events else (),
     )
     return AttemptOutcome(end, result, started, time.time(), resume_from.path if resume_from
                           else None, history)

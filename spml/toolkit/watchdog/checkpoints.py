@@ -151,6 +151,20 @@ class CheckpointTracker:
         self._seen = seen
         return sorted(found, key=_recency, reverse=True)
 
+    def newest_marked(self) -> Checkpoint | None:
+        """The newest checkpoint with a completeness marker, without observing stability.
+
+        For the moment after the writer died: a half-written file then looks "stable" too, so
+        only a marker can still prove a checkpoint complete.
+        """
+        found = []
+        for path in self._candidates():
+            signature = _measure(path)
+            if signature is not None and self._marked(path):
+                step = step_from_path(path, self.base_dir)
+                found.append(Checkpoint(path, step, signature[0], signature[1]))
+        return max(found, key=_recency) if found else None
+
     def _candidates(self) -> list[Path]:
         if not self.base_dir.is_dir():
             return []

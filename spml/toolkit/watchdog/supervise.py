@@ -21,6 +21,8 @@ from spml.toolkit.watchdog.attempt import AttemptConfig, AttemptOutcome, run_att
 from spml.toolkit.watchdog.checkpoints import Checkpoint, CheckpointTracker
 from spml.toolkit.watchdog.classify import Diagnosis, classify
 from spml.toolkit.watchdog.context import ContextFile
+from spml.toolkit.watchdog.evaluator import AsyncEvaluator
+from spml.toolkit.watchdog.gpu import make_xid_watcher
 from spml.toolkit.watchdog.policy import (
     AttemptRecord,
     RestartDecision,
@@ -29,6 +31,7 @@ from spml.toolkit.watchdog.policy import (
 )
 
 log = logging.getLogger(__name__)
+EVAL_DRAIN_S = 120.0  # how long an attempt's end waits for a running evaluation
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,16 @@ class WatchdogState:
         stat = path.stat()
         return Checkpoint(path, None if step < 0 else step, stat.st_size, stat.st_mtime)
 
+    def add_alert(self, line: str) -> None:
+        """Keep an alert for the run's alert artifact."""
+        with (self.dir / "alerts.log").open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def alerts(self) -> list[str]:
+        """Every alert raised so far."""
+        path = self.dir / "alerts.log"
+        return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+
     def pending_delay(self) -> float:
         """The backoff decided after the last failed attempt (0 when none)."""
         path = self.dir / "next-delay.txt"
@@ -120,8 +133,22 @@ def supervise_once(settings: WatchdogSettings, exp_dir: Path,
                                 stable_s=settings.checkpoint_stable)
     context.set_status("running", attempt=str(number),
                        resumed_from=str(resume.path) if resume else "fresh start")
-    observer = Observer(settings, state, context, tracker)
-    outcome = run_attempt(_config(settings, exp_dir, state), number, resume, on_poll=observer)
+    evaluator = (AsyncEvaluator(settings.eval_command, exp_dir, state.dir, context)
+                 if settings.eval_command else None)
+    observer = Observer(settings, state, context, tracker, evaluator)
+    watcher = make_xid_watcher()  # GPU hardware errors; a clean no-op without NVML
+    watcher.start()
+    if not watcher.available:
+        log.info("GPU Xid events not watched: %s", watcher.reason)
+    try:
+        outcome = run_attempt(_config(settings, exp_dir, state), number, resume,
+                              on_poll=observer, xid_events=watcher.drain)
+    finally:
+        watcher.stop()
+    if (marked := tracker.newest_marked()) is not None:  # written after the last poll
+        state.mark_complete(marked)
+    if evaluator is not None:
+        evaluator.drain(timeout_s=EVAL_DRAIN_S)
     return _conclude(settings, state, context, number, outcome)
 
 
@@ -133,9 +160,9 @@ class Observer:
     """
 
     def __init__(self, settings: WatchdogSettings, state: WatchdogState, context: ContextFile,
-                 tracker: CheckpointTracker) -> None:
+                 tracker: CheckpointTracker, evaluator: AsyncEvaluator | None) -> None:
         self._settings, self._state, self._context = settings, state, context
-        self._tracker = tracker
+        self._tracker, self._evaluator = tracker, evaluator
         self._monitor = AlertMonitor(baseline=_baseline(settings))
         self._seen = 0
 
@@ -144,6 +171,8 @@ class Observer:
         newest = self._tracker.newest_complete(time.time())
         if newest is not None:
             self._state.mark_complete(newest)
+        if self._evaluator is not None:
+            self._evaluator.poll(newest)
         new_points = history.points[self._seen:]
         self._seen = len(history.points)
         if not new_points:
@@ -151,7 +180,9 @@ class Observer:
         log.info(progress_line(new_points[-1], self._settings.total_steps))
         for alert in self._monitor.update(new_points):
             log.warning("alert: %s", alert.message)
-            self._context.add_alert(f"step {alert.step}: [{alert.rule}] {alert.message}")
+            line = f"step {alert.step}: [{alert.rule}] {alert.message}"
+            self._context.add_alert(line)
+            self._state.add_alert(line)
 
 
 def progress_line(point: MetricPoint, total_steps: int | None) -> str:

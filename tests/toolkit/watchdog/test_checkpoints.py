@@ -229,3 +229,15 @@ def test_step_from_path(tmp_path: Path, relative: str, step: int | None) -> None
 def test_step_from_path_ignores_parents_above_base_dir() -> None:
     assert step_from_path(Path("/runs/run-3/ckpt/model.pt"), Path("/runs/run-3")) is None
     assert step_from_path(Path("run-3/model.pt")) == 3
+
+
+def test_newest_marked_ignores_unmarked_files_even_if_old(tmp_path: Path) -> None:
+    from spml.toolkit.watchdog.checkpoints import CheckpointTracker
+
+    (tmp_path / "step_000010.pt").write_text("x" * 10)
+    (tmp_path / "step_000010.pt.complete").write_text("")
+    (tmp_path / "step_000020.pt").write_text("half")  # killed mid-write: no marker
+    tracker = CheckpointTracker("step_*.pt", tmp_path, stable_s=0.0)
+    newest = tracker.newest_marked()
+    assert newest is not None
+    assert newest.step == 10
