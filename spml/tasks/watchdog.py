@@ -65,8 +65,13 @@ def supervise_training(settings: WatchdogSettings, experiment_dir: str) -> Attem
 
 @task(name="load-watchdog-settings", cache_policy=NO_CACHE, retries=0)
 def load_settings(experiment_dir: str, overrides: dict) -> WatchdogSettings:
-    """The run's settings: watchdog.yaml / experiment-context.md front matter + overrides."""
-    return load_watchdog_settings(Path(experiment_dir), overrides)
+    """The run's settings (watchdog.yaml / context front matter + overrides); starts an episode:
+    failures of an earlier watchdog run do not count against this one's restart budget."""
+    settings = load_watchdog_settings(Path(experiment_dir), overrides)
+    state = WatchdogState(Path(experiment_dir))
+    state.start_episode()
+    state.save_delay(0.0)
+    return settings
 
 
 @task(name="publish-watch-summary", cache_policy=NO_CACHE, retries=1)

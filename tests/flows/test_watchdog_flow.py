@@ -122,3 +122,13 @@ def test_new_checkpoints_are_evaluated_in_the_background(tmp_path) -> None:
     assert "### Eval #1 — checkpoint step=" in context
     table = json.loads(Artifact.get("watchdog-evaluations").data)
     assert [row["step"] for row in table] == steps
+
+
+def test_a_new_watchdog_run_gets_a_fresh_restart_budget(tmp_path) -> None:
+    exp = experiment(tmp_path, {"default": "early_die"})
+    with pytest.raises(TrainingStopped):
+        watchdog_flow(str(exp))
+    # The person fixed the cause; one more early death must not trip the guard again.
+    (exp / "plan.json").write_text(json.dumps({"faults": {"3": "early_die"}}))
+    watchdog_flow(str(exp))
+    assert len(resumes(exp)) == 4

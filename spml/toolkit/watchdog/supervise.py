@@ -64,6 +64,16 @@ class WatchdogState:
             **r["diagnosis"], "evidence": tuple(r["diagnosis"]["evidence"])})})
                 for r in rows if r.get("diagnosis")]
 
+    def start_episode(self) -> None:
+        """A new watchdog run begins: earlier failures no longer count against its budgets."""
+        (self.dir / "episode-start.txt").write_text(str(len(self.history())))
+
+    def episode(self) -> list[AttemptRecord]:
+        """The attempts of the current watchdog run (what the crash-loop guard judges)."""
+        path = self.dir / "episode-start.txt"
+        start = int(path.read_text()) if path.is_file() else 0
+        return self.history()[start:]
+
     def append(self, record: AttemptRecord) -> None:
         """Record one ended attempt."""
         with self._attempts.open("a", encoding="utf-8") as handle:
@@ -220,7 +230,7 @@ def _conclude(settings: WatchdogSettings, state: WatchdogState, context: Context
     diagnosis = classify(outcome.end)
     state.append(AttemptRecord(outcome.started_at, outcome.ended_at, outcome.end.started_step,
                                outcome.end.last_step, diagnosis))
-    decision = decide_restart(policy_of(settings), state.history())
+    decision = decide_restart(policy_of(settings), state.episode())
     action = (f"restart in {decision.delay_s:.0f}s" if decision.restart
               else f"stopped: {decision.reason}")
     context.add_diagnosis(outcome.end.last_step, diagnosis.cause, diagnosis.kind,
