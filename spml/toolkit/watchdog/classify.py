@@ -142,8 +142,10 @@ def _hang_or_killed(f: _Facts) -> Diagnosis | None:
 
 
 def _pattern(f: _Facts) -> Diagnosis | None:
+    # Only the end of the log: a warning long before the death (a recovered CUDA OOM, an old
+    # nan line) must not decide how the run died.
     for pattern, kind, cause, signature in _PATTERNS:
-        if hits := _matches(f.lines, pattern):
+        if hits := _matches(f.lines[-_RECENT_LINES:], pattern):
             return _make(kind, cause, signature, [hits[-1].string])
     return None
 
@@ -175,9 +177,28 @@ def _traceback(f: _Facts) -> Diagnosis | None:
     return _make("code", cause, signature, [exc_line, f"at {where}" if where else ""])
 
 
+def _own_traceback(f: _Facts) -> Diagnosis | None:
+    """A Python exception that is not itself a collective failure is the root cause: the
+    other ranks' NCCL errors follow from it."""
+    found = _traceback(f)
+    if found is None or _DISTRIBUTED.search(found.cause):
+        return None
+    return found
+
+
+def _nccl_usage(f: _Facts) -> Diagnosis | None:
+    hits = _matches(f.lines, _NCCL_INVALID_USAGE)
+    return _make("code", "NCCL invalid usage (mismatched collectives: a code bug)",
+                 "nccl:invalid-usage", [hits[-1].string]) if hits else None
+
+
+_RECENT_LINES = 40
+_DISTRIBUTED = re.compile(r"nccl|ProcessGroup|DistBackendError|distributed", re.IGNORECASE)
+_NCCL_INVALID_USAGE = re.compile(r"ncclInvalidUsage")
 _RULES: tuple[Callable[[_Facts], Diagnosis | None], ...] = (
     partial(_xids, _HARDWARE_XIDS, "environment", "GPU hardware error"), _hang_or_killed, _pattern,
-    partial(_xids, _BUG_XIDS, "code", "GPU exception (usually an app bug)"), _nccl, _traceback)
+    partial(_xids, _BUG_XIDS, "code", "GPU exception (usually an app bug)"), _own_traceback,
+    _nccl_usage, _nccl, _traceback)
 
 
 def _unrecognised(f: _Facts) -> Diagnosis:

@@ -433,3 +433,28 @@ def test_this_machine_is_read_without_errors() -> None:
     assert again is None or "oom_kill" in again
     assert all(isinstance(value, int) for value in counts.values())
     assert evidence is None or isinstance(evidence, str)
+
+
+NCCL_ABORT = ("Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, OpType=ALLREDUCE, "
+              "Timeout(ms)=600000) ran for 600100 milliseconds before timing out.\n"
+              "To avoid data inconsistency, we are taking the entire process down.")
+
+
+def test_an_old_warning_does_not_decide_how_the_run_died() -> None:
+    tail = "\n".join(["step=3 loss=nan", *[f"step={i} loss=0.5" for i in range(4, 150)],
+                      NCCL_ABORT])
+    assert classify(AttemptEnd(exit_code=-6, log_tail=tail)).kind == "environment"
+
+
+def test_a_rank_traceback_beats_the_nccl_errors_it_caused() -> None:
+    tail = ("Traceback (most recent call last):\n  File \"train.py\", line 9, in <module>\n"
+            "    x = 1 / 0\nZeroDivisionError: division by zero\n" + NCCL_ABORT)
+    diagnosis = classify(AttemptEnd(exit_code=1, log_tail=tail))
+    assert (diagnosis.kind, diagnosis.signature.split("@")[0]) == ("code",
+                                                                   "exc:ZeroDivisionError")
+
+
+def test_nccl_invalid_usage_is_a_code_bug() -> None:
+    tail = "NCCL error in: ProcessGroupNCCL.cpp:1970, invalid usage, NCCL version 2.21.5\n" \
+           "ncclInvalidUsage: This usually reflects invalid usage of NCCL library."
+    assert classify(AttemptEnd(exit_code=1, log_tail=tail)).kind == "code"
