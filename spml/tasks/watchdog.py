@@ -46,7 +46,7 @@ def only_environment_failures(task, task_run, state) -> bool:  # noqa: ANN001 - 
       retry_condition_fn=only_environment_failures)
 def supervise_training(settings: WatchdogSettings, experiment_dir: str) -> AttemptReport:
     """One attempt; raises to make Prefect retry (environment) or fail (code / crash loop)."""
-    exp = Path(experiment_dir)
+    exp = Path(experiment_dir).resolve()  # the trainer's cwd; checkpoints are recorded absolute
     state = WatchdogState(exp)
     report = supervise_once(settings, exp, state.pending_delay())
     logger = get_run_logger()
@@ -67,8 +67,9 @@ def supervise_training(settings: WatchdogSettings, experiment_dir: str) -> Attem
 def load_settings(experiment_dir: str, overrides: dict) -> WatchdogSettings:
     """The run's settings (watchdog.yaml / context front matter + overrides); starts an episode:
     failures of an earlier watchdog run do not count against this one's restart budget."""
-    settings = load_watchdog_settings(Path(experiment_dir), overrides)
-    state = WatchdogState(Path(experiment_dir))
+    exp = Path(experiment_dir).resolve()
+    settings = load_watchdog_settings(exp, overrides)
+    state = WatchdogState(exp)
     state.start_episode()
     state.save_delay(0.0)
     return settings
@@ -77,7 +78,7 @@ def load_settings(experiment_dir: str, overrides: dict) -> WatchdogSettings:
 @task(name="publish-watch-summary", cache_policy=NO_CACHE, retries=1)
 def publish_watch_summary(experiment_dir: str) -> str:
     """The attempts as a table artifact; returns a one-line summary."""
-    state = WatchdogState(Path(experiment_dir))
+    state = WatchdogState(Path(experiment_dir).resolve())
     rows = [{"attempt": i + 1, "started_step": r.started_step, "last_step": r.last_step,
              "kind": r.diagnosis.kind, "cause": r.diagnosis.cause}
             for i, r in enumerate(state.history())]

@@ -25,6 +25,7 @@ from spml.toolkit.watchdog.classify import AttemptEnd, read_oom_evidence
 
 log = logging.getLogger(__name__)
 TAIL_LINES = 200
+LOW_DISK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def attempt_command(config: AttemptConfig, resume_from: Checkpoint | None) -> tu
 
 
 def run_attempt(config: AttemptConfig, number: int, resume_from: Checkpoint | None,
-                on_poll: Callable[[MetricHistory], None] | None = None,
+                on_poll: Callable[[MetricHistory], bool | None] | None = None,
                 xid_events: Callable[[], list[int]] | None = None) -> AttemptOutcome:
     """Run attempt ``number`` until it exits or hangs; never raises for a failing run."""
     command, env = attempt_command(config, resume_from)
@@ -82,17 +83,30 @@ def run_attempt(config: AttemptConfig, number: int, resume_from: Checkpoint | No
     follower = follower or LogFollower(running.stdout_path)
     history = MetricHistory()
     recent: deque[str] = deque(maxlen=TAIL_LINES)  # this attempt's log lines only
-    hung = _watch(running, follower, (history, recent), config, on_poll)
-    result = running.finish()
+    try:
+        hung = _watch(running, follower, (history, recent), config, on_poll)
+    finally:  # the watchdog itself failing or being cancelled must not orphan the training
+        result = running.finish()
     oom, _ = read_oom_evidence(oom_counts)
     end = AttemptEnd(
         exit_code=None if hung else result.exit_code, hung=hung,
-        log_tail="\n".join([*recent, _tail(result)]), started_step=resume_from.step if resume_from
+        log_tail="\n".join([*recent, _tail(result), _disk_evidence(config.exp_dir)]),
+        started_step=resume_from.step if resume_from
         else None, last_step=history.last_step, oom_kill_evidence=oom,
         xid_events=tuple(xid_events()) if xid_events else (),
     )
     return AttemptOutcome(end, result, started, time.time(), resume_from.path if resume_from
                           else None, history)
+
+
+def _disk_evidence(directory: Path) -> str:
+    """A line classify() recognises when the experiment's disk is (nearly) full: the run's own
+    ENOSPC traceback may not have reached a log on that same disk."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return ""
+    return f"system: No space left on device ({free} bytes free)" if free < LOW_DISK_BYTES else ""
 
 
 def _follow_from_now(path: Path) -> LogFollower:
@@ -104,19 +118,21 @@ def _follow_from_now(path: Path) -> LogFollower:
 
 def _watch(running: RunningCommand, follower: LogFollower,
            seen: tuple[MetricHistory, deque[str]], config: AttemptConfig,
-           on_poll: Callable[[MetricHistory], None] | None) -> bool:
+           on_poll: Callable[[MetricHistory], bool | None] | None) -> bool:
     """Poll until the process exits (False) or is killed for a hang (True)."""
     history, recent = seen
     started = last_beat = time.monotonic()
+    sizes = _output_sizes(running)
     while not running.exited(timeout_s=config.poll_interval_s):
         now = time.monotonic()
         lines = follower.poll()
-        if lines:
+        recent.extend(lines)
+        history.add_lines(lines, time.time())
+        # Any new log line or output counts as a heartbeat, and so does a growing checkpoint
+        # (the observer returns True): a long save is not a hang.
+        active = bool(on_poll(history)) if on_poll is not None else False
+        if lines or active or sizes != (sizes := _output_sizes(running)):
             last_beat = now
-            recent.extend(lines)
-            history.add_lines(lines, time.time())
-        if on_poll is not None:
-            on_poll(history)
         in_grace = history.last_step is None and now - started < config.startup_grace_s
         if not in_grace and now - last_beat > config.hang_timeout_s:
             log.warning("no heartbeat for %.0fs: treating the run as hung", now - last_beat)
@@ -127,6 +143,16 @@ def _watch(running: RunningCommand, follower: LogFollower,
     recent.extend(lines)
     history.add_lines(lines, time.time())
     return False
+
+
+def _output_sizes(running: RunningCommand) -> tuple[int, int]:
+    sizes = []
+    for path in (running.stdout_path, running.stderr_path):
+        try:
+            sizes.append(path.stat().st_size)
+        except OSError:
+            sizes.append(-1)
+    return sizes[0], sizes[1]
 
 
 def _dump_stacks(pid: int, state_dir: Path) -> None:

@@ -165,6 +165,19 @@ class CheckpointTracker:
                 found.append(Checkpoint(path, step, signature[0], signature[1]))
         return max(found, key=_recency) if found else None
 
+    def measure_all(self) -> list[Checkpoint]:
+        """Every candidate as it is now, complete or not (no observation is recorded)."""
+        found = []
+        for path in self._candidates():
+            if (signature := _measure(path)) is not None:
+                found.append(Checkpoint(path, step_from_path(path, self.base_dir),
+                                        signature[0], signature[1]))
+        return found
+
+    def is_marked(self, path: Path) -> bool:
+        """Whether a completeness marker vouches for ``path``."""
+        return self._marked(path)
+
     def _candidates(self) -> list[Path]:
         if not self.base_dir.is_dir():
             return []

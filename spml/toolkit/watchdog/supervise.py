@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from spml.protocols.watchdog import WatchdogSettings
+from spml.toolkit.experiment import write_atomic
 from spml.toolkit.logmetrics import MetricHistory, MetricPoint
+from spml.toolkit.process import kill_stale_process_group
 from spml.toolkit.watchdog.alerts import AlertMonitor, Baseline
 from spml.toolkit.watchdog.attempt import AttemptConfig, AttemptOutcome, run_attempt
 from spml.toolkit.watchdog.checkpoints import Checkpoint, CheckpointTracker
@@ -84,20 +87,26 @@ class WatchdogState:
         return len(list(self.dir.glob("attempt-*")))
 
     def mark_complete(self, checkpoint: Checkpoint) -> None:
-        """Remember a checkpoint that was seen complete while its writer was alive."""
+        """Remember a checkpoint seen complete while its writer was alive (size and mtime too,
+        so one rewritten in place afterwards is not trusted any more)."""
         known = self._known()
-        known[str(checkpoint.path)] = checkpoint.step
-        self._complete.write_text(json.dumps(known))
+        entry = [checkpoint.step, checkpoint.size, checkpoint.mtime]
+        if known.get(str(checkpoint.path)) != entry:
+            known[str(checkpoint.path)] = entry
+            write_atomic(self._complete, json.dumps(known))
 
     def resume_point(self) -> Checkpoint | None:
-        """The newest remembered-complete checkpoint that still exists."""
-        existing = [(step if step is not None else -1, Path(p)) for p, step in
-                    self._known().items() if Path(p).exists()]
-        if not existing:
-            return None
-        step, path = max(existing)
-        stat = path.stat()
-        return Checkpoint(path, None if step < 0 else step, stat.st_size, stat.st_mtime)
+        """The newest remembered-complete checkpoint that still exists unchanged."""
+        found = []
+        for name, (step, size, mtime) in self._known().items():
+            path = Path(name)
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            if (stat.st_size, stat.st_mtime) == (size, mtime) or _is_dir(path):
+                found.append(Checkpoint(path, step, stat.st_size, stat.st_mtime))
+        return max(found, key=lambda c: (c.step is not None, c.step or 0, c.mtime), default=None)
 
     def add_alert(self, line: str) -> None:
         """Keep an alert for the run's alert artifact."""
@@ -116,10 +125,19 @@ class WatchdogState:
 
     def save_delay(self, delay_s: float) -> None:
         """Record the backoff the next attempt must wait out first."""
-        (self.dir / "next-delay.txt").write_text(f"{delay_s}")
+        write_atomic(self.dir / "next-delay.txt", f"{delay_s}")
 
-    def _known(self) -> dict[str, int | None]:
-        return json.loads(self._complete.read_text()) if self._complete.is_file() else {}
+    def _known(self) -> dict[str, list]:
+        try:
+            known = json.loads(self._complete.read_text()) if self._complete.is_file() else {}
+        except ValueError:
+            log.warning("ignoring an unreadable %s", self._complete.name)
+            return {}
+        return {k: v for k, v in known.items() if isinstance(v, list) and len(v) == 3}
+
+
+def _is_dir(path: Path) -> bool:
+    return path.is_dir()  # a directory checkpoint's own mtime changes with its listing
 
 
 def policy_of(settings: WatchdogSettings) -> RestartPolicy:
@@ -132,11 +150,14 @@ def policy_of(settings: WatchdogSettings) -> RestartPolicy:
 def supervise_once(settings: WatchdogSettings, exp_dir: Path,
                    pending_delay_s: float = 0.0) -> AttemptReport:
     """Run the next attempt after ``pending_delay_s``; classify, record and decide."""
+    exp_dir = exp_dir.resolve()
     if pending_delay_s > 0:
         log.info("restarting in %.1fs (backoff)", pending_delay_s)
         time.sleep(pending_delay_s)
     state = WatchdogState(exp_dir)
     context = ContextFile(exp_dir / "experiment-context.md")
+    if kill_stale_process_group(state.dir / "train.pid"):
+        log.warning("killed a training run left by a watchdog that died")
     number = state.attempts_started() + 1
     resume = state.resume_point()
     tracker = CheckpointTracker(settings.checkpoint_glob, exp_dir,
@@ -158,7 +179,10 @@ def supervise_once(settings: WatchdogSettings, exp_dir: Path,
     if (marked := tracker.newest_marked()) is not None:  # written after the last poll
         state.mark_complete(marked)
     if evaluator is not None:
-        evaluator.drain(timeout_s=EVAL_DRAIN_S)
+        # A finished run's last checkpoint is evaluated; a failed run restarts at once.
+        if outcome.finished:
+            evaluator.poll(state.resume_point())
+        evaluator.drain(timeout_s=EVAL_DRAIN_S if outcome.finished else 0.0)
     return _conclude(settings, state, context, number, outcome)
 
 
@@ -173,12 +197,30 @@ class Observer:
                  tracker: CheckpointTracker, evaluator: AsyncEvaluator | None) -> None:
         self._settings, self._state, self._context = settings, state, context
         self._tracker, self._evaluator = tracker, evaluator
+        # Files that existed before this attempt were written by a writer that may have died
+        # mid-save: stability alone cannot vouch for them, only a change seen now (or a marker).
+        self._before = _signatures(tracker)
+        self._last_signatures = self._before
         self._monitor = AlertMonitor(baseline=_baseline(settings))
         self._seen = 0
 
-    def __call__(self, history: MetricHistory) -> None:
-        """Track checkpoints; on new metrics log a progress line and raise new alerts."""
-        newest = self._tracker.newest_complete(time.time())
+    def _trustworthy(self, checkpoint: Checkpoint) -> bool:
+        before = self._before.get(checkpoint.path)
+        return (before is None or before != (checkpoint.size, checkpoint.mtime)
+                or self._tracker.is_marked(checkpoint.path))
+
+    def __call__(self, history: MetricHistory) -> bool:
+        """Track checkpoints; on new metrics log a progress line and raise new alerts.
+
+        Returns:
+            Whether a checkpoint file changed since the last poll (a save in progress is
+            activity, not a hang).
+        """
+        now_signatures = _signatures(self._tracker)
+        active = now_signatures != self._last_signatures
+        self._last_signatures = now_signatures
+        newest = next((c for c in self._tracker.complete(time.time())
+                       if self._trustworthy(c)), None)
         if newest is not None:
             self._state.mark_complete(newest)
         if self._evaluator is not None:
@@ -186,13 +228,18 @@ class Observer:
         new_points = history.points[self._seen:]
         self._seen = len(history.points)
         if not new_points:
-            return
+            return active
         log.info(progress_line(new_points[-1], self._settings.total_steps))
         for alert in self._monitor.update(new_points):
             log.warning("alert: %s", alert.message)
             line = f"step {alert.step}: [{alert.rule}] {alert.message}"
             self._context.add_alert(line)
             self._state.add_alert(line)
+        return active
+
+
+def _signatures(tracker: CheckpointTracker) -> dict[Path, tuple[int, float]]:
+    return {c.path: (c.size, c.mtime) for c in tracker.measure_all()}
 
 
 def progress_line(point: MetricPoint, total_steps: int | None) -> str:
@@ -223,22 +270,33 @@ def _config(settings: WatchdogSettings, exp_dir: Path, state: WatchdogState) -> 
 def _conclude(settings: WatchdogSettings, state: WatchdogState, context: ContextFile,
               number: int, outcome: AttemptOutcome) -> AttemptReport:
     resumed = str(outcome.resume_from) if outcome.resume_from else None
-    if outcome.finished:
-        context.set_status("completed", attempts=str(number),
-                           last_step=outcome.end.last_step)
-        return AttemptReport(number, True, None, None, outcome.end.last_step, resumed)
-    diagnosis = classify(outcome.end)
+    last = outcome.end.last_step
+    short = settings.total_steps is not None and (last or 0) < settings.total_steps
+    if outcome.finished and not short:
+        _record(context.set_status, "completed", attempts=str(number), last_step=last)
+        return AttemptReport(number, True, None, None, last, resumed)
+    diagnosis = (classify(outcome.end) if not outcome.finished else Diagnosis(
+        "environment", f"exited 0 at step {last} before total_steps {settings.total_steps} "
+        "(preempted after saving?)", "exit0-early", ("exit status 0",)))
     state.append(AttemptRecord(outcome.started_at, outcome.ended_at, outcome.end.started_step,
-                               outcome.end.last_step, diagnosis))
+                               last, diagnosis))
     decision = decide_restart(policy_of(settings), state.episode())
     action = (f"restart in {decision.delay_s:.0f}s" if decision.restart
               else f"stopped: {decision.reason}")
-    context.add_diagnosis(outcome.end.last_step, diagnosis.cause, diagnosis.kind,
-                          diagnosis.evidence, action, resumed or "none")
+    _record(context.add_diagnosis, last, diagnosis.cause, diagnosis.kind, diagnosis.evidence,
+            action, resumed or "none")
     log.warning("attempt %d ended: %s (%s) -> %s", number, diagnosis.cause, diagnosis.kind,
                 action)
     if not (decision.restart and diagnosis.kind == "environment"):
         state_name = "stopped_code_failure" if diagnosis.kind == "code" else "stopped_crash_loop"
-        context.set_status(state_name, attempts=number, last_step=outcome.end.last_step,
-                           reason=decision.reason)
-    return AttemptReport(number, False, diagnosis, decision, outcome.end.last_step, resumed)
+        _record(context.set_status, state_name, attempts=number, last_step=last,
+                reason=decision.reason)
+    return AttemptReport(number, False, diagnosis, decision, last, resumed)
+
+
+def _record(write: Callable[..., object], *args: object, **kwargs: object) -> None:
+    """Write to experiment-context.md; a full disk must not stop the watchdog's decision."""
+    try:
+        write(*args, **kwargs)
+    except OSError as exc:
+        log.error("could not update experiment-context.md: %s", exc)
