@@ -117,13 +117,18 @@ def read_front_matter(path: Path) -> FrontMatter:
             "Add it after the last field."
         ) from None
     yaml_text = "\n".join(lines[1:end])
-    data, field_lines = _parse_yaml(path.name, yaml_text, first_line=2)
+    data, field_lines = parse_yaml_fields(path.name, yaml_text, first_line=2)
     field_lines[()] = 1
     body = "\n".join(lines[end + 1 :]).strip("\n")
     return FrontMatter(data=data, body=body, lines=field_lines)
 
 
-def _parse_yaml(name: str, text: str, first_line: int) -> tuple[dict[str, Any], dict[Loc, int]]:
+def parse_yaml_fields(name: str, text: str, first_line: int,
+                      kind: str = "front matter") -> tuple[dict[str, Any], dict[Loc, int]]:
+    """Parse a YAML mapping and the line of every field (``first_line`` = its first line).
+
+    ``kind`` names the text in errors ("front matter"; "" for a whole YAML file).
+    """
     try:
         node = yaml.compose(text, Loader=FrontMatterLoader)
         data = yaml.load(text, Loader=FrontMatterLoader)  # a SafeLoader subclass: safe
@@ -137,13 +142,14 @@ def _parse_yaml(name: str, text: str, first_line: int) -> tuple[dict[str, Any], 
         if context and start is not None and (mark is None or start.line != mark.line):
             problem = f"{problem} ({context} that begins on line {start.line + first_line})"
         raise ProtocolError(
-            f"{name} ({where}): the YAML front matter is malformed: {problem}."
+            f"{name} ({where}): the YAML{' ' + kind if kind else ''} is malformed: {problem}."
         ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ProtocolError(f"{name} (line {first_line}): the front matter must be a mapping "
-                            f"of fields (`name: value` lines), got {type(data).__name__}.")
+        subject = f"the {kind} must" if kind else "must"
+        raise ProtocolError(f"{name} (line {first_line}): {subject} be a mapping of fields "
+                            f"(`name: value` lines), got {type(data).__name__}.")
     field_lines: dict[Loc, int] = {}
     _collect_lines(node, (), first_line, field_lines)
     return data, field_lines

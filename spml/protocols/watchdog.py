@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -34,11 +33,11 @@ from spml.errors import ProtocolError
 from spml.protocols.frontmatter import (
     FENCE,
     FrontMatter,
-    FrontMatterLoader,
     Loc,
     PositiveDuration,
     format_validation_error,
     parse_duration,
+    parse_yaml_fields,
     read_front_matter,
 )
 
@@ -180,33 +179,9 @@ def _yaml_source(path: Path) -> _Source | None:
     if not path.is_file():
         return None
     text = path.read_text(encoding="utf-8-sig")
-    try:
-        node = yaml.compose(text, Loader=FrontMatterLoader)
-        data = yaml.load(text, Loader=FrontMatterLoader)  # a SafeLoader subclass: safe
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ProtocolError(f"{path.name}{where}: the YAML is malformed: {problem}.") from None
-    if data is None:
-        data, node = {}, None
-    if not isinstance(data, dict):
-        raise ProtocolError(f"{path.name} (line 1): must be a mapping of fields "
-                            f"(`name: value` lines), got {type(data).__name__}.")
-    lines: dict[Loc, int] = {(): 1}
-    _collect_lines(node, (), lines)
+    data, lines = parse_yaml_fields(path.name, text, first_line=1, kind="")
+    lines[()] = 1
     return _Source(path.name, data, FrontMatter(data=data, body="", lines=lines))
-
-
-def _collect_lines(node: yaml.Node | None, loc: Loc, out: dict[Loc, int]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            out[(*loc, key_node.value)] = key_node.start_mark.line + 1
-            _collect_lines(value_node, (*loc, key_node.value), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            out[(*loc, index)] = item.start_mark.line + 1
-            _collect_lines(item, (*loc, index), out)
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
