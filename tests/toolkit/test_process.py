@@ -223,7 +223,9 @@ def test_bad_name_raises_command_error(tmp_path: Path) -> None:
 
 def test_pid_file_exists_during_run_and_is_removed(tmp_path: Path) -> None:
     pid_file = tmp_path / "run" / "train.pid.json"
-    result = _run(tmp_path, f"cat {pid_file}; echo; echo $$", pid_file=pid_file)
+    # The file is written right after the spawn, so the child waits for it to appear.
+    result = _run(tmp_path, f"while [ ! -s {pid_file} ]; do sleep 0.01; done; "
+                  f"cat {pid_file}; echo; echo $$", pid_file=pid_file)
 
     assert result.ok
     record_line, shell_pid = result.stdout_text().strip().splitlines()
