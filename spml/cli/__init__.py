@@ -6,13 +6,14 @@ import json
 
 import typer
 
-from spml.cli import autoresearch, watchdog
+from spml.cli import autoresearch, validate, watchdog
 from spml.cli._output import console
 from spml.cli.demo import demo
 
 app = typer.Typer(help="spml: ML experiment workflows as Prefect flows.", no_args_is_help=True)
 app.add_typer(autoresearch.app, name="autoresearch")
 app.add_typer(watchdog.app, name="watchdog")
+app.add_typer(validate.app, name="validate")
 app.command()(demo)
 
 

@@ -23,6 +23,7 @@ EXPECTED = {
     "autoresearch/default": "spml.flows.autoresearch.autoresearch_flow",
     "autoresearch/nightly": "spml.flows.autoresearch.autoresearch_flow",
     "watchdog/default": "spml.flows.watchdog.watchdog_flow",
+    "validate/default": "spml.flows.validate.validate_flow",
 }
 
 
@@ -84,6 +85,7 @@ def test_deployment_is_described_and_configured(name: str) -> None:
 def test_default_has_no_schedule() -> None:
     assert not DEPLOYMENTS["autoresearch/default"].get("schedules")
     assert not DEPLOYMENTS["watchdog/default"].get("schedules")
+    assert not DEPLOYMENTS["validate/default"].get("schedules")
 
 
 def test_nightly_schedule_is_an_inactive_cron() -> None:

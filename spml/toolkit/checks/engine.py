@@ -1,0 +1,130 @@
+"""Run the selected checks on a project and collect one report."""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from spml.errors import SpmlError
+from spml.protocols.validate import ValidateConfig
+from spml.toolkit.checks import CHECKS, check_by_id
+from spml.toolkit.checks._base import Check, Finding
+from spml.toolkit.checks.patterns import Facts
+from spml.toolkit.checks.project import Project, SourceFile
+
+Status = Literal["PASS", "FAIL", "N/A", "ERROR"]
+
+
+@dataclass
+class CheckResult:
+    check: type[Check]
+    status: Status
+    reason: str = ""
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    files: list[str]
+    lines: int
+    results: list[CheckResult]
+    elapsed_s: float
+    context_files: int = 0  # local modules read because the analysed files import them
+
+    @property
+    def findings(self) -> list[Finding]:
+        return sorted(f for r in self.results for f in r.findings)
+
+    @property
+    def critical(self) -> int:
+        return sum(f.severity == "critical" for f in self.findings)
+
+    @property
+    def warnings(self) -> int:
+        return sum(f.severity == "warning" for f in self.findings)
+
+    @property
+    def errors(self) -> list[CheckResult]:
+        return [r for r in self.results if r.status == "ERROR"]
+
+    @property
+    def verdict(self) -> str:
+        """SPML's review verdict: a critical finding blocks, warnings only comment."""
+        if self.critical or self.errors:
+            return "REQUEST_CHANGES"
+        return "COMMENT" if self.warnings else "APPROVE"
+
+
+def selected_checks(select: Sequence[str], ignore: Sequence[str]) -> list[type[Check]]:
+    for check_id in [*select, *ignore]:
+        if check_id != "ALL":
+            check_by_id(check_id)  # raises with the list of known ids
+    chosen = CHECKS if "ALL" in select else tuple(c for c in CHECKS if c.id in select)
+    return [c for c in chosen if c.id not in ignore]
+
+
+def analyse(paths: Iterable[Path], config: ValidateConfig | None = None,
+            config_dir: Path | None = None) -> Report:
+    """Parse every file under ``paths`` once and run the configured checks on the whole."""
+    config = config or ValidateConfig()
+    started = time.perf_counter()
+    project = Project.load(paths)
+    facts = Facts(project, config)
+    results = [_run_one(check(), facts, config, config_dir)
+               for check in selected_checks(config.select, config.ignore)]
+    return Report([f.display for f in project.targets], project.line_count, results,
+                  time.perf_counter() - started, len(project.files) - len(project.targets))
+
+
+def _run_one(check: Check, facts: Facts, config: ValidateConfig,
+             config_dir: Path | None) -> CheckResult:
+    try:
+        applicability = check.applicability(facts)
+        if not applicability.applies:
+            return CheckResult(type(check), "N/A", applicability.reason)
+        by_path = {s.display: s for s in facts.project.files}
+        findings = sorted({f for f in check.run(facts) if f.path in by_path
+                           and not by_path[f.path].context
+                           and not _suppressed(f, by_path[f.path], config, config_dir)})
+    except SpmlError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a check's own bug must not hide the others
+        return CheckResult(type(check), "ERROR", f"internal error: {type(exc).__name__}: {exc}")
+    reason = applicability.reason or check.runtime_note
+    return CheckResult(type(check), "FAIL" if findings else "PASS", reason, findings)
+
+
+def _suppressed(finding: Finding, source: SourceFile | None, config: ValidateConfig,
+                config_dir: Path | None) -> bool:
+    if source is not None and source.ignored(finding.line, finding.id):
+        return True
+    if source is None or not config.per_file_ignores:
+        return False
+    path = source.path
+    rel = path.relative_to(config_dir).as_posix() if config_dir and path.is_relative_to(
+        config_dir) else path.as_posix()
+    return any(finding.id in ids or "ALL" in ids for glob, ids in config.per_file_ignores.items()
+               if fnmatch.fnmatch(rel, glob) or fnmatch.fnmatch(path.name, glob))
+
+
+def validate_static(paths: Sequence[Path], select: Sequence[str] | None = None,
+                    ignore: Sequence[str] | None = None,
+                    config_file: Path | None = None) -> Report:
+    """``spml validate static``: the config from ``config_file`` or the nearest
+    pyproject.toml above the first path, then the command line's select/ignore on top."""
+    from spml.toolkit.checks.config import find_pyproject, load_config
+
+    config_file = config_file or find_pyproject(paths[0] if paths else Path.cwd())
+    config, config_dir = load_config(config_file)
+    updates: dict[str, list[str]] = {}
+    if select:
+        updates["select"] = [s.strip().upper() for s in select]
+    if ignore:
+        updates["ignore"] = [*config.ignore, *(s.strip().upper() for s in ignore)]
+    if updates:
+        config = ValidateConfig.model_validate({**config.model_dump(), **updates})
+    return analyse(paths, config, config_dir)

@@ -1,0 +1,369 @@
+"""Dataflow within and across files: where a name's value comes from, and where it goes.
+
+Deliberately simple and conservative: assignments are followed inside one function (then
+its module), through tuple unpacking, ``for`` targets, ``with ... as`` and calls to the
+project's own functions and methods. When a value's origin is unknown the answer is
+"unknown", and checks stay silent rather than guess.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from spml.toolkit.checks.project import Project, SourceFile, dotted
+
+SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """``name`` gets a value at ``line``: ``value`` is the expression (the iterable for a
+    ``for`` target, the context manager for ``with``, None for a parameter)."""
+
+    name: str
+    line: int
+    kind: str  # assign | iter | with | param | aug
+    value: ast.AST | None
+    node: ast.AST
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a value was made: an expression in a file (kind ``value``/``iter``/``with``),
+    a function parameter (``param``) or nothing known (``unknown``)."""
+
+    source: SourceFile
+    node: ast.AST | None
+    kind: str
+
+
+def scope_nodes(scope: ast.AST) -> Iterator[ast.AST]:
+    """Every node in ``scope`` without descending into nested functions or classes."""
+    stack = list(ast.iter_child_nodes(scope))
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (*SCOPES, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def target_names(target: ast.AST) -> list[str]:
+    """Names (and dotted attributes like ``self.head``) bound by an assignment target."""
+    if isinstance(target, ast.Tuple | ast.List):
+        return [n for elt in target.elts for n in target_names(elt)]
+    if isinstance(target, ast.Starred):
+        return target_names(target.value)
+    name = dotted(target)
+    return [name] if name else []
+
+
+def bindings(scope: ast.AST) -> dict[str, list[Binding]]:
+    """All bindings in one scope, by name, in source order."""
+    table: dict[str, list[Binding]] = {}
+    if isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+        args = scope.args
+        for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs]:
+            table.setdefault(arg.arg, []).append(Binding(arg.arg, arg.lineno, "param", None, arg))
+    for node in scope_nodes(scope):
+        for target, kind, value, at in _binding_parts(node):
+            for name in target_names(target):
+                table.setdefault(name, []).append(Binding(name, at.lineno, kind, value, at))
+    for values in table.values():
+        values.sort(key=lambda b: b.line)
+    return table
+
+
+def _binding_parts(node: ast.AST) -> Iterator[tuple[ast.AST, str, ast.AST | None, ast.AST]]:
+    """(target, kind, value, node carrying the line) for each name ``node`` binds."""
+    if isinstance(node, ast.Assign):
+        for target in node.targets:
+            yield target, "assign", node.value, node
+    elif isinstance(node, ast.AnnAssign | ast.NamedExpr) and node.value is not None:
+        yield node.target, "assign", node.value, node
+    elif isinstance(node, ast.AugAssign):
+        yield node.target, "aug", node.value, node
+    elif isinstance(node, ast.For | ast.AsyncFor):
+        yield node.target, "iter", node.iter, node
+    elif isinstance(node, ast.comprehension):
+        yield node.target, "iter", node.iter, node.iter
+    elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+        yield node.optional_vars, "with", node.context_expr, node.context_expr
+
+
+def element_for(binding: Binding) -> ast.AST | None:
+    """The part of the assigned value that reaches ``binding.name``."""
+    node, value = binding.node, binding.value
+    if isinstance(node, ast.Assign) and isinstance(value, ast.Tuple | ast.List):
+        for target in node.targets:
+            if isinstance(target, ast.Tuple | ast.List) and len(target.elts) == len(value.elts):
+                for elt, val in zip(target.elts, value.elts, strict=True):
+                    if binding.name in target_names(elt):
+                        return val
+    return value
+
+
+class Flow:
+    """Answers "where does this value come from" for one project; caches per scope."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self._bindings: dict[int, dict[str, list[Binding]]] = {}
+        self._resolving: set[int] = set()
+
+    def bindings(self, scope: ast.AST) -> dict[str, list[Binding]]:
+        key = id(scope)
+        if key not in self._bindings:
+            self._bindings[key] = bindings(scope)
+        return self._bindings[key]
+
+    def reaching(self, source: SourceFile, name: str, at: ast.AST) -> list[Binding]:
+        """Bindings of ``name`` visible at ``at``: the enclosing function's (the last one
+        before ``at`` when there is one), else the module's."""
+        scope = source.scope_of(at)
+        line = getattr(at, "lineno", 10**9)
+        enclosing = set(source.ancestors(at))
+        while True:
+            # `x = x.to(dev)`: the use on the right reads the binding before, not this one.
+            found = [b for b in self.bindings(scope).get(name, [])
+                     if b.value is None or (b.value not in enclosing and b.value is not at)]
+            if found:
+                before = [b for b in found if b.line <= line]
+                straight = before and (not in_loop(source, at)
+                                       or _same_iteration(source, before[-1], at))
+                if straight:
+                    return _reaching_branches(source, before, enclosing)
+                # In a loop: what reached the loop, plus rebindings later in the same loop
+                # (carried to the next iteration); never bindings after the loop.
+                loop = innermost_loop(source, at)
+                carried = [b for b in found if b.line > line and loop is not None
+                           and loop in set(source.ancestors(b.node))]
+                reached = _reaching_branches(source, before, enclosing) if before else []
+                return reached + carried or found
+            if scope is source.tree:
+                return []
+            scope = source.scope_of(scope)
+
+    def origins(self, source: SourceFile, expr: ast.AST, depth: int = 6) -> list[Origin]:
+        """The expressions that produce ``expr``'s value, following plain names."""
+        name = dotted(expr)
+        if name is None or depth == 0:
+            return [Origin(source, expr, "value")]
+        found = self.reaching(source, name, expr)
+        if not found:
+            return [Origin(source, expr, "unknown")]
+        out: list[Origin] = []
+        for binding in found:
+            if binding.kind == "param":
+                out.append(Origin(source, binding.node, "param"))
+            elif binding.kind == "aug":  # `x //= 8`: the value is computed, not assigned
+                out.append(Origin(source, binding.node, "aug"))
+            elif binding.kind in ("iter", "with"):
+                out.append(Origin(source, binding.value, binding.kind))
+            else:
+                value = element_for(binding)
+                if value is not None and dotted(value) is not None and value is not expr:
+                    out.extend(self.origins(source, value, depth - 1))
+                elif value is not None:
+                    out.append(Origin(source, value, "value"))
+        return out
+
+    def origin_calls(self, source: SourceFile, expr: ast.AST) -> list[tuple[SourceFile, str]]:
+        """Canonical names of the calls that made ``expr`` (``torch.optim.AdamW`` ...),
+        looking through method chains like ``.to(device)`` and into local functions."""
+        names: list[tuple[SourceFile, str]] = []
+        for origin in self.origins(source, expr):
+            for src, call in self.producing_calls(origin):
+                name = self.project.call_name(src, call)
+                if name:
+                    names.append((src, name))
+        return names
+
+    def producing_calls(self, origin: Origin, depth: int = 3) -> list[tuple[SourceFile, ast.Call]]:
+        """The constructor-like call behind an origin: ``GPT(cfg).to(dev)`` -> ``GPT(cfg)``;
+        a call of a local function -> the calls its ``return`` statements make."""
+        node = origin.node
+        while isinstance(node, ast.Call) and node.args and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr in CHAINABLE)
+                or (origin.source.canonical(node.func) or "") in WRAPPERS):
+            # `GPT(cfg).to(dev)` -> `GPT(cfg)`; `torch.compile(model)` / `DDP(model)` -> model
+            node = node.args[0] if (origin.source.canonical(node.func) or "") in WRAPPERS \
+                else node.func.value
+        while isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in CHAINABLE:
+            node = node.func.value
+        if isinstance(node, ast.Await):
+            node = node.value
+        if not isinstance(node, ast.Call):
+            if node is not None and dotted(node) is not None and depth:
+                return [c for o in self.origins(origin.source, node)
+                        for c in self.producing_calls(o, depth - 1)]
+            return []
+        returned = self.returns_of(origin.source, node) if depth else []
+        if returned:
+            return [c for src, value in returned
+                    for c in self.producing_calls(Origin(src, value, "value"), depth - 1)
+                    ] or [(origin.source, node)]
+        return [(origin.source, node)]
+
+    def callee(self, source: SourceFile, call: ast.Call
+               ) -> tuple[SourceFile, ast.FunctionDef] | None:
+        """The project's own function or method a call runs, when it can be known."""
+        if id(call) in self._resolving:  # a value defined through itself: give up, stay silent
+            return None
+        self._resolving.add(id(call))
+        try:
+            return self._callee(source, call)
+        finally:
+            self._resolving.discard(id(call))
+
+    def _callee(self, source: SourceFile, call: ast.Call
+                ) -> tuple[SourceFile, ast.FunctionDef] | None:
+        func = call.func
+        if isinstance(func, ast.Name):
+            return self._function(source, func.id)
+        if isinstance(func, ast.Attribute):
+            owner = dotted(func.value)
+            if owner and self.project.local_class(source.canonical(func.value)):
+                # `GPT.from_pretrained(...)`: a classmethod/staticmethod of a local class
+                return self._method(source.canonical(func.value), func.attr)
+            if owner == "self":
+                cls = source.class_of(call)
+                return self._method(cls.name if cls else None, func.attr)
+            for origin in self.origins(source, func.value) if owner else []:
+                for src, made in self.producing_calls(origin, depth=1):
+                    cls_name = self.project.call_name(src, made)
+                    found = self._method(cls_name, func.attr)
+                    if found:
+                        return found
+        return None
+
+    def _function(self, source: SourceFile, name: str
+                  ) -> tuple[SourceFile, ast.FunctionDef] | None:
+        canonical = source.aliases.get(name, name)
+        candidates = self.project.functions.get(canonical.rsplit(".", 1)[-1], [])
+        top = [(s, f) for s, f in candidates if isinstance(s.parents.get(f), ast.Module)]
+        same = [(s, f) for s, f in top if s is source]
+        return (same or top or [None])[0]
+
+    def _method(self, cls_name: str | None, method: str
+                ) -> tuple[SourceFile, ast.FunctionDef] | None:
+        found = self.project.local_class(cls_name)
+        while found is not None:
+            source, cls = found
+            for node in cls.body:
+                if isinstance(node, ast.FunctionDef) and node.name == method:
+                    return source, node
+            bases = [source.canonical(b) for b in cls.bases]
+            found = next((self.project.local_class(b) for b in bases
+                          if self.project.local_class(b)), None)
+        return None
+
+    def returns_of(self, source: SourceFile, call: ast.Call) -> list[tuple[SourceFile, ast.AST]]:
+        """The expressions a local function/method returns (resolved in its own file)."""
+        found = self.callee(source, call)
+        if found is None:
+            return []
+        src, func = found
+        return [(src, n.value) for n in scope_nodes(func)
+                if isinstance(n, ast.Return) and n.value is not None]
+
+    # ---- forward taint ---------------------------------------------------------------
+    def tainted(self, scope: ast.AST, seed: Callable[[ast.AST], bool],
+                names: frozenset[str] = frozenset()) -> set[str]:
+        """Names in ``scope`` whose value derives from a node matching ``seed`` (or from
+        ``names``): assignments, ``x.append(v)``, ``d[k] = v``, ``meter.update(v)``."""
+        tainted = set(names)
+        nodes = list(scope_nodes(scope))
+        changed = True
+        while changed:
+            changed = False
+            for node in nodes:
+                for target, value in _flows(node):
+                    if not (mentions(value, tainted) or any(seed(n) for n in ast.walk(value))):
+                        continue
+                    for name in target_names(target):
+                        if name not in tainted:
+                            tainted.add(name)
+                            changed = True
+        return tainted
+
+
+CHAINABLE = frozenset({"to", "cuda", "cpu", "half", "float", "bfloat16", "double", "train",
+                       "eval", "requires_grad_", "share_memory", "pin_memory", "contiguous",
+                       "detach", "clone", "type"})
+# Calls that wrap a module and behave like it (their first argument is what they make).
+WRAPPERS = frozenset({"torch.compile", "torch.nn.parallel.DistributedDataParallel",
+                      "torch.nn.parallel.DataParallel", "torch.nn.DataParallel",
+                      "torch.distributed.fsdp.FullyShardedDataParallel",
+                      "torch.nn.parallel.distributed.DistributedDataParallel"})
+SINK_METHODS = frozenset({"append", "extend", "update", "add", "put", "insert"})
+
+
+def _flows(node: ast.AST) -> Iterator[tuple[ast.AST, ast.AST]]:
+    """(target, value) pairs through which a value moves at ``node``."""
+    if isinstance(node, ast.Assign):
+        for target in node.targets:
+            yield (target.value if isinstance(target, ast.Subscript) else target), node.value
+    elif isinstance(node, ast.AugAssign | ast.AnnAssign | ast.NamedExpr) and node.value:
+        target = node.target
+        yield (target.value if isinstance(target, ast.Subscript) else target), node.value
+    elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
+        yield node.target, node.iter
+    elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+        yield node.optional_vars, node.context_expr
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+            and node.func.attr in SINK_METHODS and dotted(node.func.value):
+        for arg in [*node.args, *(k.value for k in node.keywords)]:
+            yield node.func.value, arg
+
+
+def mentions(expr: ast.AST, names: set[str] | frozenset[str]) -> bool:
+    """True when ``expr`` reads one of ``names`` (plain or dotted like ``self.loss``)."""
+    if not names:
+        return False
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Name | ast.Attribute) and dotted(node) in names:
+            return True
+    return False
+
+
+def in_loop(source: SourceFile, node: ast.AST) -> bool:
+    for parent in source.ancestors(node):
+        if isinstance(parent, ast.For | ast.While | ast.AsyncFor):
+            return True
+        if isinstance(parent, SCOPES):
+            return False
+    return False
+
+
+def innermost_loop(source: SourceFile, node: ast.AST) -> ast.AST | None:
+    for parent in source.ancestors(node):
+        if isinstance(parent, ast.For | ast.While | ast.AsyncFor):
+            return parent
+        if isinstance(parent, SCOPES):
+            return None
+    return None
+
+
+def _same_iteration(source: SourceFile, binding: Binding, at: ast.AST) -> bool:
+    """True when ``binding`` is (re)made in the iteration that reaches ``at`` first: it is
+    the loop header of ``at``'s loop, or sits in the same innermost loop before it."""
+    loop = innermost_loop(source, at)
+    return binding.node is loop or innermost_loop(source, binding.node) is loop
+
+
+def _reaching_branches(source: SourceFile, before: list[Binding],
+                       enclosing: set[ast.AST]) -> list[Binding]:
+    """The bindings that may reach a use: walking back from the last one, every binding in
+    a branch (``if``/``try``) the use is not inside, up to the first unconditional one."""
+    reaching: list[Binding] = []
+    for binding in reversed(before):
+        reaching.append(binding)
+        branches = [p for p in source.ancestors(binding.node)
+                    if isinstance(p, ast.If | ast.Try | ast.IfExp | ast.Match)
+                    and p not in enclosing]
+        if not branches and binding.kind != "aug":  # `x //= 8` also needs what x was
+            break
+    return reaching

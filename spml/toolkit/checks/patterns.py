@@ -1,0 +1,255 @@
+"""Recognisers for the ML constructs several checks share: training loops, optimizers,
+schedulers, DataLoaders, CUDA use, clocks and the places a value gets written."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from spml.protocols.validate import ValidateConfig
+from spml.toolkit.checks.flow import Flow, scope_nodes
+from spml.toolkit.checks.project import Project, SourceFile, dotted
+
+OPTIMIZER_ROOTS = ("torch.optim.", "bitsandbytes.optim.", "bnb.optim.", "apex.optimizers.",
+                   "timm.optim.", "transformers.optimization.", "deepspeed.ops.")
+OPTIMIZER_NAMES = frozenset({"SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax",
+                             "NAdam", "RAdam", "LBFGS", "SparseAdam", "Lion", "Muon",
+                             "Adafactor", "FusedAdam", "FusedLAMB", "LAMB", "ASGD", "Rprop",
+                             "AdamW8bit", "Adam8bit", "PagedAdamW"})
+SCHEDULER_ROOTS = ("torch.optim.lr_scheduler.", "transformers.get_",
+                   "transformers.optimization.get_", "timm.scheduler.")
+CLOCKS = frozenset({"time.time", "time.perf_counter", "time.monotonic", "time.process_time",
+                    "time.time_ns", "time.perf_counter_ns", "timeit.default_timer"})
+DATALOADER = frozenset({"torch.utils.data.DataLoader", "torch.utils.data.dataloader.DataLoader"})
+FILE_SINKS = frozenset({"json.dump", "numpy.save", "numpy.savetxt", "numpy.savez", "torch.save",
+                        "wandb.log", "mlflow.log_metric", "mlflow.log_metrics", "csv.writer",
+                        "pickle.dump", "yaml.dump", "yaml.safe_dump"})
+FILE_SINK_METHODS = frozenset({"write", "writelines", "writerow", "writerows", "add_scalar",
+                               "add_scalars", "log_metrics", "log_metric", "log_dict", "track",
+                               "write_text", "to_csv", "to_json", "log"})
+CONSOLE_SINK_METHODS = frozenset({"set_postfix", "set_postfix_str", "set_description"})
+LOG_LEVELS = frozenset({"info", "debug", "warning", "error", "critical", "log", "exception"})
+
+
+def is_optimizer_name(name: str | None) -> bool:
+    if not name or "lr_scheduler" in name or "scheduler" in name.lower():
+        return False
+    last = name.rsplit(".", 1)[-1]
+    return name.startswith(OPTIMIZER_ROOTS) or last in OPTIMIZER_NAMES
+
+
+def is_scheduler_name(name: str | None) -> bool:
+    if not name:
+        return False
+    last = name.rsplit(".", 1)[-1]
+    return name.startswith(SCHEDULER_ROOTS) or (last.endswith("LR") and last[0].isupper()) \
+        or ("schedule" in last.lower() and last.startswith("get_"))
+
+
+def is_clock_call(source: SourceFile, node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and source.canonical(node.func) in CLOCKS
+
+
+def string_constants(node: ast.AST) -> list[str]:
+    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant)
+            and isinstance(n.value, str)]
+
+
+@dataclass
+class TrainingLoop:
+    """A loop whose body runs ``backward()`` (directly or through a local function)."""
+
+    source: SourceFile
+    loop: ast.For | ast.While | ast.AsyncFor
+    backward: list[ast.Call] = field(default_factory=list)
+
+    @property
+    def scope(self) -> ast.AST:
+        return self.source.scope_of(self.loop)
+
+    def body_nodes(self) -> list[ast.AST]:
+        return [n for stmt in self.loop.body for n in [stmt, *scope_nodes(stmt)]]
+
+
+class Facts:
+    """Project-wide answers shared by the checks, computed once per analysis."""
+
+    def __init__(self, project: Project, config: ValidateConfig | None = None) -> None:
+        self.project = project
+        self.config = config or ValidateConfig()
+        self.flow = Flow(project)
+
+    # ---- training ---------------------------------------------------------------------
+    @cached_property
+    def backward_calls(self) -> list[tuple[SourceFile, ast.Call]]:
+        return [(s, c) for s, c in self.project.method_calls("backward")
+                if not (isinstance(c.func, ast.Attribute)
+                        and (s.canonical(c.func.value) or "").startswith("torch.autograd"))]
+
+    @cached_property
+    def training_loops(self) -> list[TrainingLoop]:
+        """The step loops: innermost loops that run ``backward()`` directly or by calling a
+        local step function; for a gradient-accumulation micro-loop, also the loop around it
+        (that one runs once per optimizer step)."""
+        step_funcs = self._step_functions()
+        found: dict[int, TrainingLoop] = {}
+        for source, node in self.project.walk():
+            if not isinstance(node, ast.For | ast.While | ast.AsyncFor):
+                continue
+            inner = list(scope_nodes(node))
+            direct = [n for n in inner if n in self._backward_set(source)]
+            via = [n for n in inner
+                   if isinstance(n, ast.Call) and self._runs(source, n, step_funcs)]
+            if direct or via:
+                found[id(node)] = TrainingLoop(source, node, direct)
+        loops = list(found.values())
+        steps = [lp for lp in loops if not any(
+            o is not lp and o.source is lp.source and lp.loop in set(o.source.ancestors(o.loop))
+            and not is_accumulation_loop(o.loop) for o in loops)]
+        return sorted(steps, key=lambda lp: (lp.source.display, lp.loop.lineno))
+
+    def _backward_set(self, source: SourceFile) -> set[ast.Call]:
+        return {c for s, c in self.backward_calls if s is source}
+
+    def _step_functions(self) -> set[int]:
+        """Functions that run backward once per call (not inside their own loop)."""
+        funcs: set[int] = set()
+        for source, call in self.backward_calls:
+            scope = source.scope_of(call)
+            in_loop = any(isinstance(p, ast.For | ast.While | ast.AsyncFor)
+                          for p in _until(source, call, scope))
+            if scope is not source.tree and not in_loop:
+                funcs.add(id(scope))
+        return funcs
+
+    def _runs(self, source: SourceFile, call: ast.Call, funcs: set[int]) -> bool:
+        found = self.flow.callee(source, call)
+        return found is not None and id(found[1]) in funcs
+
+    def step_loop_of(self, source: SourceFile, node: ast.AST) -> TrainingLoop | None:
+        """The step loop whose every iteration runs ``node`` (its nearest enclosing loop)."""
+        for parent in source.ancestors(node):
+            if isinstance(parent, ast.For | ast.While | ast.AsyncFor):
+                return next((lp for lp in self.training_loops if lp.loop is parent), None)
+            if isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                return None
+        return None
+
+    @cached_property
+    def has_training(self) -> bool:
+        return bool(self.backward_calls)
+
+    # ---- optimizers, schedulers, loaders ------------------------------------------------
+    @cached_property
+    def optimizer_constructions(self) -> list[tuple[SourceFile, ast.Call]]:
+        return [(s, c) for s, c in self.project.calls
+                if is_optimizer_name(self.project.call_name(s, c))]
+
+    @cached_property
+    def scheduler_constructions(self) -> list[tuple[SourceFile, ast.Call]]:
+        return [(s, c) for s, c in self.project.calls
+                if is_scheduler_name(self.project.call_name(s, c))]
+
+    @cached_property
+    def dataloaders(self) -> list[tuple[SourceFile, ast.Call]]:
+        return [(s, c) for s, c in self.project.calls if self.project.call_name(s, c) in DATALOADER
+                or (self.project.call_name(s, c) or "").endswith(".DataLoader")
+                or self.project.call_name(s, c) == "DataLoader"]
+
+    def makes(self, source: SourceFile, expr: ast.AST, predicate) -> bool:
+        """True when ``expr``'s value comes from a call whose canonical name matches."""
+        return any(predicate(name) for _, name in self.flow.origin_calls(source, expr))
+
+    # ---- devices ------------------------------------------------------------------------
+    @cached_property
+    def uses_cuda(self) -> bool:
+        for _source, node in self.project.walk():
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.split(":")[0] == "cuda":
+                return True
+            if isinstance(node, ast.Attribute) and node.attr == "cuda":
+                return True
+        return False
+
+    # ---- sinks ---------------------------------------------------------------------------
+    @cached_property
+    def logging_to_file(self) -> bool:
+        """True when the project routes the ``logging`` module to a file."""
+        for source, call in self.project.calls:
+            name = self.project.call_name(source, call) or ""
+            if name.endswith(("FileHandler", "RotatingFileHandler")):
+                return True
+            if name == "logging.basicConfig" and any(k.arg == "filename" for k in call.keywords):
+                return True
+        return False
+
+    def sink_kind(self, source: SourceFile, call: ast.Call) -> str | None:
+        """``file`` when the call writes its arguments somewhere durable, ``console`` when
+        only to the terminal, else None."""
+        name = self.project.call_name(source, call) or ""
+        func = call.func
+        if name == "print":
+            target = next((k.value for k in call.keywords if k.arg == "file"), None)
+            if target is None or (source.canonical(target) or "") in ("sys.stdout", "sys.stderr"):
+                return "console"
+            return "file"
+        if name in FILE_SINKS:
+            return "file"
+        if not isinstance(func, ast.Attribute):
+            return None
+        owner = source.canonical(func.value) or ""
+        if func.attr in LOG_LEVELS and ("log" in owner.lower() or owner == "logging"):
+            return "file" if self.logging_to_file else "console"
+        if func.attr in CONSOLE_SINK_METHODS or (func.attr == "print" and "console" in owner):
+            return "console"
+        if owner in ("sys.stdout", "sys.stderr"):
+            return "console"
+        if func.attr in FILE_SINK_METHODS:
+            return "file"
+        return None
+
+
+def is_accumulation_loop(loop: ast.AST) -> bool:
+    """``for micro_step in range(grad_accum_steps)`` and the like."""
+    if not isinstance(loop, ast.For):
+        return False
+    text = (ast.unparse(loop.iter) + " " + ast.unparse(loop.target)).lower()
+    return any(w in text for w in ("accum", "micro"))
+
+
+def _until(source: SourceFile, node: ast.AST, stop: ast.AST):
+    for parent in source.ancestors(node):
+        if parent is stop:
+            return
+        yield parent
+
+
+def loop_guarded(source: SourceFile, node: ast.AST, stop: ast.AST) -> bool:
+    """True when ``node`` sits under an ``if`` (below ``stop``) whose test uses ``%`` or a
+    comparison with a clock/interval, i.e. it does not run on every iteration."""
+    child = node
+    for parent in source.ancestors(node):
+        if parent is stop:
+            return False
+        # Only the `if` branch runs at the cadence; its `else:` runs on the other steps.
+        if isinstance(parent, ast.If) and is_cadence_test(parent.test) and child in parent.body:
+            return True
+        child = parent
+    return False
+
+
+def is_cadence_test(test: ast.AST) -> bool:
+    for node in ast.walk(test):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+            return True
+        if isinstance(node, ast.Compare):
+            text = ast.unparse(node).lower()
+            if any(w in text for w in ("time", "interval", "every", "last_log", "freq",
+                                       "period", "_at", "next_")):
+                return True
+        if isinstance(node, ast.Name | ast.Attribute) and any(
+                w in (dotted(node) or "").lower() for w in ("should_log", "log_now", "is_log")):
+            return True
+    return False
+

@@ -1,0 +1,301 @@
+"""A project to analyse: its Python files parsed once, imports resolved, names indexed.
+
+Checks ask the project questions ("which calls are ``torch.optim.AdamW``?", "which local
+classes are ``nn.Module``s?") instead of walking syntax trees themselves, so a script that
+imports its model from ``model.py`` is analysed as one program.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from spml.errors import SpmlError
+
+IGNORE_COMMENT = re.compile(r"#\s*spml:\s*ignore(?:\[(?P<ids>[^\]]*)\])?", re.IGNORECASE)
+SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "node_modules", ".tox", "build", "dist"}
+MODULE_BASES = ("torch.nn.Module", "nn.Module", "Module", "torch.nn.modules.module.Module")
+
+
+class SourceError(SpmlError, ValueError):
+    """A file cannot be read or parsed; the message names it and the line."""
+
+
+def dotted(node: ast.AST) -> str | None:
+    """``a.b.c`` for a Name/Attribute chain (calls in the chain break it), else None."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+@dataclass(eq=False)  # identity: a file is itself, usable in sets and as a key
+class SourceFile:
+    """One parsed file, with its import aliases and ``# spml: ignore`` comments."""
+
+    path: Path
+    display: str
+    text: str
+    tree: ast.Module
+    module: str
+    aliases: dict[str, str] = field(default_factory=dict)
+    ignores: dict[int, frozenset[str] | None] = field(default_factory=dict)
+    parents: dict[ast.AST, ast.AST] = field(default_factory=dict)
+    # Loaded only because an analysed file imports it: read for dataflow, never reported on.
+    context: bool = False
+
+    @classmethod
+    def load(cls, path: Path, root: Path) -> SourceFile:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{path}: cannot read: {exc}") from None
+        try:
+            tree = ast.parse(text, filename=str(path))
+        except SyntaxError as exc:
+            raise SourceError(f"{path}:{exc.lineno}:{exc.offset}: syntax error: {exc.msg}; "
+                              "L0 needs code that parses") from None
+        rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+        module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        source = cls(path, _display(path), text, tree, module)
+        source._index()
+        return source
+
+    def _index(self) -> None:
+        for node in ast.walk(self.tree):
+            for child in ast.iter_child_nodes(node):
+                self.parents[child] = node
+            self._index_import(node)
+        for number, line in enumerate(self.text.splitlines(), 1):
+            match = IGNORE_COMMENT.search(line)
+            if match:
+                ids = match.group("ids")
+                self.ignores[number] = (frozenset(i.strip().upper() for i in ids.split(",")
+                                                  if i.strip()) if ids else None)
+
+    def _index_import(self, node: ast.AST) -> None:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                self.aliases[a.asname or a.name.split(".")[0]] = (
+                    a.name if a.asname else a.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                self.aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+        elif isinstance(node, ast.ImportFrom):
+            for a in node.names:  # relative import: resolve against this package
+                base = ".".join(self.module.split(".")[:-node.level] + [node.module or ""])
+                self.aliases[a.asname or a.name] = f"{base.strip('.')}.{a.name}"
+
+    def canonical(self, node: ast.AST) -> str | None:
+        """The dotted name with this file's import aliases expanded (``F.softmax`` ->
+        ``torch.nn.functional.softmax``)."""
+        name = dotted(node)
+        if name is None:
+            return None
+        head, _, rest = name.partition(".")
+        base = self.aliases.get(head, head)
+        return f"{base}.{rest}" if rest else base
+
+    def ignored(self, line: int, check_id: str) -> bool:
+        if line not in self.ignores:
+            return False
+        ids = self.ignores[line]
+        return ids is None or check_id in ids
+
+    def ancestors(self, node: ast.AST) -> Iterator[ast.AST]:
+        while node in self.parents:
+            node = self.parents[node]
+            yield node
+
+    def scope_of(self, node: ast.AST) -> ast.AST:
+        """The innermost function (or the module) that contains ``node``."""
+        for parent in self.ancestors(node):
+            if isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                return parent
+        return self.tree
+
+    def class_of(self, node: ast.AST) -> ast.ClassDef | None:
+        return next((p for p in self.ancestors(node) if isinstance(p, ast.ClassDef)), None)
+
+
+def _display(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def collect_files(paths: Iterable[Path]) -> list[Path]:
+    """Every ``.py`` file under the given files/directories, sorted, no virtualenvs."""
+    found: set[Path] = set()
+    for path in paths:
+        if not path.exists():
+            raise SourceError(f"{path}: no such file or directory")
+        if path.is_file():
+            found.add(path.resolve())
+            continue
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".")]
+            found.update(Path(dirpath, f).resolve() for f in filenames if f.endswith(".py"))
+    return sorted(found)
+
+
+class Project:
+    """Every file of the analysed project plus the indices checks share."""
+
+    def __init__(self, files: list[SourceFile], root: Path) -> None:
+        self.files = files
+        self.root = root
+        self.by_module = {f.module: f for f in files}
+        self._call_names: dict[int, str | None] = {}
+
+    @classmethod
+    def load(cls, paths: Iterable[Path]) -> Project:
+        """The given files (and folders' files), plus the local modules they import, so
+        ``spml validate static train.py`` still sees the model class in ``model.py``."""
+        targets = collect_files(paths)
+        if not targets:
+            raise SourceError("no Python files found under the given paths")
+        root = Path(os.path.commonpath([f.parent for f in targets]))
+        sources = {f: SourceFile.load(f, root) for f in targets}
+        queue = list(sources.values())
+        while queue and len(sources) < MAX_CONTEXT_FILES:
+            for path in local_imports(queue.pop(), root):
+                if path not in sources:
+                    try:
+                        sources[path] = SourceFile.load(path, root)
+                    except SourceError:
+                        continue  # an unparsable helper module only costs context
+                    sources[path].context = True
+                    queue.append(sources[path])
+        return cls(sorted(sources.values(), key=lambda s: s.path), root)
+
+    @property
+    def targets(self) -> list[SourceFile]:
+        return [f for f in self.files if not f.context]
+
+    # ---- calls ------------------------------------------------------------------------
+    @cached_property
+    def calls(self) -> list[tuple[SourceFile, ast.Call]]:
+        return [(s, n) for s in self.files for n in ast.walk(s.tree) if isinstance(n, ast.Call)]
+
+    def call_name(self, source: SourceFile, call: ast.Call) -> str | None:
+        key = id(call)
+        if key not in self._call_names:
+            self._call_names[key] = source.canonical(call.func)
+        return self._call_names[key]
+
+    def calls_to(self, *names: str, suffix: bool = False) -> list[tuple[SourceFile, ast.Call]]:
+        """Calls whose canonical name is one of ``names`` (or ends with one, ``suffix``)."""
+        wanted = set(names)
+        out = []
+        for source, call in self.calls:
+            name = self.call_name(source, call)
+            if name is None:
+                continue
+            if name in wanted or (suffix and any(name.endswith("." + n) or name == n
+                                                 for n in wanted)):
+                out.append((source, call))
+        return out
+
+    def method_calls(self, *methods: str) -> list[tuple[SourceFile, ast.Call]]:
+        """Calls ``<anything>.method(...)`` for the given method names."""
+        return [(s, c) for s, c in self.calls
+                if isinstance(c.func, ast.Attribute) and c.func.attr in methods]
+
+    # ---- definitions -------------------------------------------------------------------
+    @cached_property
+    def classes(self) -> dict[str, tuple[SourceFile, ast.ClassDef]]:
+        return {n.name: (s, n) for s in self.files for n in ast.walk(s.tree)
+                if isinstance(n, ast.ClassDef)}
+
+    @cached_property
+    def functions(self) -> dict[str, list[tuple[SourceFile, ast.FunctionDef]]]:
+        table: dict[str, list[tuple[SourceFile, ast.FunctionDef]]] = {}
+        for s in self.files:
+            for n in ast.walk(s.tree):
+                if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef):
+                    table.setdefault(n.name, []).append((s, n))
+        return table
+
+    def local_class(self, name: str | None) -> tuple[SourceFile, ast.ClassDef] | None:
+        """The project's class for a canonical or bare name (``model.GPT`` or ``GPT``)."""
+        if not name:
+            return None
+        return self.classes.get(name.rsplit(".", 1)[-1]) if self._is_local(name) else None
+
+    def _is_local(self, name: str) -> bool:
+        head = name.rsplit(".", 1)[0] if "." in name else ""
+        return not head or head in self.by_module or head.split(".")[0] not in EXTERNAL_ROOTS
+
+    def is_module_class(self, name: str | None, _seen: frozenset[str] = frozenset()) -> bool:
+        """True for a local class deriving (transitively) from ``torch.nn.Module``."""
+        found = self.local_class(name)
+        if found is None or found[1].name in _seen:
+            return False
+        source, cls = found
+        for base in cls.bases:
+            base_name = source.canonical(base) or ""
+            if base_name in MODULE_BASES or base_name.startswith("torch.nn."):
+                return True
+            if self.is_module_class(base_name, _seen | {cls.name}):
+                return True
+        return False
+
+    def module_classes(self) -> list[tuple[SourceFile, ast.ClassDef]]:
+        return [self.classes[n] for n in self.classes if self.is_module_class(n)]
+
+    def walk(self) -> Iterator[tuple[SourceFile, ast.AST]]:
+        for source in self.files:
+            for node in ast.walk(source.tree):
+                yield source, node
+
+    @cached_property
+    def line_count(self) -> int:
+        return sum(len(s.text.splitlines()) for s in self.targets)
+
+
+MAX_CONTEXT_FILES = 500
+
+
+def local_imports(source: SourceFile, root: Path) -> list[Path]:
+    """Existing ``.py`` files that ``source``'s imports name, next to it or under ``root``."""
+    found: list[Path] = []
+    for node in ast.walk(source.tree):
+        if isinstance(node, ast.Import):
+            dotted_names = [a.name for a in node.names]
+            bases = [source.path.parent, root]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            dotted_names = [f"{module}.{a.name}".strip(".") for a in node.names] + [module]
+            bases = ([source.path.parents[node.level - 1]] if node.level
+                     else [source.path.parent, root])
+        else:
+            continue
+        parts = {".".join(n.split(".")[:i]) for n in dotted_names if n
+                 for i in range(1, n.count(".") + 2)}  # a.b.c -> a, a.b, a.b.c
+        for name in sorted(parts):
+            rel = Path(*name.split("."))
+            for base in bases:
+                for candidate in (base / rel.with_suffix(".py"), base / rel / "__init__.py"):
+                    if candidate.is_file():
+                        found.append(candidate.resolve())
+    return found
+
+
+# Top-level packages that are never the project's own code.
+EXTERNAL_ROOTS = frozenset({
+    "torch", "numpy", "np", "math", "os", "sys", "time", "json", "random", "logging", "csv",
+    "transformers", "datasets", "tiktoken", "wandb", "mlflow", "tensorboard", "tqdm",
+    "pandas", "accelerate", "lightning", "pytorch_lightning", "torchvision", "deepspeed",
+    "apex", "timm", "functools", "itertools", "collections", "pathlib", "argparse",
+})

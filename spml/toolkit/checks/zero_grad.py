@@ -1,0 +1,117 @@
+"""L0-27: gradients cleared between backward() and step(), or never cleared at all."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+
+from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, not_applicable
+from spml.toolkit.checks._optim import Event, exclusive, loop_events, same_object, step_loops
+from spml.toolkit.checks.patterns import Facts
+from spml.toolkit.checks.project import SourceFile, dotted
+
+
+class ZeroGradMisplaced(Check):
+    """Checks that each training step clears the gradients once, outside backward-to-step.
+
+    ## What it does
+    Reads one iteration of every step loop in execution order (following calls into the
+    project's own step functions) and flags:
+
+    - ``zero_grad()`` (or ``p.grad = None``) that runs after ``backward()`` and before the
+      ``optimizer.step()`` that should use those gradients;
+    - a step loop that calls ``optimizer.step()`` but never clears gradients, neither in the
+      loop nor in a function it calls.
+
+    Clearing at the top of the iteration, or right after the step (also under a
+    gradient-accumulation condition, as nanoGPT does), is correct and not flagged.
+
+    ## Why is this bad?
+    ``backward()`` adds into ``.grad``. Cleared before the step, the optimizer sees zeros
+    (or ``None``, and skips the parameter): the model does not train, silently. Never
+    cleared, every step applies the sum of all gradients since the start, so the effective
+    learning rate grows with the step count and training diverges.
+
+    ## Example
+    ```python
+    for x, y in loader:
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.zero_grad()
+        optimizer.step()
+    ```
+
+    ## Use instead
+    ```python
+    for x, y in loader:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+    ```
+
+    ## References
+    - https://pytorch.org/docs/stable/generated/torch.optim.Optimizer.zero_grad.html
+    - https://pytorch.org/tutorials/recipes/recipes/zeroing_out_gradients.html
+    """
+
+    id = "L0-27"
+    name = "zero-grad-misplaced"
+    severity = "critical"
+    message = "gradients are never cleared in the training loop; they accumulate across steps"
+    fix = "Call optimizer.zero_grad(set_to_none=True) once per step, before backward or after step"
+    condition = "training loop"
+
+    def applicability(self, facts: Facts) -> Applicability:
+        return APPLIES if facts.training_loops else not_applicable("no training loop")
+
+    def run(self, facts: Facts) -> Iterator[Finding]:
+        for source, loop in step_loops(facts):
+            events = loop_events(facts, source, loop)
+            zeros = [e for e in events if e.kind == "zero"]
+            for zero in zeros:
+                if _wipes_before_step(events, zero):
+                    yield self.finding(zero.source, zero.node,
+                                       "gradients are cleared after backward() and before "
+                                       "optimizer.step(); the step never sees them")
+            if not zeros and not _clears_elsewhere(facts, source, loop, events):
+                yield self.finding(source, loop)
+
+
+def _wipes_before_step(events: list[Event], zero: Event) -> bool:
+    """backward ... zero ... step (of the same optimizer), with no step in between."""
+    at = events.index(zero)
+    before = [e for e in events[:at] if not exclusive(e, zero)]
+    last_backward = max((i for i, e in enumerate(before) if e.kind == "backward"), default=None)
+    if last_backward is None or any(e.kind == "step" for e in before[last_backward:]):
+        return False
+    after = []
+    for event in events[at + 1:]:
+        if event.kind == "backward":
+            break
+        if event.kind == "step" and not exclusive(event, zero):
+            after.append(event)
+    steps = [e for e in events if e.kind == "step"]
+    if zero.ref is not None and zero.ref.kind == "opt":
+        return any(same_object(zero.ref, s.ref) for s in after)
+    # model.zero_grad(): wipes the grads of whichever optimizer; judge only one-optimizer loops
+    return bool(after) and all(same_object(steps[0].ref, s.ref) for s in steps)
+
+
+def _clears_elsewhere(facts: Facts, source: SourceFile, loop: ast.AST,
+                      events: list[Event]) -> bool:
+    """A clearing we cannot place: in a closure defined in the loop, in a helper whose name
+    says so but whose body we cannot follow, or in an enclosing loop when every step is
+    conditional (one step per outer iteration)."""
+    for node in ast.walk(loop):
+        name = (dotted(node.func) or "").rsplit(".", 1)[-1].lower() \
+            if isinstance(node, ast.Call) else ""
+        if "zero" in name or "clear_grad" in name or "reset_grad" in name:
+            return True  # zero_grad in a closure, or a helper we cannot follow
+    steps = [e for e in events if e.kind == "step"]
+    if steps and all(e.guards for e in steps):
+        for parent in source.ancestors(loop):
+            if isinstance(parent, ast.For | ast.While | ast.AsyncFor) and any(
+                    e.kind == "zero" for e in loop_events(facts, source, parent)):
+                return True
+    return False

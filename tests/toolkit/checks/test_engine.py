@@ -1,0 +1,176 @@
+"""The engine around the checks: selection, suppression, config, errors, report formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spml.errors import ProtocolError
+from spml.protocols.validate import ValidateConfig
+from spml.toolkit.checks import CHECKS, UnknownCheck
+from spml.toolkit.checks._base import Check
+from spml.toolkit.checks.engine import _run_one, analyse, validate_static
+from spml.toolkit.checks.patterns import Facts
+from spml.toolkit.checks.project import Project, SourceError
+from spml.toolkit.checks.report import render_json, render_markdown, render_text
+
+LOADER = """import torch
+from torch.utils.data import DataLoader
+device = "cuda"
+loader = DataLoader(dataset, batch_size=8){comment}
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def ids(report) -> list[str]:
+    return [f.id for f in report.findings]
+
+
+def test_findings_are_sorted_and_carry_every_field(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "b.py", LOADER.format(comment=""))
+    write(tmp_path, "a.py", LOADER.format(comment=""))
+    report = analyse([Path(".")], ValidateConfig(select=["L0-06"]))
+    assert [f.path for f in report.findings] == ["a.py", "a.py", "b.py", "b.py"]
+    data = json.loads(render_json(report))
+    assert set(data["findings"][0]) == {"id", "severity", "path", "line", "col", "message",
+                                        "fix"}
+    assert data["findings"][0]["severity"] == "critical"
+    assert data["findings"][0]["line"] == 4
+    assert data["verdict"] == "REQUEST_CHANGES"
+    assert data["critical"] == 4
+
+
+@pytest.mark.parametrize(("comment", "suppressed"), [
+    ("  # spml: ignore[L0-06]", True), ("  # spml: ignore", True),
+    ("  # spml: ignore[L0-09, l0-06]", True), ("  # spml: ignore[L0-09]", False)])
+def test_inline_ignore_comment(tmp_path: Path, comment: str, suppressed: bool) -> None:
+    path = write(tmp_path, "train.py", LOADER.format(comment=comment))
+    report = analyse([path], ValidateConfig(select=["L0-06"]))
+    assert (ids(report) == []) is suppressed
+
+
+def test_select_ignore_and_per_file_ignores_from_pyproject(tmp_path: Path) -> None:
+    write(tmp_path, "pyproject.toml", '[tool.spml.validate]\nselect = ["L0-06", "L0-19"]\n'
+          'per-file-ignores = {"legacy/*.py" = ["L0-06"]}\n')
+    write(tmp_path, "src/train.py", LOADER.format(comment=""))
+    write(tmp_path, "legacy/old.py", LOADER.format(comment=""))
+    report = validate_static([tmp_path])
+    assert {r.check.id for r in report.results} == {"L0-06", "L0-19"}
+    assert {Path(f.path).name for f in report.findings} == {"train.py"}
+    only_19 = validate_static([tmp_path], ignore=["L0-06"])
+    assert {r.check.id for r in only_19.results} == {"L0-19"}
+    assert validate_static([tmp_path], select=["L0-09"]).results[0].check.id == "L0-09"
+
+
+def test_bad_config_names_the_field(tmp_path: Path) -> None:
+    write(tmp_path, "pyproject.toml", '[tool.spml.validate]\nselect = ["L0-6"]\n')
+    write(tmp_path, "train.py", "x = 1\n")
+    with pytest.raises(ProtocolError, match=r"select: 'L0-6' is not a check id"):
+        validate_static([tmp_path / "train.py"])
+    write(tmp_path, "pyproject.toml", '[tool.spml.validate]\nselcet = ["L0-06"]\n')
+    with pytest.raises(ProtocolError, match="selcet: Extra inputs are not permitted"):
+        validate_static([tmp_path])
+
+
+def test_unknown_id_on_the_command_line(tmp_path: Path) -> None:
+    write(tmp_path, "train.py", "x = 1\n")
+    with pytest.raises(UnknownCheck, match="L0-99"):
+        validate_static([tmp_path], select=["L0-99"])
+
+
+def test_unparsable_and_missing_input_are_clear_errors(tmp_path: Path) -> None:
+    write(tmp_path, "broken.py", "def f(:\n")
+    with pytest.raises(SourceError, match=r"broken\.py:1:\d+: syntax error"):
+        analyse([tmp_path])
+    with pytest.raises(SourceError, match="no such file"):
+        analyse([tmp_path / "missing.py"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError, match="no Python files"):
+        analyse([empty])
+
+
+def test_virtualenvs_and_hidden_folders_are_skipped(tmp_path: Path) -> None:
+    write(tmp_path, "train.py", "x = 1\n")
+    write(tmp_path, ".venv/lib/site.py", "x = 1\n")
+    write(tmp_path, ".hidden/x.py", "x = 1\n")
+    assert [Path(f).name for f in analyse([tmp_path]).files] == ["train.py"]
+
+
+def test_not_applicable_checks_are_reported_not_found(tmp_path: Path) -> None:
+    path = write(tmp_path, "util.py", "def add(a, b):\n    return a + b\n")
+    report = analyse([path], ValidateConfig(select=["L0-06", "L0-19"]))
+    assert [r.status for r in report.results] == ["N/A", "N/A"]
+    assert report.findings == []
+    assert report.verdict == "APPROVE"
+    assert "[N/A]   L0-06 dataloader-workers (critical) — no DataLoader" in render_text(report)
+
+
+class Exploding(Check):
+    id = "L0-98"
+    name = "exploding"
+    severity = "warning"
+    message = "never"
+    fix = "never"
+
+    def run(self, facts):
+        raise KeyError("boom")
+
+
+def test_a_crashing_check_is_an_error_not_a_pass(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.py", "x = 1\n")
+    facts = Facts(Project.load([path]))
+    result = _run_one(Exploding(), facts, ValidateConfig(), None)
+    assert result.status == "ERROR"
+    assert "KeyError" in result.reason
+
+
+def test_text_and_markdown_summaries(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "train.py", LOADER.format(comment=""))
+    report = analyse([Path("train.py")])
+    text = render_text(report)
+    first = "train.py:4:10 L0-06 DataLoader loads in the main process (num_workers is 0)"
+    assert f"{first}\n  fix: Pass" in text
+    finding_lines = [line for line in text.splitlines() if line.startswith("train.py:")]
+    assert finding_lines == sorted(finding_lines, key=lambda x: tuple(
+        int(n) for n in x.split(" ")[0].split(":")[1:3]))
+    lines = text.splitlines()
+    summary = lines[lines.index(next(x for x in lines if x.startswith("ML Static"))):]
+    statuses = [line.split()[0] for line in summary[1:len(CHECKS) + 1]]
+    assert statuses == sorted(statuses, key=["[ERROR]", "[FAIL]", "[PASS]", "[N/A]"].index)
+    assert summary[-1] == "Verdict: REQUEST_CHANGES"
+    markdown = render_markdown(report)
+    assert markdown.startswith("# L0 static checks: REQUEST_CHANGES")
+    assert "| `train.py:4:10` | L0-06 | critical |" in markdown
+
+
+def test_imported_local_modules_are_read_but_not_reported_on(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "data.py", LOADER.format(comment=""))
+    write(tmp_path, "pkg/__init__.py", "")
+    write(tmp_path, "pkg/steps.py", "def train_step(m, x):\n    loss = m(x)\n"
+          "    loss.backward()\n    return loss.item()\n")
+    write(tmp_path, "train.py", "from data import loader\nfrom pkg.steps import train_step\n"
+          "for x in loader:\n    loss = train_step(model, x)\n    print(loss)\n")
+    project = Project.load([Path("train.py")])
+    assert [(Path(f.display).as_posix(), f.context) for f in project.files] == [
+        ("data.py", True), ("pkg/__init__.py", True), ("pkg/steps.py", True),
+        ("train.py", False)]
+    report = analyse([Path("train.py")], ValidateConfig(select=["L0-06", "L0-19"]))
+    assert report.files == ["train.py"]
+    assert report.context_files == 3
+    # L0-19 follows the loss out of pkg/steps.py back into train.py's print ...
+    assert [(f.id, f.path, f.line) for f in report.findings] == [("L0-19", "train.py", 5)]
+    # ... and data.py's DataLoader is only context: no finding is reported inside it.
+    assert "+ 3 imported" in render_text(report)
