@@ -52,20 +52,18 @@ def evaluations(facts: Facts) -> list[Evaluation]:
 def _find_evaluations(facts: Facts) -> list[Evaluation]:
     found: list[Evaluation] = []
     inside: set[int] = set()
-    for source in facts.project.files:
-        for node in ast.walk(source.tree):
-            if isinstance(node, FUNCS) and _is_eval_function(source, node):
-                ev = _region(facts, source, node, "function")
-                if ev is not None:
-                    found.append(ev)
-                    inside.update(id(n) for n in ast.walk(node))
-    for source in facts.project.files:
-        for node in ast.walk(source.tree):
-            if isinstance(node, LOOPS) and id(node) not in inside and _over_held_out(node.iter):
-                ev = _region(facts, source, node, "loop")
-                if ev is not None:
-                    found.append(ev)
-                    inside.update(id(n) for n in ast.walk(node))
+    for source, node in facts.project.walk():
+        if isinstance(node, FUNCS) and _is_eval_function(source, node):
+            ev = _region(facts, source, node, "function")
+            if ev is not None:
+                found.append(ev)
+                inside.update(id(n) for n in ast.walk(node))
+    for source, node in facts.project.walk():
+        if isinstance(node, LOOPS) and id(node) not in inside and _over_held_out(node.iter):
+            ev = _region(facts, source, node, "loop")
+            if ev is not None:
+                found.append(ev)
+                inside.update(id(n) for n in ast.walk(node))
     return found
 
 

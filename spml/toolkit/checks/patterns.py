@@ -240,6 +240,14 @@ def loop_guarded(source: SourceFile, node: ast.AST, stop: ast.AST) -> bool:
 
 
 def is_cadence_test(test: ast.AST) -> bool:
+    cached = getattr(test, "_spml_cadence", None)
+    if cached is None:  # asked for every statement under the same `if`
+        cached = _is_cadence_test(test)
+        test._spml_cadence = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _is_cadence_test(test: ast.AST) -> bool:
     for node in ast.walk(test):
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
             return True

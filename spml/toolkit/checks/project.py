@@ -255,9 +255,11 @@ class Project:
         return [self.classes[n] for n in self.classes if self.is_module_class(n)]
 
     def walk(self) -> Iterator[tuple[SourceFile, ast.AST]]:
-        for source in self.files:
-            for node in ast.walk(source.tree):
-                yield source, node
+        return iter(self._all_nodes)
+
+    @cached_property
+    def _all_nodes(self) -> list[tuple[SourceFile, ast.AST]]:
+        return [(source, node) for source in self.files for node in ast.walk(source.tree)]
 
     @cached_property
     def line_count(self) -> int:

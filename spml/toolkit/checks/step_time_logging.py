@@ -221,6 +221,14 @@ def _clock_names(facts: Facts, source: SourceFile, scope: ast.AST) -> set[str]:
 
 
 def _self_clock_attrs(source: SourceFile) -> set[str]:
+    cached = getattr(source.tree, "_spml_self_clocks", None)
+    if cached is None:  # one walk of the file per analysis, not one per step scope
+        cached = _find_self_clock_attrs(source)
+        source.tree._spml_self_clocks = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _find_self_clock_attrs(source: SourceFile) -> set[str]:
     return {name for node in ast.walk(source.tree) if isinstance(node, ast.Assign)
             and _is_clock(source, node.value)
             for target in node.targets for name in target_names(target)

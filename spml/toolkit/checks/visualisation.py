@@ -156,20 +156,19 @@ class VisualisationNotWired(Check):
 def _imported(facts: Facts) -> dict[Tool, tuple[SourceFile, ast.stmt]]:
     """Each tool imported somewhere (outside ``if TYPE_CHECKING``), with its first import."""
     found: dict[Tool, tuple[SourceFile, ast.stmt]] = {}
-    for source in facts.project.files:
-        for node in ast.walk(source.tree):
-            if isinstance(node, ast.Import):
-                modules = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                modules = [node.module]
-            else:
-                continue
-            if _type_checking(source, node):
-                continue
-            for tool in TOOLS:
-                if tool not in found and any(m == p or m.startswith(p + ".")
-                                             for m in modules for p in tool.modules):
-                    found[tool] = (source, node)
+    for source, node in facts.project.walk():
+        if isinstance(node, ast.Import):
+            modules = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules = [node.module]
+        else:
+            continue
+        if _type_checking(source, node):
+            continue
+        for tool in TOOLS:
+            if tool not in found and any(m == p or m.startswith(p + ".")
+                                         for m in modules for p in tool.modules):
+                found[tool] = (source, node)
     return found
 
 
