@@ -57,6 +57,7 @@ def _reached(facts: Facts, where: tuple[SourceFile, ast.AST], accept: Accept,
         kind = accept(source, node) if by_args or _receiver_sink(node) else None
         if kind:
             found.append((source, node, kind))
+    found += _through_attributes(facts, tainted, accept, depth)
     returns = [n for n in scope_nodes(scope) if isinstance(n, ast.Return) and n.value]
     if depth and any(carries(n.value) for n in returns):
         found += _to_callers(facts, scope, accept, depth - 1)
@@ -131,3 +132,22 @@ def _enclosing_call(source: SourceFile, node: ast.AST) -> ast.Call | None:
         if isinstance(parent, ast.stmt):
             return None
     return None
+
+
+def _through_attributes(facts: Facts, tainted: set[str], accept: Accept,
+                        depth: int) -> list[Sink]:
+    """A value stored on the object (``self.loss = ...``) is read elsewhere through another
+    name for it: a callback's ``trainer.loss``, a hook's ``module.loss``. Sinks anywhere in
+    the project that read ``<not self>.loss`` count (minGPT's ``on_batch_end`` callbacks)."""
+    attrs = {n.split(".", 1)[1] for n in tainted if n.startswith("self.") and n.count(".") == 1}
+    if not attrs or not depth:
+        return []
+    found: list[Sink] = []
+    for source, call in facts.project.calls:
+        args = [*call.args, *(k.value for k in call.keywords)]
+        if any(isinstance(n, ast.Attribute) and n.attr in attrs and isinstance(n.value, ast.Name)
+               and n.value.id != "self" for a in args for n in ast.walk(a)):
+            kind = accept(source, call)
+            if kind:
+                found.append((source, call, kind))
+    return found
