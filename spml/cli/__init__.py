@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from spml.cli import autoresearch, validate, watchdog
+from spml.cli import autoresearch, toolkit, validate, watchdog
 from spml.cli._output import console
 from spml.cli.demo import demo
 
@@ -14,6 +14,7 @@ app = typer.Typer(help="spml: ML experiment workflows as Prefect flows.", no_arg
 app.add_typer(autoresearch.app, name="autoresearch")
 app.add_typer(watchdog.app, name="watchdog")
 app.add_typer(validate.app, name="validate")
+app.add_typer(toolkit.app, name="toolkit")
 app.command()(demo)
 
 
