@@ -1,5 +1,7 @@
 """Compute the validation MSE of outputs/model.pt on data/val.csv and print `val_mse=<value>`.
 
+`python evaluate.py [CHECKPOINT]` scores another checkpoint file (default outputs/model.pt).
+
 Fixed file. The model is rebuilt from the params stored IN the checkpoint (not params.yaml),
 so editing params.yaml after training cannot change the score. Deterministic: single thread,
 no randomness.
@@ -8,6 +10,7 @@ no randomness.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -33,7 +36,7 @@ def load_model(path: Path) -> torch.nn.Module:
 def main() -> None:
     """Entry point: print val_mse with 8 significant digits."""
     torch.set_num_threads(1)
-    model = load_model(CHECKPOINT)
+    model = load_model(Path(sys.argv[1]) if len(sys.argv) > 1 else CHECKPOINT)
     x, y = load_csv(HERE / "data" / "val.csv")
     with torch.no_grad():
         mse = torch.mean((model(x).double() - y.double()) ** 2).item()

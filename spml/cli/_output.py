@@ -9,6 +9,7 @@ from typing import TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from spml.errors import SpmlError
@@ -29,7 +30,8 @@ def guarded(action: Callable[[], T]) -> T:
     except SpmlError as exc:
         from spml.toolkit.settle import BaselineFailed
 
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # escape: messages name TOML tables like [tool.spml.validate], not rich markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_FAILED if isinstance(exc, BaselineFailed) else EXIT_USAGE) from None
     except ValidationError as exc:
         err_console.print("[bold red]error:[/] invalid input", highlight=False)

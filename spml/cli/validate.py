@@ -1,4 +1,4 @@
-"""`spml validate static | explain | list`: the Validation Pyramid's L0 from the terminal."""
+"""`spml validate static | runtime | explain | list`: the Validation Pyramid from the terminal."""
 
 from __future__ import annotations
 
@@ -45,6 +45,46 @@ def static(
     if report.errors:  # a check's own bug: abnormal termination, like ruff's exit 2
         raise typer.Exit(EXIT_USAGE)
     if report.critical:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def runtime(
+    project: Annotated[Path, typer.Argument(help="The project folder (its pyproject.toml "
+                                                 "holds [tool.spml.validate.runtime]).")],
+    entry: Annotated[str | None, typer.Option(help="module:function entry point.")] = None,
+    train_command: Annotated[str | None, typer.Option(help="Training command.")] = None,
+    eval_command: Annotated[str | None, typer.Option(help="Eval command ({checkpoint}).")] = None,
+    metric: Annotated[str | None, typer.Option(help="Metric the eval command prints.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="SPML_MAX_STEPS.")] = None,
+    time_limit: Annotated[str | None, typer.Option(help="SPML_TIME_LIMIT (300, 5min).")] = None,
+    output_format: Annotated[Format, typer.Option("--format", help="text or json.")] = Format.text,
+    static: Annotated[bool, typer.Option(help="Run L0 first; refuse L1 on a critical finding.")
+                      ] = True,
+    log_dir: Annotated[Path | None, typer.Option(help="Where logs and checkpoints go.")] = None,
+) -> None:
+    """L1: run the assembled pipeline for a limited time and judge it (six stages).
+
+    Exit 0 only when every stage passed; 1 on a failed stage or when L0 has a critical
+    finding; 2 on a bad or missing configuration.
+    """
+    from spml.toolkit.checks.engine import validate_static
+    from spml.toolkit.checks.report import render_text
+    from spml.toolkit.runtime.run import load_runtime_settings, run_l1
+
+    overrides = {"entry": entry, "train_command": train_command, "eval_command": eval_command,
+                 "metric": metric, "max_steps": max_steps, "time_limit": time_limit}
+    settings = guarded(lambda: load_runtime_settings(project, overrides))
+    if static:
+        l0 = guarded(lambda: validate_static([project]))
+        if l0.critical:
+            typer.echo(render_text(l0, summary=False), nl=False)
+            typer.echo(f"L1 refused: L0 has {l0.critical} critical finding(s); fix them first "
+                       "(or pass --no-static)")
+            raise typer.Exit(EXIT_FAILED)
+    report = guarded(lambda: run_l1(project, settings, log_dir))
+    typer.echo(report.json() if output_format is Format.json else report.text(), nl=False)
+    if not report.passed:
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from spml.protocols.frontmatter import PositiveDuration
 
 CHECK_ID = re.compile(r"^L0-\d{2}$")
 
@@ -17,6 +19,45 @@ def _ids(values: list[str]) -> list[str]:
             raise ValueError(f"{value!r} is not a check id; ids look like 'L0-06' (or 'ALL')")
         out.append(value)
     return out
+
+
+class RuntimeSettings(BaseModel):
+    """``[tool.spml.validate.runtime]``: how L1 runs the project (entry point OR commands).
+
+    Durations take seconds or ``5min``/``1h``; thresholds override SPML's defaults
+    (L1 Thresholds), e.g. ``{grad_exploding = 1e4}``.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    entry: str | None = Field(None, description="`module:function` returning the project's "
+                              "pieces (see the L1 entry-point contract).")
+    train_command: str | None = Field(None, alias="train-command",
+                                      description="Training command honouring SPML_MAX_STEPS.")
+    eval_command: str | None = Field(None, alias="eval-command",
+                                     description="Evaluation command; {checkpoint} is filled.")
+    metric: str | None = Field(None, description="Metric the eval command prints.")
+    checkpoint_glob: str = Field("{checkpoint_dir}/*", alias="checkpoint-glob",
+                                 description="Where the run's checkpoint appears.")
+    max_steps: int = Field(50, alias="max-steps", gt=0, description="SPML_MAX_STEPS.")
+    time_limit: PositiveDuration = Field(300.0, alias="time-limit",
+                                         description="SPML_TIME_LIMIT (SPML: ~5 min).")
+    limit_check: PositiveDuration = Field(30.0, alias="limit-check",
+                                          description="The run must show its limit by then.")
+    total_timeout: PositiveDuration = Field(900.0, alias="total-timeout",
+                                            description="All stages together (SPML: 15 min).")
+    seed: int = 0
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> RuntimeSettings:
+        if bool(self.entry) == bool(self.train_command):
+            raise ValueError("set exactly one of entry (module:function) and train-command")
+        if self.entry and ":" not in self.entry:
+            raise ValueError(f"entry must be 'module:function', got {self.entry!r}")
+        if self.eval_command and not self.metric:
+            raise ValueError("eval-command needs metric (the name the command prints)")
+        return self
 
 
 class ValidateConfig(BaseModel):
@@ -36,6 +77,8 @@ class ValidateConfig(BaseModel):
     large_data_gb: float = Field(
         10.0, alias="large-data-gb", gt=0,
         description="L0-07: a data file at least this large should be memory-mapped.")
+    runtime: dict[str, object] | None = Field(
+        None, description="L1 settings ([tool.spml.validate.runtime]); see RuntimeSettings.")
 
     @field_validator("select", "ignore")
     @classmethod

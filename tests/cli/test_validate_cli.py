@@ -84,3 +84,67 @@ def test_pre_commit_hook_entry_runs_on_staged_file_names(tmp_path: Path) -> None
     assert result.exit_code == 1
     assert "Verdict" not in result.output
     assert result.output.count(" L0-06 ") == 1
+
+
+ENTRY = Path(__file__).parents[1] / "fixtures" / "l1" / "entry"
+EXAMPLE = Path(__file__).parents[2] / "examples" / "regression"
+
+
+def _entry_project(tmp_path: Path, *modules: str) -> Path:
+    import shutil
+
+    for module in ("good", *modules):
+        shutil.copy(ENTRY / f"{module}.py", tmp_path / f"{module}.py")
+    return tmp_path
+
+
+def test_runtime_passes_the_bundled_example_with_its_own_config(tmp_path: Path) -> None:
+    # examples/regression/pyproject.toml holds [tool.spml.validate.runtime]: the fixed
+    # train/eval commands limited through SPML_MAX_STEPS; L0 runs first and has no critical.
+    done = subprocess.run([sys.executable, "-m", "spml", "validate", "runtime", str(EXAMPLE),
+                           "--max-steps", "30", "--log-dir", str(tmp_path), "--format", "json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["passed"] is True
+    assert [s["status"] for s in report["stages"]] == ["PASS"] * 6
+    assert (tmp_path / "checkpoints" / "model.pt").is_file()
+
+
+def test_runtime_entry_point_pass_and_a_planted_defect(tmp_path: Path) -> None:
+    project = _entry_project(tmp_path, "zero_lr")
+    good = runner.invoke(app, ["validate", "runtime", str(project), "--entry", "good:l1_entry",
+                               "--max-steps", "40"])
+    assert good.exit_code == 0, good.output
+    assert "RESULT: PASS (6/6 stages)" in good.output
+    bad = runner.invoke(app, ["validate", "runtime", str(project), "--entry",
+                              "zero_lr:l1_entry", "--max-steps", "40"])
+    assert bad.exit_code == 1
+    assert "[Training]       FAIL" in bad.output
+    assert "parameters did not move: drift 0" in bad.output
+
+
+def test_runtime_is_refused_when_l0_has_a_critical_finding(tmp_path: Path) -> None:
+    project = _entry_project(tmp_path)
+    (project / "loader.py").write_text(BAD)
+    result = runner.invoke(app, ["validate", "runtime", str(project), "--entry",
+                                 "good:l1_entry"])
+    assert result.exit_code == 1
+    assert "L0-06" in result.output
+    assert "L1 refused: L0 has 1 critical finding(s)" in result.output
+    assert "L1 Runtime Validation Report" not in result.output
+
+
+def test_runtime_configuration_errors_exit_2(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["validate", "runtime", str(tmp_path)])
+    assert missing.exit_code == 2
+    assert "L1 is not configured" in missing.output
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.spml.validate.runtime]\ntrain-command = "python t.py"\nmax-steps = 0\n')
+    bad = runner.invoke(app, ["validate", "runtime", str(tmp_path)])
+    assert bad.exit_code == 2
+    assert "max-steps" in bad.output or "max_steps" in bad.output
+    both = runner.invoke(app, ["validate", "runtime", str(tmp_path), "--entry", "m:f",
+                               "--max-steps", "5"])
+    assert both.exit_code == 2
+    assert "exactly one of entry" in both.output

@@ -32,6 +32,7 @@ def test_critical_finding_fails_the_flow_run_and_publishes_the_report(tmp_path: 
     state = validate_flow([str(tmp_path)], select=["L0-06"], return_state=True)
     assert state.is_failed()
     assert "L0 REQUEST_CHANGES: 1 critical" in state.message
+    assert state.message.endswith("L1 refused")
     markdown = asyncio.run(_latest_artifact())
     assert markdown.startswith("# L0 static checks: REQUEST_CHANGES")
     assert "L0-06" in markdown
@@ -42,6 +43,39 @@ def test_clean_code_completes_with_the_json_report(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(GOOD)
     state = validate_flow([str(tmp_path)], select=["L0-06"], return_state=True)
     assert state.is_completed()
-    report = state.result()
-    assert report["verdict"] == "APPROVE"
-    assert [c["status"] for c in report["checks"]] == ["PASS"]
+    assert state.message.endswith("; L1 not run")  # no [tool.spml.validate.runtime] here
+    result = state.result()
+    assert result["static"]["verdict"] == "APPROVE"
+    assert [c["status"] for c in result["static"]["checks"]] == ["PASS"]
+    assert result["runtime"] is None
+
+
+ENTRY = Path(__file__).parents[1] / "fixtures" / "l1" / "entry"
+
+
+async def _artifact(key: str) -> str:
+    async with get_client() as client:
+        found = [a for a in await client.read_latest_artifacts() if a.key == key]
+        return str(found[0].data)
+
+
+def test_l0_then_l1_pass_and_fail_with_the_stage_named(tmp_path: Path) -> None:
+    import shutil
+
+    from spml.tasks.validate import L1_ARTIFACT_KEY
+
+    for module in ("good", "zero_lr"):
+        shutil.copy(ENTRY / f"{module}.py", tmp_path / f"{module}.py")
+    passed = validate_flow([str(tmp_path)], runtime={"entry": "good:l1_entry", "max_steps": 40},
+                           return_state=True)
+    assert passed.is_completed(), passed.message
+    assert passed.message.endswith("; L1 PASS")
+    assert passed.result()["runtime"]["passed"] is True
+    assert asyncio.run(_artifact(L1_ARTIFACT_KEY)).startswith("# L1 runtime validation: PASS")
+    failed = validate_flow([str(tmp_path)],
+                           runtime={"entry": "zero_lr:l1_entry", "max_steps": 40},
+                           return_state=True)
+    assert failed.is_failed()
+    assert "L1 FAIL at Training: " in failed.message
+    assert "parameters did not move" in failed.message
+    assert asyncio.run(_artifact(L1_ARTIFACT_KEY)).startswith("# L1 runtime validation: FAIL")

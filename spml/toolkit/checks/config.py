@@ -32,7 +32,11 @@ def load_config(path: Path | None) -> tuple[ValidateConfig, Path | None]:
     try:
         return ValidateConfig.model_validate(table), path.parent
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'table'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False))
-        raise ProtocolError(f"{path} [tool.spml.validate]: {problems}") from None
+        raise ProtocolError(f"{path} [tool.spml.validate]: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """``field.path: problem; ...`` for a pydantic error, without pydantic's prefixes."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'table'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors(include_url=False))

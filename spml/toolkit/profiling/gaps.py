@@ -187,8 +187,17 @@ class GapReport:
     causes: tuple[GapCause, ...]
 
     def lines(self) -> list[str]:
-        """One line per cause, for a report."""
-        return [str(cause) for cause in self.causes]
+        """The measured inputs, then one line per cause (or that none was found)."""
+        head = f"MFU {_pct(self.mfu)}" if self.mfu is not None else "MFU N/A"
+        head += (f" vs TCA {_pct(self.tca)} (gap {self.gap_pp:+.1f} pp)"
+                 if self.tca is not None and self.gap_pp is not None else ", TCA N/A")
+        clocks = self.clocks
+        if clocks.factor is not None:
+            head += (f"; SM clock {clocks.sm_mhz:.0f}/{clocks.max_sm_mhz} MHz "
+                     f"({clocks.factor * 100:.0f}% of max, {clocks.samples} readings)")
+        causes = [str(cause) for cause in self.causes]
+        return [head, *(causes or ["no cause found: no gap, throttling or stall above the "
+                                   "thresholds"])]
 
 
 def _pct(value: float) -> str:

@@ -142,5 +142,13 @@ def test_clock_readings_without_values_are_ignored() -> None:
 
 def test_report_lines_join_name_evidence_and_suggestion() -> None:
     lines = analyze_gaps(0.12, 0.45).lines()
-    assert lines[0].startswith("tensor cores busy but low MFU: large gap of 33 pp")
-    assert " -> " in lines[0]
+    assert lines[0] == "MFU 12% vs TCA 45% (gap +33.0 pp)"
+    assert lines[1].startswith("tensor cores busy but low MFU: large gap of 33 pp")
+    assert " -> " in lines[1]
+
+
+def test_report_says_when_no_cause_is_found() -> None:
+    # The H200 GPT-2-small run: MFU 30 % and TCA 29 % agree, clocks not throttled.
+    assert analyze_gaps(0.297, 0.286).lines() == [
+        "MFU 30% vs TCA 29% (gap -1.1 pp)",
+        "no cause found: no gap, throttling or stall above the thresholds"]

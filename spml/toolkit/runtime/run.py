@@ -1,0 +1,81 @@
+"""L1 from settings: read ``[tool.spml.validate.runtime]``, run the entry point or the
+commands, return one report."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from spml.errors import ProtocolError
+from spml.protocols.validate import RuntimeSettings
+from spml.toolkit.checks.config import describe, find_pyproject, load_config
+from spml.toolkit.runtime.report import L1Report
+from spml.toolkit.runtime.thresholds import Thresholds
+
+
+class L1NotConfigured(ProtocolError):
+    """The project has no L1 settings (neither an entry point nor a training command)."""
+
+
+NOT_CONFIGURED = ("L1 is not configured: add [tool.spml.validate.runtime] with entry = "
+                  "'module:function' or train-command = '...' to {where}, or pass --entry / "
+                  "--train-command")
+
+
+def load_runtime_settings(project: Path, overrides: dict[str, Any] | None = None
+                          ) -> RuntimeSettings:
+    """The project's L1 settings (its pyproject.toml), with ``overrides`` (CLI flags) on top."""
+    pyproject = find_pyproject(project)
+    config, _ = load_config(pyproject)
+    merged = {**_by_alias(config.runtime or {}),
+              **_by_alias({k: v for k, v in (overrides or {}).items() if v is not None})}
+    if not (merged.get("entry") or merged.get("train-command")):
+        raise L1NotConfigured(NOT_CONFIGURED.format(
+            where=pyproject or project / "pyproject.toml"))
+    try:
+        return RuntimeSettings.model_validate(merged)
+    except ValidationError as exc:
+        raise ProtocolError(f"[tool.spml.validate.runtime]: {describe(exc)}") from None
+
+
+def _by_alias(values: dict[str, Any]) -> dict[str, Any]:
+    """``max_steps`` and ``max-steps`` mean the same field: key everything by its alias."""
+    aliases = {name: field.alias or name for name, field in RuntimeSettings.model_fields.items()}
+    return {aliases.get(key, key): value for key, value in values.items()}
+
+
+def thresholds_of(settings: RuntimeSettings) -> Thresholds:
+    known = {f.name for f in dataclasses.fields(Thresholds)}
+    unknown = sorted(set(settings.thresholds) - known)
+    if unknown:
+        raise ProtocolError(f"[tool.spml.validate.runtime] thresholds: unknown {unknown}; "
+                            f"known: {sorted(known)}")
+    return dataclasses.replace(Thresholds(), **settings.thresholds)
+
+
+def run_l1(project: Path, settings: RuntimeSettings, log_dir: Path | None = None) -> L1Report:
+    """Run L1 on ``project`` (a folder); logs and the checkpoint go to ``log_dir``."""
+    from spml.toolkit.runtime.command import CommandSettings, run_commands
+    from spml.toolkit.runtime.entry import run_entry
+
+    project = project.resolve()
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="spml-l1-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    thresholds = thresholds_of(settings)
+    if settings.entry:
+        return run_entry(settings.entry, project, max_steps=settings.max_steps,
+                         time_limit_s=settings.time_limit,
+                         total_timeout_s=settings.total_timeout, thresholds=thresholds,
+                         log_dir=log_dir)
+    assert settings.train_command is not None
+    commands = CommandSettings(
+        train_command=settings.train_command, eval_command=settings.eval_command,
+        metric=settings.metric, checkpoint_glob=settings.checkpoint_glob,
+        max_steps=settings.max_steps, time_limit_s=settings.time_limit,
+        limit_check_s=settings.limit_check, total_timeout_s=settings.total_timeout,
+        seed=settings.seed)
+    return run_commands(commands, project, thresholds=thresholds, log_dir=log_dir)
