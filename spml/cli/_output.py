@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import typer
@@ -76,3 +78,18 @@ def ledger_header(ledger: Experiences) -> str:
     best_text = f"{best.result:.6g} (R{best.round})" if best and best.result is not None else "—"
     return (f"best {ledger.metric} = {best_text} · rounds {ledger.rounds_done}/"
             f"{ledger.max_rounds} · status {ledger.status}")
+
+
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM/SIGHUP (timeout, CI cancel, docker stop, Prefect cancel) raise
+    KeyboardInterrupt like Ctrl-C, so the runners' cleanup kills the child process groups."""
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

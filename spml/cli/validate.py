@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from spml.cli._output import EXIT_FAILED, EXIT_USAGE, console, guarded
+from spml.cli._output import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    console,
+    err_console,
+    guarded,
+    stop_signals_interrupt,
+)
 
 app = typer.Typer(help="Validation Pyramid: L0 static checks of training code.",
                   no_args_is_help=True)
@@ -82,7 +89,12 @@ def runtime(
             typer.echo(f"L1 refused: L0 has {l0.critical} critical finding(s); fix them first "
                        "(or pass --no-static)")
             raise typer.Exit(EXIT_FAILED)
-    report = guarded(lambda: run_l1(project, settings, log_dir))
+    try:
+        with stop_signals_interrupt():
+            report = guarded(lambda: run_l1(project, settings, log_dir))
+    except KeyboardInterrupt as exc:
+        err_console.print(f"interrupted ({exc or 'Ctrl-C'}): the runs L1 started were stopped")
+        raise typer.Exit(130) from None
     typer.echo(report.json() if output_format is Format.json else report.text(), nl=False)
     if not report.passed:
         raise typer.Exit(EXIT_FAILED)

@@ -311,8 +311,8 @@ class Monitor:
 
     def _grad_stats(self) -> dict[str, torch.Tensor]:
         grads = [p.grad for p in self._params if p.grad is not None and not p.grad.is_sparse]
-        if not grads:
-            return {}
+        if not grads:  # trainable parameters but no gradient (a detached loss): say so, as 0
+            return {"grad_norm": 0.0, "nonfinite_grads": 0} if self._params else {}
         norms = _per_tensor_norms(grads)
         nonfinite = norms.numel() - torch.isfinite(norms).sum()
         return {"grad_norm": torch.linalg.vector_norm(norms), "nonfinite_grads": nonfinite}
@@ -323,7 +323,8 @@ class Monitor:
         first = self._theta0_norm.device
         moved = torch.stack([_diff_norm(now, then).to(first)
                              for now, then in _chunks(current, self._theta0)])
-        return torch.linalg.vector_norm(moved) / self._theta0_norm
+        start = self._theta0_norm  # all-zero start: absolute drift, not inf
+        return torch.linalg.vector_norm(moved) / torch.where(start > 0, start, 1.0)
 
     def _window_figures(self, window: list[dict[str, Any]],
                         drift: float | None) -> dict[str, float]:
@@ -449,8 +450,7 @@ def _per_tensor_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
         groups.setdefault((tensor.device, tensor.dtype), []).append(tensor)
     first = tensors[0].device
     if len(groups) == 1 and first.type in ("cuda", "cpu"):
-        # One device and dtype: no per-tensor Python work (more host time than the kernels).
-        return torch.stack(torch._foreach_norm(tensors))
+        return torch.stack(torch._foreach_norm(tensors))  # one device/dtype: no per-tensor work
     norms: list[torch.Tensor] = []
     for (device, _), group in groups.items():
         if device.type in ("cuda", "cpu"):

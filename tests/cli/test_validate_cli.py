@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from spml.cli import app
@@ -69,7 +71,7 @@ def test_console_script_runs_as_a_real_process(tmp_path: Path) -> None:
     assert done.stdout.startswith("train.py:2:10 L0-06 ")
 
 
-def test_pre_commit_hook_entry_runs_on_staged_file_names(tmp_path: Path) -> None:
+def test_pre_commit_hook_analyses_the_whole_project(tmp_path: Path, monkeypatch) -> None:
     import shlex
 
     import yaml
@@ -77,13 +79,15 @@ def test_pre_commit_hook_entry_runs_on_staged_file_names(tmp_path: Path) -> None
     (hook,) = yaml.safe_load((Path(__file__).parents[2] / ".pre-commit-hooks.yaml").read_text())
     assert hook["id"] == "spml-validate"
     assert hook["types"] == ["python"]
+    assert hook["pass_filenames"] is False
     (tmp_path / "train.py").write_text(BAD)
-    argv = shlex.split(hook["entry"])
+    monkeypatch.chdir(tmp_path)  # pre-commit runs hooks from the repository root
+    argv = [*shlex.split(hook["entry"]), *hook["args"]]
     assert argv[0] == "spml"
-    result = runner.invoke(app, [*argv[1:], "--select", "L0-06", str(tmp_path / "train.py")])
+    result = runner.invoke(app, [*argv[1:], "--select", "L0-06"])
     assert result.exit_code == 1
     assert "Verdict" not in result.output
-    assert result.output.count(" L0-06 ") == 1
+    assert result.output.startswith("train.py:2:10 L0-06 ")
 
 
 ENTRY = Path(__file__).parents[1] / "fixtures" / "l1" / "entry"
@@ -148,3 +152,58 @@ def test_runtime_configuration_errors_exit_2(tmp_path: Path) -> None:
                                "--max-steps", "5"])
     assert both.exit_code == 2
     assert "exactly one of entry" in both.output
+
+
+def test_sigterm_to_spml_stops_the_training_run_it_started(tmp_path: Path) -> None:
+    # Review repro: `timeout`, CI cancellation and `docker stop` send SIGTERM; the training
+    # group (and its own children) must not outlive spml.
+    import signal
+    import time
+
+    marker = f"{os.getpid() % 1000 + 1000}.5"  # a sleep length unique to this test run
+    (tmp_path / "slow.py").write_text(
+        "import subprocess, time\nprint('max_steps=5', flush=True)\n"
+        f"subprocess.Popen(['sleep', '{marker}'])\ntime.sleep(600)\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.spml.validate.runtime]\ntrain-command = "python slow.py"\nmax-steps = 5\n')
+    proc = subprocess.Popen([sys.executable, "-m", "spml", "validate", "runtime", str(tmp_path),
+                             "--no-static"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _running(f"sleep {marker}"):
+        time.sleep(0.2)
+    assert _running(f"sleep {marker}"), "the training run never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted (signal 15)" in err
+    assert not _running(f"sleep {marker}")
+    assert not _running(str(tmp_path / "slow.py"))
+    assert not _running("python slow.py")
+
+
+def _running(pattern: str) -> bool:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return bool(found.stdout.strip())
+
+
+def test_runtime_settings_edge_cases(tmp_path: Path) -> None:
+    from spml.errors import ProtocolError
+    from spml.protocols.validate import RuntimeSettings
+    from spml.toolkit.runtime.run import load_runtime_settings, thresholds_of
+
+    missing = runner.invoke(app, ["validate", "runtime", str(tmp_path / "nope")])
+    assert missing.exit_code == 2
+    assert "no such folder" in " ".join(missing.output.split())
+    settings = RuntimeSettings.model_validate({"entry": "m:f", "thresholds": {
+        "inference_passes": 5, "grad_exploding": 1e4}})
+    thresholds = thresholds_of(settings)
+    assert thresholds.inference_passes == 5
+    assert isinstance(thresholds.inference_passes, int)
+    assert thresholds.grad_exploding == 1e4
+    bad = RuntimeSettings.model_validate({"entry": "m:f", "thresholds": {"inference_passes": 2.5}})
+    with pytest.raises(ProtocolError, match="inference_passes must be a whole number"):
+        thresholds_of(bad)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.spml.validate.runtime]\nentry = "m:f"\nmax-steps = 7\n')
+    assert load_runtime_settings(tmp_path, {"max_steps": 9}).max_steps == 9

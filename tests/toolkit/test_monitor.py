@@ -498,3 +498,26 @@ def test_clipped_runs_log_the_norm_clip_grad_norm_returned(tmp_path: Path) -> No
     assert [r["grad_norm"] for r in records] == pytest.approx(returned, rel=1e-6)
     assert all(n > 1e-2 for n in returned)  # the pre-clip norm, not the clipped 1e-3
     assert all("nonfinite_grads" not in r for r in records)
+
+
+def test_detached_loss_logs_a_zero_grad_norm_and_zero_init_drift_is_finite(
+        tmp_path: Path) -> None:
+    # Review repro: a detached loss left no gradients; the records said nothing, so L1 could
+    # not see "no gradients reached the parameters". Zero-initialised weights made drift inf.
+    model = torch.nn.Linear(3, 1)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "m.jsonl"
+    with Monitor(model, opt, log_every=2, jsonl=path, stream=None, track_drift=True) as mon:
+        loss = (model(torch.ones(4, 3)) - 1).pow(2).mean()
+        loss.backward()
+        opt.step()
+        mon.observe(1, loss)
+        opt.zero_grad()
+        mon.observe(2, model(torch.ones(4, 3)).detach().mean())
+    first, second = read_jsonl(path)
+    assert first["grad_norm"] == pytest.approx(4.0)
+    assert second["grad_norm"] == 0.0
+    assert second["nonfinite_grads"] == 0
+    assert 0 < second["param_drift"] < 10

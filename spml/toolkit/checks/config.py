@@ -30,7 +30,7 @@ def load_config(path: Path | None) -> tuple[ValidateConfig, Path | None]:
         raise ProtocolError(f"{path}: cannot read TOML: {exc}") from None
     table = data.get("tool", {}).get("spml", {}).get("validate", {})
     try:
-        return ValidateConfig.model_validate(table), path.parent
+        return ValidateConfig.model_validate(table), path.parent.resolve()
     except ValidationError as exc:
         raise ProtocolError(f"{path} [tool.spml.validate]: {describe(exc)}") from None
 

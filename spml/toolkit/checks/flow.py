@@ -266,8 +266,10 @@ class Flow:
     def _method(self, cls_name: str | None, method: str
                 ) -> tuple[SourceFile, ast.FunctionDef] | None:
         found = self.project.local_class(cls_name)
-        while found is not None:
+        seen: set[int] = set()
+        while found is not None and id(found[1]) not in seen:  # `class A(lib.A)`: no cycle
             source, cls = found
+            seen.add(id(cls))
             for node in cls.body:
                 if isinstance(node, ast.FunctionDef) and node.name == method:
                     return source, node

@@ -29,6 +29,7 @@ FILE_SINK_METHODS = frozenset({"write", "writelines", "writerow", "writerows", "
                                "add_scalars", "log_metrics", "log_metric", "log_dict", "track",
                                "write_text", "to_csv", "to_json", "log"})
 CONSOLE_SINK_METHODS = frozenset({"set_postfix", "set_postfix_str", "set_description"})
+NOT_SINKS = frozenset({"math", "numpy", "np", "torch", "cmath", "scipy.special"})
 LOG_LEVELS = frozenset({"info", "debug", "warning", "error", "critical", "log", "exception"})
 
 
@@ -178,7 +179,11 @@ class Facts:
         """True when the project routes the ``logging`` module to a file."""
         for source, call in self.project.calls:
             name = self.project.call_name(source, call) or ""
-            if name.endswith(("FileHandler", "RotatingFileHandler")):
+            if name.endswith(("FileHandler", "RotatingFileHandler")) or name == "hydra.main":
+                return True  # Hydra's default job logging writes <run dir>/<job>.log
+            if name in ("logging.config.dictConfig", "logging.config.fileConfig") and any(
+                    "FileHandler" in text or text.endswith(".log")
+                    for text in string_constants(call)):
                 return True
             if name == "logging.basicConfig" and any(k.arg == "filename" for k in call.keywords):
                 return True
@@ -198,16 +203,22 @@ class Facts:
             return "file"
         if not isinstance(func, ast.Attribute):
             return None
-        owner = source.canonical(func.value) or ""
-        if func.attr in LOG_LEVELS and ("log" in owner.lower() or owner == "logging"):
-            return "file" if self.logging_to_file else "console"
-        if func.attr in CONSOLE_SINK_METHODS or (func.attr == "print" and "console" in owner):
-            return "console"
-        if owner in ("sys.stdout", "sys.stderr"):
-            return "console"
-        if func.attr in FILE_SINK_METHODS:
-            return "file"
+        return _method_sink_kind(source.canonical(func.value) or "", func.attr,
+                                 self.logging_to_file)
+
+
+def _method_sink_kind(owner: str, method: str, logging_to_file: bool) -> str | None:
+    """The sink kind of ``<owner>.<method>(...)``."""
+    if owner in NOT_SINKS:  # math.log, np.log, torch.log are arithmetic
         return None
+    if owner.startswith("tqdm") or owner.endswith(("console", "Console")) \
+            or owner in ("sys.stdout", "sys.stderr") or (method == "write" and "pbar" in owner):
+        return "console"  # tqdm.write, rich console.log/print, pbar.write
+    if method in LOG_LEVELS and ("log" in owner.lower() or owner == "logging"):
+        return "file" if logging_to_file else "console"
+    if method in CONSOLE_SINK_METHODS:
+        return "console"
+    return "file" if method in FILE_SINK_METHODS else None
 
 
 def is_accumulation_loop(loop: ast.AST) -> bool:

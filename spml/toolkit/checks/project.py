@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import tokenize
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -50,20 +51,23 @@ class SourceFile:
     aliases: dict[str, str] = field(default_factory=dict)
     ignores: dict[int, frozenset[str] | None] = field(default_factory=dict)
     parents: dict[ast.AST, ast.AST] = field(default_factory=dict)
-    # Loaded only because an analysed file imports it: read for dataflow, never reported on.
+    # Loaded because an analysed file imports it (not named on the command line).
     context: bool = False
 
     @classmethod
     def load(cls, path: Path, root: Path) -> SourceFile:
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            with tokenize.open(path) as handle:  # PEP 263 coding cookies and BOMs, as Python
+                text = handle.read()
+        except (OSError, UnicodeDecodeError, SyntaxError) as exc:
             raise SourceError(f"{path}: cannot read: {exc}") from None
         try:
             tree = ast.parse(text, filename=str(path))
         except SyntaxError as exc:
-            raise SourceError(f"{path}:{exc.lineno}:{exc.offset}: syntax error: {exc.msg}; "
-                              "L0 needs code that parses") from None
+            raise SourceError(f"{path}:{exc.lineno or 1}:{exc.offset or 1}: syntax error: "
+                              f"{exc.msg}; L0 needs code that parses") from None
+        except (RecursionError, MemoryError, ValueError) as exc:  # nesting Python rejects too
+            raise SourceError(f"{path}: cannot parse: {type(exc).__name__}: {exc}") from None
         rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
         module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
         source = cls(path, _display(path), text, tree, module)
@@ -134,8 +138,15 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+def _is_test_file(name: str) -> bool:
+    """pytest files are not training code: a test's ``loss.backward()`` is no training loop.
+    Named explicitly, they are still analysed."""
+    return name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py"
+
+
 def collect_files(paths: Iterable[Path]) -> list[Path]:
-    """Every ``.py`` file under the given files/directories, sorted, no virtualenvs."""
+    """Every ``.py`` file under the given files/directories, sorted; folders skip virtual
+    environments, hidden and build folders, and pytest files."""
     found: set[Path] = set()
     for path in paths:
         if not path.exists():
@@ -144,8 +155,11 @@ def collect_files(paths: Iterable[Path]) -> list[Path]:
             found.add(path.resolve())
             continue
         for dirpath, dirnames, filenames in os.walk(path):
-            dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".")]
-            found.update(Path(dirpath, f).resolve() for f in filenames if f.endswith(".py"))
+            # Virtual environments by their marker file, whatever the folder is called.
+            dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".")
+                           and not Path(dirpath, d, "pyvenv.cfg").exists()]
+            found.update(Path(dirpath, f).resolve() for f in filenames
+                         if f.endswith(".py") and not _is_test_file(f))
     return sorted(found)
 
 
@@ -215,8 +229,15 @@ class Project:
     # ---- definitions -------------------------------------------------------------------
     @cached_property
     def classes(self) -> dict[str, tuple[SourceFile, ast.ClassDef]]:
-        return {n.name: (s, n) for s in self.files for n in ast.walk(s.tree)
-                if isinstance(n, ast.ClassDef)}
+        """Classes by bare name; a name defined in two modules maps to neither (ambiguous:
+        `local_class` then needs the module-qualified name)."""
+        found: dict[str, list[tuple[SourceFile, ast.ClassDef]]] = {}
+        for s in self.files:
+            for n in ast.walk(s.tree):
+                if isinstance(n, ast.ClassDef):
+                    found.setdefault(n.name, []).append((s, n))
+        self._classes_by_name = found
+        return {name: defs[0] for name, defs in found.items() if len(defs) == 1}
 
     @cached_property
     def functions(self) -> dict[str, list[tuple[SourceFile, ast.FunctionDef]]]:
@@ -229,9 +250,15 @@ class Project:
 
     def local_class(self, name: str | None) -> tuple[SourceFile, ast.ClassDef] | None:
         """The project's class for a canonical or bare name (``model.GPT`` or ``GPT``)."""
-        if not name:
+        if not name or not self._is_local(name):
             return None
-        return self.classes.get(name.rsplit(".", 1)[-1]) if self._is_local(name) else None
+        module, _, bare = name.rpartition(".")
+        unique = self.classes.get(bare)
+        if unique is not None or not module:
+            return unique
+        # Defined in several modules: pick the one the import names (`models.a.Net`).
+        return next(((s, c) for s, c in self._classes_by_name.get(bare, [])
+                     if s.module == module or s.module.endswith("." + module)), None)
 
     def _is_local(self, name: str) -> bool:
         head = name.rsplit(".", 1)[0] if "." in name else ""

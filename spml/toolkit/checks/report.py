@@ -15,7 +15,7 @@ def _sort_key(result: CheckResult) -> tuple[int, int, str]:
 
 def summary_lines(report: Report) -> list[str]:
     """``[PASS|FAIL|N/A] L0-NN name (severity) — reason``, critical failures first."""
-    imported = f" + {report.context_files} imported" if report.context_files else ""
+    imported = f" + {report.context_files} they import" if report.context_files else ""
     lines = [f"ML Static Analysis Results (L0: {len(report.files)} files{imported}, "
              f"{report.lines} lines, {report.elapsed_s:.2f} s)"]
     for result in sorted(report.results, key=_sort_key):

@@ -341,6 +341,7 @@ def _judge(records: list[dict[str, Any]], thresholds: Thresholds
               if isinstance(r.get("param_drift"), int | float)]
     return [("loss", health.judge_loss_trend(records, thresholds)),
             ("gradients", health.judge_gradients(records, thresholds)),
+            ("learning rate", health.judge_learning_rate(records)),
             ("drift", health.judge_drift(drifts[-1] if drifts else None, thresholds)),
             ("throughput", health.judge_throughput(records, thresholds))]
 

@@ -96,12 +96,39 @@ def judge_loss_trend(records: Sequence[Record], thresholds: Thresholds) -> Judge
                                                                  thresholds.loss_spike_factor)]
     if drop > max(thresholds.loss_drop_min, _FLAT):
         return Judgement(True, f"loss {change} (down {drop:.0%})", evidence)
+    fitted = _fitted_drop([v for _, v in points])
+    if fitted > max(thresholds.loss_drop_min, _FLAT):
+        # Per-batch losses are noisy and the windows may not line up with epochs: a slow
+        # but real decrease shows in the least-squares line over every step.
+        evidence.append(f"least-squares line over {len(points)} steps falls {fitted:.1%}")
+        return Judgement(True, f"loss trending down: {change} (fitted down {fitted:.1%})",
+                         evidence)
     if abs(drop) <= _FLAT:
         return Judgement(False, f"loss not decreasing: {change} (flat)", evidence)
     if drop < 0:
         return Judgement(False, f"loss rising: {change} (up {-drop:.0%})", evidence)
     return Judgement(False, f"loss not decreasing enough: {change} (down {drop:.1%}, "
                      f"needs > {thresholds.loss_drop_min:.1%})", evidence)
+
+
+def _fitted_drop(values: Sequence[float]) -> float:
+    """Relative drop of the least-squares line from the first step to the last."""
+    n = len(values)
+    mean_x, mean_y = (n - 1) / 2, statistics.fmean(values)
+    var = sum((i - mean_x) ** 2 for i in range(n))
+    slope = sum((i - mean_x) * (v - mean_y) for i, v in enumerate(values)) / var
+    return -slope * (n - 1) / (abs(mean_y) or 1.0)
+
+
+def judge_learning_rate(records: Sequence[Record]) -> Judgement:
+    """A learning rate of 0 on every logged step cannot train (a warm-up from 0 is fine)."""
+    rates = [v for _, v in _series(records, "lr")]
+    if not rates:
+        return Judgement(True, "learning rate not recorded", [])
+    if all(rate == 0 for rate in rates):
+        return Judgement(False, "learning rate is 0 on every step",
+                         [f"lr = 0 on all {len(rates)} logged steps: parameters cannot move"])
+    return Judgement(True, f"lr {_fmt(rates[0])} .. {_fmt(rates[-1])}", [])
 
 
 def _nonfinite_steps(records: Sequence[Record]) -> list[tuple[Any, int]]:

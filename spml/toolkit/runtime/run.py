@@ -29,6 +29,8 @@ NOT_CONFIGURED = ("L1 is not configured: add [tool.spml.validate.runtime] with e
 def load_runtime_settings(project: Path, overrides: dict[str, Any] | None = None
                           ) -> RuntimeSettings:
     """The project's L1 settings (its pyproject.toml), with ``overrides`` (CLI flags) on top."""
+    if not project.is_dir():
+        raise ProtocolError(f"{project}: no such folder (L1 runs a project folder)")
     pyproject = find_pyproject(project)
     config, _ = load_config(pyproject)
     merged = {**_by_alias(config.runtime or {}),
@@ -54,23 +56,30 @@ def thresholds_of(settings: RuntimeSettings) -> Thresholds:
     if unknown:
         raise ProtocolError(f"[tool.spml.validate.runtime] thresholds: unknown {unknown}; "
                             f"known: {sorted(known)}")
-    return dataclasses.replace(Thresholds(), **settings.thresholds)
+    values: dict[str, float | int] = {}
+    for name, value in settings.thresholds.items():
+        if isinstance(getattr(Thresholds(), name), int):  # inference_passes = 5, not 5.0
+            if value != int(value) or value < 1:
+                raise ProtocolError(f"[tool.spml.validate.runtime] thresholds.{name} must be "
+                                    f"a whole number >= 1, got {value}")
+            value = int(value)
+        values[name] = value
+    return dataclasses.replace(Thresholds(), **values)
 
 
 def run_l1(project: Path, settings: RuntimeSettings, log_dir: Path | None = None) -> L1Report:
     """Run L1 on ``project`` (a folder); logs and the checkpoint go to ``log_dir``."""
     from spml.toolkit.runtime.command import CommandSettings, run_commands
-    from spml.toolkit.runtime.entry import run_entry
+    from spml.toolkit.runtime.entry import EntryOptions, run_entry_with
 
     project = project.resolve()
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="spml-l1-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     thresholds = thresholds_of(settings)
     if settings.entry:
-        return run_entry(settings.entry, project, max_steps=settings.max_steps,
-                         time_limit_s=settings.time_limit,
-                         total_timeout_s=settings.total_timeout, thresholds=thresholds,
-                         log_dir=log_dir)
+        return run_entry_with(settings.entry, project, EntryOptions(
+            log_dir=log_dir, max_steps=settings.max_steps, time_limit_s=settings.time_limit,
+            total_timeout_s=settings.total_timeout, thresholds=thresholds, seed=settings.seed))
     assert settings.train_command is not None
     commands = CommandSettings(
         train_command=settings.train_command, eval_command=settings.eval_command,

@@ -307,6 +307,7 @@ def _training_result(state: StageState, drift: float, elapsed: float, stop: str)
     judged = {"Throughput": health.judge_throughput(records, thresholds),
               "Loss": health.judge_loss_trend(records, thresholds),
               "Gradients": health.judge_gradients(records, thresholds),
+              "Learning Rate": health.judge_learning_rate(records),
               "Param Drift": health.judge_drift(drift, thresholds)}
     evidence = []
     for label, judgement in judged.items():

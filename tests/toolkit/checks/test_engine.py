@@ -154,8 +154,8 @@ def test_text_and_markdown_summaries(tmp_path: Path, monkeypatch) -> None:
     assert "| `train.py:4:10` | L0-06 | critical |" in markdown
 
 
-def test_imported_local_modules_are_read_but_not_reported_on(tmp_path: Path,
-                                                             monkeypatch) -> None:
+def test_imported_local_modules_are_analysed_and_reported_on(tmp_path: Path,
+                                                            monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     write(tmp_path, "data.py", LOADER.format(comment=""))
     write(tmp_path, "pkg/__init__.py", "")
@@ -170,7 +170,33 @@ def test_imported_local_modules_are_read_but_not_reported_on(tmp_path: Path,
     report = analyse([Path("train.py")], ValidateConfig(select=["L0-06", "L0-19"]))
     assert report.files == ["train.py"]
     assert report.context_files == 3
-    # L0-19 follows the loss out of pkg/steps.py back into train.py's print ...
-    assert [(f.id, f.path, f.line) for f in report.findings] == [("L0-19", "train.py", 5)]
-    # ... and data.py's DataLoader is only context: no finding is reported inside it.
-    assert "+ 3 imported" in render_text(report)
+    # L0-19 follows the loss out of pkg/steps.py back into train.py's print, and the
+    # DataLoader train.py imports from data.py is reported there: a pre-commit run on a
+    # staged train.py must not PASS the loader it uses.
+    assert [(f.id, f.path, f.line) for f in report.findings] == [
+        ("L0-06", "data.py", 4), ("L0-06", "data.py", 4), ("L0-19", "train.py", 5)]
+    assert "+ 3 they import" in render_text(report)
+
+
+def test_ignore_all_and_test_files_and_venvs(tmp_path: Path) -> None:
+    write(tmp_path, "train.py", LOADER.format(comment=""))
+    write(tmp_path, "tests/test_model.py", "import torch\nloss.backward()\n")
+    write(tmp_path, "env/pyvenv.cfg", "home = /usr\n")
+    write(tmp_path, "env/lib/site.py", "x = 1\n")
+    report = analyse([tmp_path])
+    assert [Path(f).name for f in report.files] == ["train.py"]
+    assert analyse([tmp_path], ValidateConfig(ignore=["ALL"])).results == []
+    named = analyse([tmp_path / "tests" / "test_model.py"])
+    assert [Path(f).name for f in named.files] == ["test_model.py"]
+
+
+def test_encoding_cookie_bom_and_self_named_base_class(tmp_path: Path) -> None:
+    (tmp_path / "latin.py").write_bytes("# -*- coding: latin-1 -*-\nname = 'caf\xe9'\n"
+                                        .encode("latin-1"))
+    (tmp_path / "bom.py").write_bytes(b"\xef\xbb\xbfx = 1\n")
+    # `class SFTTrainer(trl.SFTTrainer)` once made the method lookup loop forever.
+    write(tmp_path, "trainer.py", "import trl\nclass SFTTrainer(trl.SFTTrainer):\n    pass\n"
+          "trainer = SFTTrainer()\nfor _ in range(3):\n    trainer.train()\n")
+    report = analyse([tmp_path])
+    assert len(report.files) == 3
+    assert not report.errors

@@ -11,6 +11,7 @@ from spml.toolkit.runtime.health import (
     Judgement,
     judge_drift,
     judge_gradients,
+    judge_learning_rate,
     judge_loss_trend,
     judge_throughput,
 )
@@ -140,3 +141,31 @@ def test_low_mfu_is_an_anomaly_only_when_recorded() -> None:
     assert judge_throughput(records("step_time_s", times, mfu=0.35), T).ok
     assert judge_throughput(records("loss", [1.0])) == Judgement(True, "step times not recorded",
                                                                  [])
+
+
+def test_a_slow_noisy_decrease_passes_on_the_fitted_line() -> None:
+    # Review repro: Adam at lr 1e-4 falls ~1.3 % in 50 steps under per-batch noise, so the
+    # first/last-third means can even read "rising"; the least-squares line sees the decrease.
+    import random
+
+    rng = random.Random(3)
+    losses = [10.6 - 0.003 * i + rng.uniform(-0.4, 0.4) for i in range(50)]
+    judged = judge_loss_trend([{"step": i, "loss": v} for i, v in enumerate(losses)],
+                                     Thresholds())
+    assert judged.ok, judged
+    assert any("least-squares line" in e for e in judged.evidence) or "down" in judged.summary
+
+
+def test_a_flat_series_still_fails() -> None:
+    flat = [{"step": i, "loss": 1.5} for i in range(30)]
+    judged = judge_loss_trend(flat, Thresholds())
+    assert not judged.ok
+    assert "flat" in judged.summary
+
+
+def test_zero_learning_rate_on_every_step_fails() -> None:
+    zero = [{"step": i, "loss": 1.0, "lr": 0.0} for i in range(10)]
+    assert not judge_learning_rate(zero).ok
+    warmup = [{"step": i, "lr": i * 1e-4} for i in range(10)]
+    assert judge_learning_rate(warmup).ok
+    assert judge_learning_rate([{"step": 1}]).summary == "learning rate not recorded"
