@@ -19,8 +19,11 @@ BAD = "from torch.utils.data import DataLoader\nloader = DataLoader(ds, num_work
 GOOD = "from torch.utils.data import DataLoader\nloader = DataLoader(ds, num_workers=4)\n"
 
 
-def test_exit_1_on_a_critical_finding_with_the_finding_line(tmp_path: Path) -> None:
+def test_exit_1_on_a_critical_finding_with_the_finding_line(tmp_path: Path,
+                                                            monkeypatch) -> None:
     (tmp_path / "train.py").write_text(BAD)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # outside the working dir: absolute paths
     result = runner.invoke(app, ["validate", "static", str(tmp_path), "--select", "L0-06"])
     assert result.exit_code == 1
     assert f"{tmp_path / 'train.py'}:2:10 L0-06 DataLoader loads" in result.output

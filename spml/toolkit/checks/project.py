@@ -132,10 +132,9 @@ class SourceFile:
 
 
 def _display(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return str(path)
+    """Relative to the working directory when under it (``train.py:3:1``), else absolute."""
+    cwd = Path.cwd()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
 
 
 def _is_test_file(name: str) -> bool:
