@@ -48,6 +48,7 @@ from spml.toolkit.runtime.thresholds import Thresholds
 __all__ = ["CommandSettings", "run_commands"]
 
 _POLL_S = 0.2
+MAX_OUTPUT_BYTES = 256 * 2**20  # per stream: far above any sane L1 log
 _KILL_GRACE_S = 2.0
 _TAIL_LINES = 8
 _CLIP = 200
@@ -219,6 +220,9 @@ class _Watch:
     def poll(self, now: float) -> tuple[str, list[str]] | None:
         """Read all that is new; return ``(reason, evidence)`` when the run must be killed."""
         elapsed = now - self.started
+        flood = self._flood()  # before reading: parsing a flood would take longer than it
+        if flood is not None:
+            return flood
         verdicts = [self._line(line, elapsed, follower.path.name)
                     for follower in self.followers for line in follower.poll()]
         assert self.metrics is not None
@@ -227,6 +231,15 @@ class _Watch:
             if record is not None:
                 self._add(self.file_records, record, elapsed)
         return next((v for v in verdicts if v is not None), None) or self._overrun()
+
+    def _flood(self) -> tuple[str, list[str]] | None:
+        # A run printing without pause would fill the disk before the total timeout.
+        for path in (self.running.stdout_path, self.running.stderr_path):
+            size = path.stat().st_size if path.exists() else 0
+            if size > MAX_OUTPUT_BYTES:
+                return (f"output flood: {path.name} passed {MAX_OUTPUT_BYTES // 2**20} MiB",
+                        ["print every N steps, not on every iteration; the run was killed"])
+        return None
 
     def _line(self, line: str, elapsed: float, where: str) -> tuple[str, list[str]] | None:
         if line.strip():

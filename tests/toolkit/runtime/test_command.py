@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -273,3 +274,18 @@ def test_a_raw_state_dict_is_model_weights_only() -> None:
 def test_eval_command_needs_a_metric() -> None:
     with pytest.raises(ProtocolError, match="eval_command needs metric"):
         CommandSettings(train_command="python train.py", eval_command="python eval.py")
+
+
+def test_an_output_flood_is_killed_before_it_fills_the_disk(project: Path, monkeypatch) -> None:
+    # Review repro: a run printing without pause wrote 69 GB before the total timeout.
+    from spml.toolkit.runtime import command
+
+    monkeypatch.setattr(command, "MAX_OUTPUT_BYTES", 2**20)
+    (project / "flood.py").write_text(
+        "import sys\nprint('max_steps=5', flush=True)\nline = 'x' * 1000 + '\\n'\n"
+        "while True:\n    sys.stdout.write(line)\n")
+    report = l1(project, f"{sys.executable} flood.py")
+    training = stage(report, "Training")
+    assert training.status == "FAIL"
+    assert training.summary.startswith("output flood: train.stdout.log passed 1 MiB")
+    assert (project.parent / "logs" / "train.stdout.log").stat().st_size < 50 * 2**20
