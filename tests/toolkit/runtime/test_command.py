@@ -288,4 +288,5 @@ def test_an_output_flood_is_killed_before_it_fills_the_disk(project: Path, monke
     training = stage(report, "Training")
     assert training.status == "FAIL"
     assert training.summary.startswith("output flood: train.stdout.log passed 1 MiB")
-    assert (project.parent / "logs" / "train.stdout.log").stat().st_size < 50 * 2**20
+    # killed within a poll (0.2 s) of passing the cap: bounded, not the disk
+    assert (project.parent / "logs" / "train.stdout.log").stat().st_size < 512 * 2**20
