@@ -114,7 +114,7 @@ class OptimizerMissesParameters(Check):
             if cover.everything:
                 continue
             attrs = module_attrs(facts, cover.source, cover.cls)
-            tied = _tied(cover.cls)
+            tied = _tied(cover.cls) | _run_without_grad(cover.cls)
             missing = [a for a in attrs if a not in cover.attrs and a not in tied
                        and not frozen.covers(cover.base, a) and not _by_design(a)]
             if missing:
@@ -210,6 +210,25 @@ def _made_by_call(facts: Facts, source: SourceFile, expr: ast.AST) -> bool:
 
 def _by_design(attr: str) -> bool:
     return any(word in attr.lower() for word in NOT_OPTIMIZED)
+
+
+def _run_without_grad(cls: ast.ClassDef) -> set[str]:
+    """Submodules the model's own code runs under ``torch.no_grad()``/``inference_mode()``
+    or whose output it detaches (a linear probe): no gradient reaches them by design."""
+    out: set[str] = set()
+    for node in ast.walk(cls):
+        blocks = [node] if isinstance(node, ast.With) and any(
+            ((dotted(item.context_expr.func) if isinstance(item.context_expr, ast.Call)
+              else None) or "").endswith(("no_grad", "inference_mode"))
+            for item in node.items) else []
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "detach":
+            blocks.append(node.func.value)
+        for block in blocks:
+            out.update(sub.func.attr for sub in ast.walk(block) if isinstance(sub, ast.Call)
+                       and isinstance(sub.func, ast.Attribute)
+                       and dotted(sub.func.value) == "self")
+    return out
 
 
 def _tied(cls: ast.ClassDef) -> set[str]:

@@ -70,12 +70,28 @@ class ZeroGradMisplaced(Check):
             events = loop_events(facts, source, loop)
             zeros = [e for e in events if e.kind == "zero"]
             for zero in zeros:
-                if _wipes_before_step(events, zero):
+                if _wipes_before_step(events, zero) and not _leaves_iteration(zero, loop):
                     yield self.finding(zero.source, zero.node,
                                        "gradients are cleared after backward() and before "
                                        "optimizer.step(); the step never sees them")
             if not zeros and not _clears_elsewhere(facts, source, loop, events):
                 yield self.finding(source, loop)
+
+
+def _leaves_iteration(zero: Event, loop: ast.AST) -> bool:
+    """The clearing sits in a branch that leaves the iteration (``if not
+    torch.isfinite(loss): opt.zero_grad(); continue``): that iteration never steps."""
+    exits = (ast.Continue, ast.Break, ast.Return, ast.Raise)
+    child: ast.AST = zero.node
+    for parent in zero.source.ancestors(zero.node):
+        if parent is loop:
+            return False
+        if isinstance(parent, ast.If):
+            branch = parent.body if child in parent.body else parent.orelse
+            if any(isinstance(stmt, exits) for stmt in branch):
+                return True
+        child = parent
+    return False
 
 
 def _wipes_before_step(events: list[Event], zero: Event) -> bool:
