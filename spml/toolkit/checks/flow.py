@@ -356,15 +356,12 @@ def mentions(expr: ast.AST, names: set[str] | frozenset[str]) -> bool:
 
 
 def in_loop(source: SourceFile, node: ast.AST) -> bool:
-    for parent in source.ancestors(node):
-        if isinstance(parent, ast.For | ast.While | ast.AsyncFor):
-            return True
-        if isinstance(parent, SCOPES):
-            return False
-    return False
+    """``node`` runs inside a loop of its own function (or module)."""
+    return innermost_loop(source, node) is not None
 
 
 def innermost_loop(source: SourceFile, node: ast.AST) -> ast.AST | None:
+    """The nearest loop around ``node`` within its function (None past a def/lambda)."""
     for parent in source.ancestors(node):
         if isinstance(parent, ast.For | ast.While | ast.AsyncFor):
             return parent
