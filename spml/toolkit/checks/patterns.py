@@ -137,10 +137,6 @@ class Facts:
                 return None
         return None
 
-    @cached_property
-    def has_training(self) -> bool:
-        return bool(self.backward_calls)
-
     # ---- optimizers, schedulers, loaders ------------------------------------------------
     @cached_property
     def optimizer_constructions(self) -> list[tuple[SourceFile, ast.Call]]:

@@ -277,9 +277,6 @@ class Project:
                 return True
         return False
 
-    def module_classes(self) -> list[tuple[SourceFile, ast.ClassDef]]:
-        return [self.classes[n] for n in self.classes if self.is_module_class(n)]
-
     def walk(self) -> Iterator[tuple[SourceFile, ast.AST]]:
         return iter(self._all_nodes)
 

@@ -48,10 +48,6 @@ class L1Report:
     def passed(self) -> bool:
         return len(self.stages) == len(STAGES) and all(s.status == "PASS" for s in self.stages)
 
-    @property
-    def first_failure(self) -> StageResult | None:
-        return next((s for s in self.stages if s.status == "FAIL"), None)
-
     def text(self) -> str:
         """SPML's block: ``[Stage] STATUS summary`` plus indented evidence lines."""
         lines = ["=== L1 Runtime Validation Report ===", f"target: {self.target} ({self.mode})"]
