@@ -19,3 +19,15 @@ class CommandError(SpmlError, RuntimeError):
 
 class MetricNotFound(SpmlError, ValueError):
     """The evaluation output holds no parseable value for the metric."""
+
+
+class BaselineFailed(SpmlError, RuntimeError):
+    """Round 0 could not measure the base commit: no later round could be judged."""
+
+
+class EnvironmentFailure(SpmlError, RuntimeError):
+    """The run died of its environment: restart it from the newest checkpoint."""
+
+
+class TrainingStopped(SpmlError, RuntimeError):
+    """A code failure, or the crash-loop guard refused another restart: a person must look."""

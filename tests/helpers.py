@@ -53,11 +53,13 @@ def write_protocol(exp: Path, fields: dict[str, Any], body: str = "Toy backgroun
 
 def _drive_round(experiment_dir: str, round_no: int) -> str:
     # Mirrors spml.flows.autoresearch.autoresearch_round step for step, without Prefect.
-    from spml.toolkit import control
-    from spml.toolkit.measure import measure
-    from spml.toolkit.rounds import begin_round, check_round, run_researcher
-    from spml.toolkit.session import LoopSession
-    from spml.toolkit.settle import abort_round, decide, settle
+    from spml.toolkit.loop import control
+    from spml.toolkit.loop.begin import begin_round
+    from spml.toolkit.loop.compliance import check_round
+    from spml.toolkit.loop.measure import measure
+    from spml.toolkit.loop.researchers.dispatch import run_researcher
+    from spml.toolkit.loop.session import LoopSession
+    from spml.toolkit.loop.settle import abort_round, decide, settle
 
     session, plan = begin_round(LoopSession.load(experiment_dir), round_no)
     proposal, violations, measurement = None, [], None
@@ -77,9 +79,9 @@ def _drive_round(experiment_dir: str, round_no: int) -> str:
 def drive(exp: Path, max_rounds: int | None = None,
           between_rounds: Callable[[int], None] | None = None) -> Any:
     """Run a whole loop with the toolkit alone: the flow's steps in order, without Prefect."""
-    from spml.toolkit.experiment import hold_experiment
-    from spml.toolkit.loop import close_loop, next_step, open_loop
-    from spml.toolkit.session import LoopSession
+    from spml.toolkit.loop.experiment import hold_experiment
+    from spml.toolkit.loop.lifecycle import close_loop, next_step, open_loop
+    from spml.toolkit.loop.session import LoopSession
 
     with hold_experiment(exp):
         open_loop(str(exp), max_rounds)

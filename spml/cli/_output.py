@@ -30,7 +30,7 @@ def guarded(action: Callable[[], T]) -> T:
     try:
         return action()
     except SpmlError as exc:
-        from spml.toolkit.settle import BaselineFailed
+        from spml.errors import BaselineFailed
 
         # escape: messages name TOML tables like [tool.spml.validate], not rich markup
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)

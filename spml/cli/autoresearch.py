@@ -27,7 +27,7 @@ def run(
 
 def _run(experiment_dir: Path, max_rounds: int | None) -> None:
     from spml.protocols.autoresearch import PROTOCOL_FILENAME, load_protocol
-    from spml.toolkit.experiment import Experiment
+    from spml.toolkit.loop.experiment import Experiment
 
     experiment = Experiment.locate(experiment_dir, PROTOCOL_FILENAME)
     load_protocol(experiment.protocol_path)  # fail fast, before Prefect starts
@@ -38,9 +38,9 @@ def run_loop(exp_dir: Path, max_rounds: int | None) -> None:
     """Run the flow with live progress, then print the final table."""
     from spml.cli.progress import LedgerWatcher
     from spml.flows.autoresearch import autoresearch_flow
-    from spml.toolkit.experiment import LEDGER_FILENAME
-    from spml.toolkit.ledger import read_ledger
-    from spml.toolkit.session import LoopSession
+    from spml.toolkit.loop.experiment import LEDGER_FILENAME
+    from spml.toolkit.loop.ledger import read_ledger
+    from spml.toolkit.loop.session import LoopSession
 
     console.print(f"[bold]Auto Research[/] in {exp_dir} (Prefect starts in a few seconds)")
     with LedgerWatcher(exp_dir / LEDGER_FILENAME):
@@ -60,9 +60,9 @@ def status(experiment_dir: DirArg) -> None:
 
 def _status(experiment_dir: Path) -> None:
     from spml.protocols.autoresearch import PROTOCOL_FILENAME
-    from spml.toolkit import control
-    from spml.toolkit.experiment import Experiment
-    from spml.toolkit.ledger import read_journal, read_ledger
+    from spml.toolkit.loop import control
+    from spml.toolkit.loop.experiment import Experiment
+    from spml.toolkit.loop.ledger import read_journal, read_ledger
 
     experiment = Experiment.locate(experiment_dir, PROTOCOL_FILENAME)
     ledger = read_ledger(experiment)
@@ -84,8 +84,8 @@ def note(experiment_dir: DirArg, text: Annotated[str, typer.Argument(help="Guida
     """Add guidance for the next round's brief (and its Note column)."""
     def _note() -> None:
         from spml.protocols.autoresearch import PROTOCOL_FILENAME
-        from spml.toolkit import control
-        from spml.toolkit.experiment import Experiment
+        from spml.toolkit.loop import control
+        from spml.toolkit.loop.experiment import Experiment
 
         control.add_note(Experiment.locate(experiment_dir, PROTOCOL_FILENAME), text)
         console.print("note queued for the next round")
@@ -98,8 +98,8 @@ def stop(experiment_dir: DirArg) -> None:
     """Ask the running loop to end after its current step."""
     def _stop() -> None:
         from spml.protocols.autoresearch import PROTOCOL_FILENAME
-        from spml.toolkit import control
-        from spml.toolkit.experiment import Experiment
+        from spml.toolkit.loop import control
+        from spml.toolkit.loop.experiment import Experiment
 
         control.request_stop(Experiment.locate(experiment_dir, PROTOCOL_FILENAME))
         console.print("stop requested: the loop ends after its current step")
@@ -126,7 +126,7 @@ def create(
 ) -> None:
     """Scaffold `autoresearch-protocol.md` from flags (missing ones are prompted for)."""
     def _create() -> None:
-        from spml.toolkit.scaffold import researcher_settings, write_protocol
+        from spml.toolkit.loop.scaffold import researcher_settings, write_protocol
 
         exp = experiment_dir.resolve()
         exp.mkdir(parents=True, exist_ok=True)

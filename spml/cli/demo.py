@@ -23,8 +23,8 @@ def demo(
         from spml.cli.autoresearch import run_loop
         from spml.protocols.autoresearch import PROTOCOL_FILENAME
         from spml.toolkit.examples import DEMO_EXAMPLE, copy_example
-        from spml.toolkit.experiment import Experiment
-        from spml.toolkit.session import STAGE
+        from spml.toolkit.loop.experiment import Experiment
+        from spml.toolkit.loop.session import STAGE
 
         target = copy_example(DEMO_EXAMPLE, directory.resolve())
         console.print(f"copied the [bold]{DEMO_EXAMPLE}[/] example to {target} (a new git repo)")

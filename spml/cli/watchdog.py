@@ -36,8 +36,8 @@ def run(
 
 
 def _run(exp: Path, overrides: dict) -> None:
+    from spml.errors import TrainingStopped
     from spml.protocols.watchdog import load_watchdog_settings
-    from spml.tasks.watchdog import TrainingStopped
 
     load_watchdog_settings(exp, overrides)  # a bad setting exits 2 before Prefect starts
     from spml.flows.watchdog import watchdog_flow

@@ -23,8 +23,8 @@ from spml.tasks.autoresearch import (
 )
 from spml.tasks.stale_runs import crash_stale_runs
 from spml.tasks.ui_controls import pull_controls
-from spml.toolkit.experiment import hold_experiment
-from spml.toolkit.summary import LoopSummary
+from spml.toolkit.loop.experiment import hold_experiment
+from spml.toolkit.loop.summary import LoopSummary
 
 
 @flow(name="autoresearch-round", flow_run_name="round-{round_no}")

@@ -12,24 +12,37 @@ Layout::
     |---|---|---|---|---|---|---|
     | 0 | pass | 0.2234 | committed | baseline | measured on the base commit |  |
 
-Round 0 is the baseline. Verdict is `committed` or `rolled_back`; Compliance is `pass`, `fail`
-or `n/a` (not checked because the researcher failed first); the Insight names the cause.
+Round 0 is the baseline. Verdict is `committed` or `rolled_back` (ml-iteration also
+`committed_with_note`, and rows appended by a person's override: `override: commit|rollback`;
+rows are never rewritten). Compliance is `pass`, `fail` or `n/a` (not checked because the
+researcher failed first); the Insight names the cause. A `direction:` header line records the
+metric's direction and ml-iteration adds `best_commit:`. Each loop kind has its own columns
+(`ITERATION_COLUMNS`); the parser reads them from the table's header line.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from spml.errors import ProtocolError
 
 Status = Literal["not_started", "running", "completed", "target_reached", "stopped"]
-Verdict = Literal["committed", "rolled_back"]
+Verdict = Literal["committed", "committed_with_note", "rolled_back", "override: commit",
+                  "override: rollback"]
 Compliance = Literal["pass", "fail", "n/a"]
+Direction = Literal["maximize", "minimize"]
+KEPT: frozenset[str] = frozenset({"committed", "committed_with_note"})
 COLUMNS = ("Round", "Compliance", "Result", "Verdict", "Strategy", "Insight", "Note")
+ITERATION_COLUMNS = ("Round", "Strategy", "Metrics", "Speed", "Observability", "Stability",
+                     "Custom", "User Hint", "Verdict", "Insight")
+_FIELD_OF = {"Round": "round", "Compliance": "compliance", "Verdict": "verdict",
+             "Strategy": "strategy", "Insight": "insight", "Note": "note", "User Hint": "note"}
+_HEADER_DIRECTION = re.compile(r"^direction:\s*(maximize|minimize)\s*$")
+_HEADER_BEST_COMMIT = re.compile(r"^best_commit:\s*(\S+)")
 NO_VALUE = "—"
 _HEADER_BEST = re.compile(r"^best:\s*(?P<metric>\S+)\s*=\s*(?P<value>\S+)\s*\((?P<round>[^)]*)\)")
 _HEADER_ROUNDS = re.compile(r"^rounds:\s*(\d+)\s*/\s*(\d+)")
@@ -44,20 +57,28 @@ class ExperienceRow(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     round: int = Field(ge=0)
-    compliance: Compliance
+    compliance: Compliance = "n/a"
     result: float | None = None
     result_text: str = ""
     verdict: Verdict
     strategy: str = ""
     insight: str = ""
     note: str = ""
+    extra: dict[str, str] = Field(default_factory=dict)  # kind-specific columns (Metrics...)
 
-    def cells(self) -> list[str]:
-        """The row's markdown cells in column order."""
+    @property
+    def is_override(self) -> bool:
+        """A row a person's verdict override appended (it records, it is not a round)."""
+        return self.verdict.startswith("override:")
+
+    def cells(self, columns: tuple[str, ...] = COLUMNS) -> list[str]:
+        """The row's markdown cells in ``columns`` order."""
         shown = NO_VALUE if self.result is None else exact_value(self.result)
-        result = self.result_text or shown
-        return [str(self.round), self.compliance, result, self.verdict, self.strategy,
-                self.insight, self.note]
+        values = {"Round": str(self.round), "Compliance": self.compliance,
+                  "Result": self.result_text or shown, "Verdict": self.verdict,
+                  "Strategy": self.strategy, "Insight": self.insight, "Note": self.note,
+                  "User Hint": self.note}
+        return [values[c] if c in values else self.extra.get(c, "") for c in columns]
 
 
 class Experiences(BaseModel):
@@ -67,21 +88,38 @@ class Experiences(BaseModel):
     max_rounds: int = Field(ge=0)
     status: Status = "not_started"
     rows: list[ExperienceRow] = Field(default_factory=list)
+    direction: Direction | None = None
+    best_commit: str | None = None
+    columns: tuple[str, ...] = COLUMNS
 
     @property
     def rounds_done(self) -> int:
         """Highest recorded round number (round 0, the baseline, does not count)."""
-        return max((row.round for row in self.rows), default=0)
+        return max((row.round for row in self.rows if not row.is_override), default=0)
+
+    def kept_rounds(self) -> list[int]:
+        """Rounds whose change is on the branch now, oldest first (overrides applied)."""
+        kept: list[int] = []
+        for row in self.rows:
+            if row.verdict in KEPT or row.verdict == "override: commit":
+                kept = [r for r in kept if r != row.round] + [row.round]
+            elif row.verdict == "override: rollback":
+                kept = [r for r in kept if r != row.round]
+        return kept
 
     @property
     def best(self) -> ExperienceRow | None:
-        """The last committed row with a value: every commit had to beat the best before it."""
-        committed = [r for r in self.rows if r.verdict == "committed" and r.result is not None]
-        return committed[-1] if committed else None
+        """The newest kept row with a value (each commit had to beat the best before it)."""
+        by_round = {r.round: r for r in self.rows if not r.is_override}
+        for round_no in reversed(self.kept_rounds()):
+            row = by_round.get(round_no)
+            if row is not None and row.result is not None:
+                return row
+        return None
 
     def has_round(self, round_no: int) -> bool:
         """Whether a row for ``round_no`` is recorded."""
-        return any(row.round == round_no for row in self.rows)
+        return any(row.round == round_no and not row.is_override for row in self.rows)
 
     def window(self, size: int) -> list[ExperienceRow]:
         """The last ``size`` rows, oldest first (what the researcher sees)."""
@@ -91,14 +129,20 @@ class Experiences(BaseModel):
         """Consecutive rounds, counted from the newest, that were rolled back."""
         count = 0
         for row in reversed(self.rows):
-            if row.verdict == "committed":
+            if row.verdict in KEPT:
                 break
-            count += 1
+            count += not row.is_override
         return count
 
     def with_row(self, row: ExperienceRow) -> Experiences:
-        """A copy with ``row`` added (replacing a row of the same round)."""
-        rows = [r for r in self.rows if r.round != row.round] + [row]
+        """A copy with ``row`` added (replacing a row of the same round); an override row is
+        appended after every row, as it happened."""
+        if row.is_override:
+            return self.model_copy(update={"rows": [*self.rows, row]})
+        rows = [r for r in self.rows if r.round != row.round or r.is_override] + [row]
+        rounds = [r for r in rows if not r.is_override]
+        if rounds[-1] is row and rows[-1] is row:
+            return self.model_copy(update={"rows": rows})
         return self.model_copy(update={"rows": sorted(rows, key=lambda r: r.round)})
 
     def render(self) -> str:
@@ -106,20 +150,21 @@ class Experiences(BaseModel):
         best = self.best
         best_text = (f"{format_value(best.result)} (R{best.round})"
                      if best is not None and best.result is not None else f"{NO_VALUE} (none)")
-        lines = [
-            "# Experiences", "",
-            f"best: {self.metric} = {best_text}",
-            f"rounds: {self.rounds_done} / {self.max_rounds}",
-            f"status: {self.status}", "",
-            *table_lines(self.rows),
-        ]
+        lines = ["# Experiences", "", f"best: {self.metric} = {best_text}"]
+        if self.direction is not None:
+            lines.append(f"direction: {self.direction}")
+        if self.best_commit is not None:
+            lines.append(f"best_commit: {self.best_commit}")
+        lines += [f"rounds: {self.rounds_done} / {self.max_rounds}",
+                  f"status: {self.status}", "", *table_lines(self.rows, self.columns)]
         return "\n".join(lines) + "\n"
 
 
-def table_lines(rows: list[ExperienceRow]) -> list[str]:
+def table_lines(rows: list[ExperienceRow], columns: tuple[str, ...] = COLUMNS) -> list[str]:
     """The markdown table (header, rule, one line per row) of ``rows``."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    return lines + ["| " + " | ".join(_escape(c) for c in row.cells()) + " |" for row in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(_escape(c) for c in row.cells(columns)) + " |"
+                    for row in rows]
 
 
 def format_value(value: float) -> str:
@@ -156,11 +201,11 @@ def parse_experiences(text: str, source: str = "experiences.md") -> Experiences:
     Raises:
         ProtocolError: a header line or a table row is malformed (names the line).
     """
-    header: dict[str, object] = {}
+    header: dict[str, Any] = {"columns": COLUMNS}
     rows: list[ExperienceRow] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.startswith("|"):
-            row = _parse_row(line, number, source)
+            row = _parse_row(line, number, source, header)
             if row is not None:
                 rows.append(row)
         else:
@@ -169,17 +214,21 @@ def parse_experiences(text: str, source: str = "experiences.md") -> Experiences:
         if key not in header:
             raise ProtocolError(f"{source} must have a '{_HEADER_NAMES[key]}' header line. "
                                 "Restore it or delete the file to start a new ledger.")
-    return Experiences(metric=str(header["metric"]), max_rounds=int(header["max_rounds"]),
-                       status=header["status"], rows=rows)  # type: ignore[arg-type]
+    return Experiences(rows=rows, **header)
 
 
 _HEADER_NAMES = {"metric": "best: <metric> = ...", "max_rounds": "rounds: <done> / <max>",
                  "status": "status: ..."}
+_REQUIRED_COLUMNS = ("Round", "Verdict", "Strategy", "Insight")
 
 
-def _parse_header_line(line: str, number: int, source: str, header: dict[str, object]) -> None:
+def _parse_header_line(line: str, number: int, source: str, header: dict[str, Any]) -> None:
     if match := _HEADER_BEST.match(line):
         header["metric"] = match.group("metric")
+    elif match := _HEADER_DIRECTION.match(line):
+        header["direction"] = match.group(1)
+    elif match := _HEADER_BEST_COMMIT.match(line):
+        header["best_commit"] = None if match.group(1) == NO_VALUE else match.group(1)
     elif match := _HEADER_ROUNDS.match(line):
         header["max_rounds"] = int(match.group(2))
     elif match := _HEADER_STATUS.match(line):
@@ -189,20 +238,41 @@ def _parse_header_line(line: str, number: int, source: str, header: dict[str, ob
         header["status"] = match.group(1)
 
 
-def _parse_row(line: str, number: int, source: str) -> ExperienceRow | None:
+def _parse_row(line: str, number: int, source: str,
+               header: dict[str, Any]) -> ExperienceRow | None:
     cells = [_unescape(c) for c in _CELL_SPLIT.split(line.strip())[1:-1]]
-    if not cells or cells[0] == "Round" or set(cells[0]) <= {"-", ":"}:
+    if cells and cells[0] == "Round":
+        missing = [c for c in _REQUIRED_COLUMNS if c not in cells]
+        if missing:
+            raise ProtocolError(f"{source} line {number}: the table must have the columns "
+                                f"{', '.join(_REQUIRED_COLUMNS)}; {', '.join(missing)} missing.")
+        header["columns"] = tuple(cells)
         return None
-    if len(cells) != len(COLUMNS):
-        raise ProtocolError(f"{source} line {number}: a round row must have {len(COLUMNS)} "
-                            f"cells ({' | '.join(COLUMNS)}), got {len(cells)}.")
+    if not cells or set(cells[0]) <= {"-", ":"}:
+        return None
+    columns: tuple[str, ...] = header["columns"]
+    if len(cells) != len(columns):
+        raise ProtocolError(f"{source} line {number}: a round row must have {len(columns)} "
+                            f"cells ({' | '.join(columns)}), got {len(cells)}.")
+    by_column = dict(zip(columns, cells, strict=True))
+    fields: dict[str, Any] = {_FIELD_OF[c]: v for c, v in by_column.items() if c in _FIELD_OF}
+    fields["extra"] = {c: v for c, v in by_column.items() if c not in _FIELD_OF
+                       and c != "Result"}
     try:
-        result_match = _NUMBER.search(cells[2])
-        return ExperienceRow(
-            round=int(cells[0]), compliance=cells[1],  # type: ignore[arg-type]
-            result=float(result_match.group(0)) if result_match else None,
-            result_text=cells[2], verdict=cells[3],  # type: ignore[arg-type]
-            strategy=cells[4], insight=cells[5], note=cells[6],
-        )
+        fields["round"] = int(fields["round"])
+        fields["result"], fields["result_text"] = _row_result(by_column, header.get("metric"))
+        return ExperienceRow(**fields)
     except ValueError as exc:
         raise ProtocolError(f"{source} line {number}: malformed round row: {exc}") from None
+
+
+def _row_result(by_column: dict[str, str], metric: str | None) -> tuple[float | None, str]:
+    """The row's scalar: the Result cell, else ``<metric>=<value>`` in the Metrics cell."""
+    if "Result" in by_column:
+        match = _NUMBER.search(by_column["Result"])
+        return (float(match.group(0)) if match else None), by_column["Result"]
+    if metric and (cell := by_column.get("Metrics")):
+        match = re.search(rf"(?<![\w./-]){re.escape(metric)}=({_NUMBER.pattern})", cell)
+        if match:
+            return float(match.group(1)), ""
+    return None, ""

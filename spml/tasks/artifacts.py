@@ -13,9 +13,9 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from spml.toolkit.ledger import read_ledger
-from spml.toolkit.session import LoopSession
-from spml.toolkit.summary import LoopSummary, render_summary
+from spml.toolkit.loop.ledger import read_ledger
+from spml.toolkit.loop.session import LoopSession
+from spml.toolkit.loop.summary import LoopSummary, render_summary
 
 EXPERIENCES_KEY = "autoresearch-experiences"
 SUMMARY_KEY = "autoresearch-summary"

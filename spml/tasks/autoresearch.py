@@ -11,15 +11,16 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from spml.tasks.ui_controls import pull_ui_controls
-from spml.toolkit import control
-from spml.toolkit.compliance import Violation
-from spml.toolkit.loop import NextStep, close_loop, next_step, open_loop
-from spml.toolkit.measure import Measurement, measure
-from spml.toolkit.researchers import Proposal
-from spml.toolkit.rounds import RoundPlan, begin_round, check_round, run_researcher
-from spml.toolkit.session import LoopSession
-from spml.toolkit.settle import RoundOutcome, abort_round, decide, settle
-from spml.toolkit.summary import LoopSummary, summarize
+from spml.toolkit.loop import control
+from spml.toolkit.loop.begin import RoundPlan, begin_round
+from spml.toolkit.loop.compliance import Violation, check_round
+from spml.toolkit.loop.lifecycle import NextStep, close_loop, next_step, open_loop
+from spml.toolkit.loop.measure import Measurement, measure
+from spml.toolkit.loop.researchers import Proposal
+from spml.toolkit.loop.researchers.dispatch import run_researcher
+from spml.toolkit.loop.session import LoopSession
+from spml.toolkit.loop.settle import RoundOutcome, abort_round, decide, settle
+from spml.toolkit.loop.summary import LoopSummary, summarize
 
 
 @task(name="open-loop", cache_policy=NO_CACHE, retries=0)

@@ -24,8 +24,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
 from spml.protocols.autoresearch import PROTOCOL_FILENAME
-from spml.toolkit.control import swap_supervisor_run
-from spml.toolkit.experiment import Experiment
+from spml.toolkit.loop.control import swap_supervisor_run
+from spml.toolkit.loop.experiment import Experiment
 
 UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED]
 

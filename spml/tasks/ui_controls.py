@@ -6,7 +6,7 @@ the loop reads two Variables (UI: Variables page; CLI: `prefect variable set`):
 * `spml-note-<experiment>`: a text, or a list of texts, for the next round's brief;
 * `spml-stop-<experiment>`: any true value ends the loop after its current step.
 
-Each is moved into the experiment's file-based controls (`spml.toolkit.control`) and then
+Each is moved into the experiment's file-based controls (`spml.toolkit.loop.control`) and then
 unset, so it acts once.
 """
 
@@ -19,8 +19,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
 from spml.protocols.autoresearch import PROTOCOL_FILENAME
-from spml.toolkit import control
-from spml.toolkit.experiment import Experiment
+from spml.toolkit.loop import control
+from spml.toolkit.loop.experiment import Experiment
 
 
 def variable_names(experiment: Experiment) -> tuple[str, str]:

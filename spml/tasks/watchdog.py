@@ -14,20 +14,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from spml.errors import SpmlError
+from spml.errors import EnvironmentFailure, TrainingStopped
 from spml.protocols.watchdog import WatchdogSettings, load_watchdog_settings
 from spml.toolkit.watchdog.evaluator import read_evaluations
 from spml.toolkit.watchdog.supervise import AttemptReport, WatchdogState, supervise_once
 
 MAX_TASK_RETRIES = 1000  # the real budget is the crash-loop guard's (RestartPolicy)
-
-
-class EnvironmentFailure(SpmlError, RuntimeError):
-    """The run died of its environment: restart it from the newest checkpoint."""
-
-
-class TrainingStopped(SpmlError, RuntimeError):
-    """A code failure, or the crash-loop guard refused another restart: a person must look."""
 
 
 def only_environment_failures(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect hook

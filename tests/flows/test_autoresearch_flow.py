@@ -13,9 +13,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
 )
 
+from spml.errors import BaselineFailed
 from spml.flows.autoresearch import autoresearch_flow
 from spml.tasks.artifacts import EXPERIENCES_KEY, SUMMARY_KEY
-from spml.toolkit.settle import BaselineFailed
 
 
 def _latest_artifact(key: str):

@@ -14,8 +14,8 @@ from helpers import git
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-from spml.toolkit.experiment import Experiment
-from spml.toolkit.ledger import read_journal, read_ledger
+from spml.toolkit.loop.experiment import Experiment
+from spml.toolkit.loop.ledger import read_journal, read_ledger
 
 BRANCH = "spml/autoresearch/exp"
 

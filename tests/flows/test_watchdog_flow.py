@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from spml.errors import TrainingStopped
 from spml.flows.watchdog import watchdog_flow
-from spml.tasks.watchdog import TrainingStopped
 from spml.toolkit.watchdog.supervise import WatchdogState
 
 TRAINER = Path(__file__).parents[1] / "fixtures" / "watchdog" / "fake_trainer.py"

@@ -17,7 +17,7 @@ import torch
 
 from spml.errors import SpmlError
 from spml.toolkit import monitor as monitor_module
-from spml.toolkit.logmetrics import (
+from spml.toolkit.metrics.log import (
     STEP_TIME_KEYS,
     MetricHistory,
     find_value,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spml.errors import CommandError
-from spml.toolkit.process import RunningCommand, run_command, start_command
+from spml.toolkit.process.runner import RunningCommand, run_command, start_command
 
 log = logging.getLogger(__name__)
 

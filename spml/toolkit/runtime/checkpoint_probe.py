@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from spml.toolkit.command_result import CommandResult
-from spml.toolkit.process import run_command, supervisor_path
+from spml.toolkit.process.result import CommandResult
+from spml.toolkit.process.runner import run_command, supervisor_path
 from spml.toolkit.runtime.contract import ENV_CHECKPOINT_DIR
 from spml.toolkit.runtime.report import StageResult
 

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from spml.errors import MetricNotFound, ProtocolError
-from spml.toolkit import logmetrics as lm
-from spml.toolkit.command_result import CommandResult
-from spml.toolkit.metrics import parse_metric
-from spml.toolkit.process import RunningCommand, run_command, start_command, supervisor_path
+from spml.toolkit.metrics import log as lm
+from spml.toolkit.metrics.output import parse_metric
+from spml.toolkit.process.result import CommandResult
+from spml.toolkit.process.runner import RunningCommand, run_command, start_command, supervisor_path
 from spml.toolkit.runtime import contract, health
 from spml.toolkit.runtime.checkpoint_probe import checkpoint_stage, snapshot
 from spml.toolkit.runtime.report import L1Report, StageResult

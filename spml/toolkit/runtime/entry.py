@@ -33,8 +33,8 @@ from typing import Any
 
 import spml
 from spml.errors import SpmlError
-from spml.toolkit.command_result import CommandResult, ExitKind
-from spml.toolkit.process import run_command
+from spml.toolkit.process.result import CommandResult, ExitKind
+from spml.toolkit.process.runner import run_command
 from spml.toolkit.runtime.contract import (
     ENV_CHECKPOINT_DIR,
     ENV_MAX_STEPS,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields, replace
 from statistics import fmean, median
 from typing import Protocol
 
-from spml.toolkit.logmetrics import MetricPoint, grad_norm_of, loss_of, mfu_of, throughput_of
+from spml.toolkit.metrics.log import MetricPoint, grad_norm_of, loss_of, mfu_of, throughput_of
 
 __all__ = ["Alert", "AlertMonitor", "AlertRule", "Baseline", "GradNorm", "LossSpike",
            "NonFinite", "Plateau", "ThroughputDrop", "baseline_from", "default_rules"]

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spml.toolkit.command_result import CommandResult
-from spml.toolkit.logmetrics import LogFollower, MetricHistory
-from spml.toolkit.process import RunningCommand, start_command, supervisor_path
+from spml.toolkit.metrics.log import LogFollower, MetricHistory
+from spml.toolkit.process.result import CommandResult
+from spml.toolkit.process.runner import RunningCommand, start_command, supervisor_path
 from spml.toolkit.watchdog.checkpoints import Checkpoint
 from spml.toolkit.watchdog.classify import AttemptEnd, read_oom_evidence
 

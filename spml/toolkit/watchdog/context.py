@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from spml.toolkit.experiment import write_atomic
+from spml.toolkit.files import write_atomic
 
 TITLE = "# Experiment Context"
 STATUS, DIAGNOSES, EVALUATIONS, ALERTS = (

@@ -14,8 +14,8 @@ import shlex
 import time
 from pathlib import Path
 
-from spml.toolkit.logmetrics import parse_log_line
-from spml.toolkit.process import RunningCommand, start_command, supervisor_path
+from spml.toolkit.metrics.log import parse_log_line
+from spml.toolkit.process.runner import RunningCommand, start_command, supervisor_path
 from spml.toolkit.watchdog.checkpoints import Checkpoint
 from spml.toolkit.watchdog.context import ContextFile
 

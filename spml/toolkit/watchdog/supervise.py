@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from spml.protocols.watchdog import WatchdogSettings
-from spml.toolkit.experiment import write_atomic
-from spml.toolkit.logmetrics import MetricHistory, MetricPoint
-from spml.toolkit.process import kill_stale_process_group
+from spml.toolkit.files import write_atomic
+from spml.toolkit.metrics.log import MetricHistory, MetricPoint
+from spml.toolkit.process.runner import kill_stale_process_group
 from spml.toolkit.watchdog.alerts import AlertMonitor, Baseline
 from spml.toolkit.watchdog.attempt import AttemptConfig, AttemptOutcome, run_attempt
 from spml.toolkit.watchdog.checkpoints import Checkpoint, CheckpointTracker

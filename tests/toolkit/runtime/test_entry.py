@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from spml.toolkit.command_result import CommandResult, ExitKind
+from spml.toolkit.process.result import CommandResult, ExitKind
 from spml.toolkit.runtime.entry import (
     EntryPointError,
     load_entry,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spml.toolkit.logmetrics import LogFollower, MetricHistory, MetricPoint
+from spml.toolkit.metrics.log import LogFollower, MetricHistory, MetricPoint
 from spml.toolkit.watchdog.alerts import (
     Alert,
     AlertMonitor,

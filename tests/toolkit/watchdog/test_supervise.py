@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from spml.protocols.watchdog import WatchdogSettings
-from spml.toolkit.logmetrics import MetricHistory
+from spml.toolkit.metrics.log import MetricHistory
 from spml.toolkit.watchdog.checkpoints import CheckpointTracker
 from spml.toolkit.watchdog.context import ContextFile
 from spml.toolkit.watchdog.supervise import Observer, WatchdogState

@@ -1,0 +1,83 @@
+"""S0: begin a round — protocol edits, notes, a clean tree, the journal, a git snapshot, a brief.
+
+Every step is a plain function of the session (rebuilt from disk) and the round's plan, so the
+Prefect tasks in `spml.tasks` stay one-line wrappers and the engine is tested without Prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spml.toolkit.files import write_atomic
+from spml.toolkit.git.workspace import GitSnapshot
+from spml.toolkit.loop import control
+from spml.toolkit.loop.brief import BriefInputs, render_brief
+from spml.toolkit.loop.ledger import Journal, read_ledger, write_journal
+from spml.toolkit.loop.session import LoopSession, reload_protocol
+
+log = logging.getLogger(__name__)
+SNAPSHOT_FILENAME = "git-snapshot.json"
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """A round that has begun: its number, base commit, git snapshot, notes."""
+
+    round_no: int
+    base: str
+    snapshot: GitSnapshot = field(repr=False)
+    notes: tuple[str, ...] = ()
+    # Contents of the supervisor's own files outside the worktree (ledger, journal, session),
+    # which a researcher running with the user's rights could otherwise rewrite.
+    supervisor_files: dict[str, bytes | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def note_text(self) -> str:
+        """The ledger's Note cell."""
+        return "; ".join(self.notes)
+
+
+def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, RoundPlan]:
+    """Apply protocol edits, take notes, start from a clean tree, journal the round."""
+    notes: list[str] = []
+    if round_no > 0:
+        session, protocol_note = reload_protocol(session)
+        notes = control.take_notes(session.experiment, round_no)
+        if protocol_note:
+            notes.append(protocol_note)
+    workspace = session.workspace
+    base = workspace.head()
+    workspace.rollback(base)
+    write_journal(session.experiment, Journal(round=round_no, base=base))
+    round_dir = session.experiment.round_dir(round_no)
+    round_dir.mkdir(parents=True, exist_ok=True)
+    snapshot = workspace.snapshot()
+    # On disk too: after a crash, recovery restores hooks, config and watched refs from it.
+    write_atomic(round_dir / SNAPSHOT_FILENAME, snapshot.to_json())
+    plan = RoundPlan(round_no, base, snapshot, tuple(notes),
+                     _read_all(supervisor_files(session, plan_round=round_no)))
+    if round_no > 0:
+        write_atomic(round_dir / "brief.md", _brief(session, plan))
+    return session, plan
+
+
+def _brief(session: LoopSession, plan: RoundPlan) -> str:
+    ledger = read_ledger(session.experiment)
+    assert ledger is not None
+    human = [n for n in plan.notes if not n.startswith("protocol edit")]
+    return render_brief(BriefInputs(session.protocol, session.prose(), ledger, plan.round_no,
+                                    session.max_rounds, human))
+
+
+def supervisor_files(session: LoopSession, plan_round: int) -> list[Path]:
+    """Files only the supervisor writes during a round (the protocol: see `check_round`)."""
+    experiment = session.experiment
+    state = experiment.state_dir
+    return [experiment.ledger_path, state / "round.json", state / "session.json",
+            experiment.round_dir(plan_round) / SNAPSHOT_FILENAME, experiment.protocol_path]
+
+
+def _read_all(paths: list[Path]) -> dict[str, bytes | None]:
+    return {str(p): p.read_bytes() if p.is_file() else None for p in paths}

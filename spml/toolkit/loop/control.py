@@ -1,0 +1,79 @@
+"""The person on the loop: notes for the next brief and stop requests, as files.
+
+Files work without a Prefect server (the CLI's embedded mode) and survive a supervisor crash.
+A note is one file in `.spml/notes/inbox/`; when a round starts it is moved (atomic rename) to
+`.spml/notes/round-<n>/`, so a redone round sees the same notes and no note is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from spml.toolkit.files import write_atomic
+from spml.toolkit.loop.experiment import Experiment
+
+
+def _notes_dir(experiment: Experiment) -> Path:
+    return experiment.state_dir / "notes"
+
+
+def add_note(experiment: Experiment, text: str) -> Path:
+    """Queue guidance for the next round's brief and Note column."""
+    text = " ".join(text.split())
+    if not text:
+        raise ValueError("note must not be empty")
+    inbox = _notes_dir(experiment) / "inbox"
+    name = f"{time.time_ns():020d}-{os.getpid()}.txt"
+    path = inbox / name
+    write_atomic(path, text)
+    return path
+
+
+def take_notes(experiment: Experiment, round_no: int) -> list[str]:
+    """Move queued notes to this round and return every note the round owns, oldest first."""
+    notes = _notes_dir(experiment)
+    inbox, owned = notes / "inbox", notes / f"round-{round_no:04d}"
+    owned.mkdir(parents=True, exist_ok=True)
+    if inbox.is_dir():
+        for path in sorted(inbox.glob("*.txt")):
+            os.replace(path, owned / path.name)
+    return [p.read_text(encoding="utf-8") for p in sorted(owned.glob("*.txt"))]
+
+
+def pending_notes(experiment: Experiment) -> list[str]:
+    """Notes queued for the next round."""
+    inbox = _notes_dir(experiment) / "inbox"
+    return [p.read_text(encoding="utf-8") for p in sorted(inbox.glob("*.txt"))]
+
+
+def _stop_path(experiment: Experiment) -> Path:
+    return experiment.state_dir / "stop-requested"
+
+
+def request_stop(experiment: Experiment, reason: str = "stop requested by user") -> None:
+    """Ask a running loop to end after its current step."""
+    write_atomic(_stop_path(experiment), reason)
+
+
+def stop_requested(experiment: Experiment) -> str | None:
+    """The stop reason if a stop was requested."""
+    path = _stop_path(experiment)
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def clear_stop(experiment: Experiment) -> None:
+    """Acknowledge a stop request (the loop has stopped)."""
+    _stop_path(experiment).unlink(missing_ok=True)
+
+
+def swap_supervisor_run(experiment: Experiment, run_id: str) -> str | None:
+    """Record the orchestrator run now supervising the experiment; return the previous one.
+
+    Called with the experiment lock held: the previous run, if it is not this one, is dead.
+    """
+    path = experiment.state_dir / "supervisor-run.txt"
+    previous = path.read_text(encoding="utf-8").strip() if path.is_file() else None
+    write_atomic(path, run_id)
+    return previous if previous != run_id else None

@@ -1,0 +1,23 @@
+"""Recording a decided round: ledger row, researcher feedback, journal cleared (idempotent)."""
+
+from __future__ import annotations
+
+from spml.protocols.experiences import ExperienceRow
+from spml.toolkit.loop.faults import crash_point
+from spml.toolkit.loop.ledger import clear_journal, read_ledger, write_ledger
+from spml.toolkit.loop.session import LoopSession
+
+# Commit trailer naming the round a loop commit belongs to (read back by recovery).
+ROUND_TRAILER = "Spml-Round"
+
+
+def record(session: LoopSession, row: ExperienceRow) -> None:
+    """Write the row, tell the researcher, forget the journal (idempotent)."""
+    ledger = read_ledger(session.experiment)
+    assert ledger is not None
+    if not ledger.has_round(row.round):
+        write_ledger(session.experiment, ledger.with_row(row))
+    crash_point("after-ledger", row.round)
+    value = row.result if row.compliance == "pass" else None
+    session.researcher().observe(row.round, value, row.verdict == "committed")
+    clear_journal(session.experiment)

@@ -1,0 +1,30 @@
+"""S1: hand the researcher its brief and let it change the variable files (time-limited)."""
+
+from __future__ import annotations
+
+import logging
+
+from spml.toolkit.loop.begin import RoundPlan
+from spml.toolkit.loop.researchers.base import Proposal, ResearchContext
+from spml.toolkit.loop.session import LoopSession
+from spml.toolkit.process.runner import supervisor_path
+
+log = logging.getLogger(__name__)
+
+
+def research_context(session: LoopSession, plan: RoundPlan) -> ResearchContext:
+    """What the researcher is handed for this round."""
+    round_dir = session.experiment.round_dir(plan.round_no)
+    return ResearchContext(
+        round_no=plan.round_no, workdir=session.workdir, brief_path=round_dir / "brief.md",
+        strategy_path=round_dir / "strategy.txt", log_dir=round_dir,
+        timeout_s=session.protocol.researcher_timeout_s, env=supervisor_path(),
+    )
+
+
+def run_researcher(session: LoopSession, plan: RoundPlan) -> Proposal:
+    """S1: let the researcher change the variable files."""
+    proposal = session.researcher().propose(research_context(session, plan))
+    log.info("round %d researcher: %s%s", plan.round_no, proposal.strategy,
+             f" — FAILED: {proposal.cause}" if not proposal.ok else "")
+    return proposal

@@ -1,0 +1,121 @@
+"""S5: decide a round, then commit or roll back, record it, and tell the researcher.
+
+The order is what makes a `kill -9` at any instant safe (see `spml.toolkit.loop.recovery`):
+journal the decided row -> git commit / archive + rollback -> ledger row -> researcher.observe
+-> clear the journal.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from spml.errors import BaselineFailed
+from spml.protocols.experiences import ExperienceRow, format_result, format_value
+from spml.toolkit.loop.begin import RoundPlan
+from spml.toolkit.loop.compliance import Violation
+from spml.toolkit.loop.faults import crash_point
+from spml.toolkit.loop.ledger import Journal, clear_journal, read_ledger, write_journal
+from spml.toolkit.loop.measure import Measurement
+from spml.toolkit.loop.policies import MinDeltaPolicy
+from spml.toolkit.loop.record import ROUND_TRAILER, record
+from spml.toolkit.loop.researchers import Proposal
+from spml.toolkit.loop.session import LoopSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What a settled round produced (the flow logs it and publishes artifacts)."""
+
+    row: ExperienceRow
+    commit: str | None = None
+    attempt_ref: str | None = None
+
+
+def decide(session: LoopSession, plan: RoundPlan, proposal: Proposal | None,
+           violations: list[Violation], measurement: Measurement | None) -> ExperienceRow:
+    """The ledger row for a round, from what each step reported."""
+    base = dict(round=plan.round_no, strategy=proposal.strategy if proposal else "baseline",
+                note=plan.note_text)
+    failed = proposal.cause if proposal is not None and not proposal.ok else ""
+    violations = violations or list(measurement.violations if measurement else ())
+    if violations:
+        causes = "; ".join(dict.fromkeys(v.reason for v in violations))
+        insight = f"compliance: {causes}" + (f"; {failed}" if failed else "")
+        return ExperienceRow(compliance="fail", verdict="rolled_back", insight=insight, **base)
+    if failed:
+        return ExperienceRow(compliance="n/a", verdict="rolled_back", insight=failed, **base)
+    assert measurement is not None
+    if not measurement.ok or measurement.mean is None:
+        # No Result: a mean over the repeats that happened to finish is not the round's value,
+        # and the researcher must learn that the round failed, not a partial number.
+        return ExperienceRow(compliance="pass", verdict="rolled_back", insight=measurement.cause,
+                             **base)
+    return _judge(session, plan, measurement, base)
+
+
+def _judge(session: LoopSession, plan: RoundPlan, measurement: Measurement,
+           base: dict) -> ExperienceRow:
+    value = measurement.mean
+    assert value is not None
+    result_text = format_result(list(measurement.values))
+    if plan.round_no == 0:
+        return ExperienceRow(compliance="pass", verdict="committed", result=value,
+                             result_text=result_text, insight="baseline measured on the base "
+                             "commit", **base)
+    ledger = read_ledger(session.experiment)
+    best = ledger.best.result if ledger and ledger.best else None
+    policy = MinDeltaPolicy(session.protocol.eval.direction, session.protocol.acceptance.min_delta)
+    verdict = "committed" if policy.improves(value, best) else "rolled_back"
+    return ExperienceRow(compliance="pass", verdict=verdict, result=value, result_text=result_text,
+                         insight=policy.explain(value, best), **base)
+
+
+def settle(session: LoopSession, plan: RoundPlan, row: ExperienceRow) -> RoundOutcome:
+    """Apply the decision to git, the ledger and the researcher, crash-safely."""
+    experiment, workspace = session.experiment, session.workspace
+    commit = attempt = None
+    if plan.round_no == 0:
+        workspace.rollback(plan.base)
+        if row.verdict != "committed":
+            clear_journal(experiment)
+            hint = ("Files that training or evaluation writes must be covered by .gitignore"
+                    if row.compliance == "fail" else
+                    "Fix the training or evaluation command")
+            raise BaselineFailed(f"the baseline (round 0) could not be measured: {row.insight}. "
+                                 f"{hint}, then run again.")
+    elif row.verdict == "committed":
+        write_journal(experiment, Journal(round=plan.round_no, base=plan.base,
+                                          phase="committing", row=row.model_dump()))
+        crash_point("before-commit", plan.round_no)
+        commit = workspace.commit_all(commit_message(session, row),
+                                      trailers={ROUND_TRAILER: str(plan.round_no)})
+        crash_point("after-commit", plan.round_no)
+    else:
+        write_journal(experiment, Journal(round=plan.round_no, base=plan.base,
+                                          phase="rolling_back", row=row.model_dump()))
+        crash_point("before-rollback", plan.round_no)
+        attempt = workspace.archive_attempt(plan.round_no, plan.base,
+                                            f"spml attempt: round {plan.round_no} — "
+                                            f"{row.insight}")
+        workspace.rollback(plan.base, restore_refs=plan.snapshot)
+        crash_point("after-rollback", plan.round_no)
+    record(session, row)
+    return RoundOutcome(row, commit, attempt)
+
+
+def commit_message(session: LoopSession, row: ExperienceRow) -> str:
+    """`autoresearch: round N — <metric>=<value>`."""
+    value = format_value(row.result) if row.result is not None else "n/a"
+    return f"autoresearch: round {row.round} — {session.protocol.eval.metric}={value}"
+
+
+def abort_round(session: LoopSession, plan: RoundPlan, reason: str) -> None:
+    """Undo a round that will not be recorded (a stop was requested mid-round)."""
+    log.warning("round %d aborted: %s", plan.round_no, reason)
+    session.workspace.rollback(plan.base, restore_refs=plan.snapshot)
+    if plan.round_no > 0:
+        session.researcher().abandon(plan.round_no)
+    clear_journal(session.experiment)

@@ -1,6 +1,0 @@
-"""Researchers: where each round's change comes from."""
-
-from spml.toolkit.researchers.base import Proposal, ResearchContext, Researcher
-from spml.toolkit.researchers.factory import make_researcher
-
-__all__ = ["Proposal", "ResearchContext", "Researcher", "make_researcher"]
