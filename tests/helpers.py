@@ -51,46 +51,26 @@ def write_protocol(exp: Path, fields: dict[str, Any], body: str = "Toy backgroun
     return path
 
 
-def _drive_round(experiment_dir: str, round_no: int) -> str:
-    # Mirrors spml.flows.autoresearch.autoresearch_round step for step, without Prefect.
-    from spml.toolkit.loop import control
-    from spml.toolkit.loop.begin import begin_round
-    from spml.toolkit.loop.compliance import check_round
-    from spml.toolkit.loop.measure import measure
-    from spml.toolkit.loop.researchers.dispatch import run_researcher
-    from spml.toolkit.loop.session import LoopSession
-    from spml.toolkit.loop.settle import abort_round, decide, settle
-
-    session, plan = begin_round(LoopSession.load(experiment_dir), round_no)
-    proposal, violations, measurement = None, [], None
-    if round_no > 0:
-        proposal = run_researcher(session, plan)
-        violations = check_round(session, plan)
-        if reason := control.stop_requested(session.experiment):
-            abort_round(session, plan, reason)
-            return "aborted"
-    if (proposal is None or proposal.ok) and not violations:
-        measurement = measure(LoopSession.load(experiment_dir), plan)
-    session = LoopSession.load(experiment_dir)
-    row = decide(session, plan, proposal, violations, measurement)
-    return settle(session, plan, row).row.verdict
-
-
 def drive(exp: Path, max_rounds: int | None = None,
-          between_rounds: Callable[[int], None] | None = None) -> Any:
-    """Run a whole loop with the toolkit alone: the flow's steps in order, without Prefect."""
+          between_rounds: Callable[[int], None] | None = None, kind: str = "autoresearch") -> Any:
+    """Run a whole loop with the toolkit alone: the flow's round sequence, without Prefect."""
     from spml.toolkit.loop.experiment import hold_experiment
+    from spml.toolkit.loop.kind import kind_named
     from spml.toolkit.loop.lifecycle import close_loop, next_step, open_loop
+    from spml.toolkit.loop.round import PlainSteps, run_round
     from spml.toolkit.loop.session import LoopSession
 
-    with hold_experiment(exp):
-        open_loop(str(exp), max_rounds)
-        while (step := next_step(LoopSession.load(exp))).kind == "round":
-            _drive_round(str(exp), step.round_no)
+    loop_kind = kind_named(kind)
+    steps = PlainSteps(loop_kind)
+    with hold_experiment(exp, loop_kind.protocol_filename):
+        open_loop(str(exp), max_rounds, loop_kind)
+        while (step := next_step(LoopSession.load(exp, loop_kind))).kind == "round":
+            run_round(steps, str(exp), step.round_no)
             if between_rounds is not None:
                 between_rounds(step.round_no)
-        return close_loop(LoopSession.load(exp), step)
+        return close_loop(LoopSession.load(exp, loop_kind), step)
 
 
-if __name__ == "__main__":  # python helpers.py EXP [MAX_ROUNDS]: a Prefect-free supervisor
-    drive(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
+if __name__ == "__main__":  # python helpers.py EXP [MAX_ROUNDS [KIND]]: Prefect-free supervisor
+    drive(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else None,
+          kind=sys.argv[3] if len(sys.argv) > 3 else "autoresearch")

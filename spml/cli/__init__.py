@@ -6,12 +6,13 @@ import json
 
 import typer
 
-from spml.cli import autoresearch, toolkit, validate, watchdog
+from spml.cli import autoresearch, iteration, toolkit, validate, watchdog
 from spml.cli._output import console
 from spml.cli.demo import demo
 
 app = typer.Typer(help="spml: ML experiment workflows as Prefect flows.", no_args_is_help=True)
 app.add_typer(autoresearch.app, name="autoresearch")
+app.add_typer(iteration.app, name="iteration")
 app.add_typer(watchdog.app, name="watchdog")
 app.add_typer(validate.app, name="validate")
 app.add_typer(toolkit.app, name="toolkit")
@@ -19,14 +20,17 @@ app.command()(demo)
 
 
 @app.command()
-def schema(kind: str = typer.Argument("autoresearch", help="Protocol kind.")) -> None:
+def schema(kind: str = typer.Argument("autoresearch", help="autoresearch or iteration.")) -> None:
     """Print the JSON Schema of a protocol's front matter."""
-    from spml.protocols.autoresearch import protocol_json_schema
+    from spml.protocols import autoresearch as autoresearch_protocol
+    from spml.protocols import iteration as iteration_protocol
 
-    if kind != "autoresearch":
-        console.print(f"[red]error:[/] kind must be 'autoresearch', got {kind!r}")
+    schemas = {"autoresearch": autoresearch_protocol.protocol_json_schema,
+               "iteration": iteration_protocol.protocol_json_schema}
+    if kind not in schemas:
+        console.print(f"[red]error:[/] kind must be 'autoresearch' or 'iteration', got {kind!r}")
         raise typer.Exit(2)
-    typer.echo(json.dumps(protocol_json_schema(), indent=2))
+    typer.echo(json.dumps(schemas[kind](), indent=2))
 
 
 def main() -> None:

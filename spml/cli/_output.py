@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from spml.errors import SpmlError
-from spml.protocols.experiences import COLUMNS, Experiences
+from spml.protocols.experiences import Experiences
 
 console = Console()
 err_console = Console(stderr=True)
@@ -58,16 +58,17 @@ def ledger_table(ledger: Experiences, title: str = "experiences.md") -> Table:
     """The ledger as a rich table."""
     # One line per round: long Strategy/Insight/Note cells are cut here; experiences.md has
     # them in full.
-    columns = [c for c in COLUMNS if c != "Note" or any(r.note for r in ledger.rows)]
+    columns = [c for c in ledger.columns if c not in ("Note", "User Hint")
+               or any(r.note for r in ledger.rows)]
     table = Table(title=title, expand=True)
     for column in columns:
-        wide = column in ("Strategy", "Insight", "Note")
+        wide = column in ("Strategy", "Insight", "Note", "User Hint", "Metrics")
         table.add_column(column, no_wrap=True, overflow="ellipsis", ratio=3 if wide else None)
     best = ledger.best
     for row in ledger.rows:
         style = "bold green" if best is not None and row.round == best.round else (
             "red" if row.compliance == "fail" else None)
-        cells = dict(zip(COLUMNS, row.cells(), strict=True))
+        cells = dict(zip(ledger.columns, row.cells(ledger.columns), strict=True))
         table.add_row(*(cells[c] for c in columns), style=style)
     return table
 

@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
-from spml.cli._output import console, guarded, ledger_header, ledger_table, quiet_prefect
+from spml.cli._loop import add_note, check_protocol, request_stop, run_loop, show_status
+from spml.cli._output import console, guarded, quiet_prefect
 
 app = typer.Typer(help="Auto Research: a protocol-governed metric search loop.",
                   no_args_is_help=True)
 DirArg = Annotated[Path, typer.Argument(help="Experiment directory (holds the protocol).")]
+KIND = "autoresearch"
 
 
 @app.command()
@@ -26,85 +28,25 @@ def run(
 
 
 def _run(experiment_dir: Path, max_rounds: int | None) -> None:
-    from spml.protocols.autoresearch import PROTOCOL_FILENAME, load_protocol
-    from spml.toolkit.loop.experiment import Experiment
-
-    experiment = Experiment.locate(experiment_dir, PROTOCOL_FILENAME)
-    load_protocol(experiment.protocol_path)  # fail fast, before Prefect starts
-    run_loop(experiment.exp_dir, max_rounds)
-
-
-def run_loop(exp_dir: Path, max_rounds: int | None) -> None:
-    """Run the flow with live progress, then print the final table."""
-    from spml.cli.progress import LedgerWatcher
-    from spml.flows.autoresearch import autoresearch_flow
-    from spml.toolkit.loop.experiment import LEDGER_FILENAME
-    from spml.toolkit.loop.ledger import read_ledger
-    from spml.toolkit.loop.session import LoopSession
-
-    console.print(f"[bold]Auto Research[/] in {exp_dir} (Prefect starts in a few seconds)")
-    with LedgerWatcher(exp_dir / LEDGER_FILENAME):
-        summary = autoresearch_flow(str(exp_dir), max_rounds)
-    ledger = read_ledger(LoopSession.load(exp_dir).experiment)
-    if ledger is not None:
-        console.print(ledger_table(ledger))
-    console.print(f"[bold]{summary.status}[/]: {summary.headline()} · {summary.commits} "
-                  f"commit(s) in {summary.rounds_done} round(s)", highlight=False)
+    run_loop(check_protocol(experiment_dir, KIND), max_rounds, KIND)
 
 
 @app.command()
 def status(experiment_dir: DirArg) -> None:
     """Show the ledger, the round in flight and queued notes."""
-    guarded(lambda: _status(experiment_dir))
-
-
-def _status(experiment_dir: Path) -> None:
-    from spml.protocols.autoresearch import PROTOCOL_FILENAME
-    from spml.toolkit.loop import control
-    from spml.toolkit.loop.experiment import Experiment
-    from spml.toolkit.loop.ledger import read_journal, read_ledger
-
-    experiment = Experiment.locate(experiment_dir, PROTOCOL_FILENAME)
-    ledger = read_ledger(experiment)
-    if ledger is None:
-        console.print("not started (no experiences.md yet)")
-        return
-    console.print(ledger_header(ledger), highlight=False)
-    console.print(ledger_table(ledger))
-    if (journal := read_journal(experiment)) is not None:
-        console.print(f"round {journal.round} in flight (phase {journal.phase})")
-    for note in control.pending_notes(experiment):
-        console.print(f"queued note: {note}", highlight=False)
-    if reason := control.stop_requested(experiment):
-        console.print(f"stop requested: {reason}", highlight=False)
+    guarded(lambda: show_status(experiment_dir, KIND))
 
 
 @app.command()
 def note(experiment_dir: DirArg, text: Annotated[str, typer.Argument(help="Guidance.")]) -> None:
     """Add guidance for the next round's brief (and its Note column)."""
-    def _note() -> None:
-        from spml.protocols.autoresearch import PROTOCOL_FILENAME
-        from spml.toolkit.loop import control
-        from spml.toolkit.loop.experiment import Experiment
-
-        control.add_note(Experiment.locate(experiment_dir, PROTOCOL_FILENAME), text)
-        console.print("note queued for the next round")
-
-    guarded(_note)
+    guarded(lambda: add_note(experiment_dir, KIND, text))
 
 
 @app.command()
 def stop(experiment_dir: DirArg) -> None:
     """Ask the running loop to end after its current step."""
-    def _stop() -> None:
-        from spml.protocols.autoresearch import PROTOCOL_FILENAME
-        from spml.toolkit.loop import control
-        from spml.toolkit.loop.experiment import Experiment
-
-        control.request_stop(Experiment.locate(experiment_dir, PROTOCOL_FILENAME))
-        console.print("stop requested: the loop ends after its current step")
-
-    guarded(_stop)
+    guarded(lambda: request_stop(experiment_dir, KIND))
 
 
 @app.command()

@@ -20,7 +20,7 @@ def demo(
     quiet_prefect(verbose)
 
     def _demo() -> None:
-        from spml.cli.autoresearch import run_loop
+        from spml.cli._loop import run_loop
         from spml.protocols.autoresearch import PROTOCOL_FILENAME
         from spml.toolkit.examples import DEMO_EXAMPLE, copy_example
         from spml.toolkit.loop.experiment import Experiment

@@ -129,6 +129,22 @@ class AutoresearchProtocol(_Section):
         """Per-round researcher timeout (default 2 x time_limit)."""
         return self.researcher.timeout or 2 * self.fixed.time_limit
 
+    # The accessors every loop kind's protocol offers the engine (see IterationProtocol).
+    @property
+    def editable_files(self) -> list[str]:
+        """Globs the researcher may change or create."""
+        return list(self.variable.files)
+
+    @property
+    def metric(self) -> str:
+        """The metric the loop optimises."""
+        return self.eval.metric
+
+    @property
+    def direction(self) -> Direction:
+        """Whether larger or smaller is better."""
+        return self.eval.direction
+
 
 TRAIN_GRACE_S = 30.0
 

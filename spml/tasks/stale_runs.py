@@ -23,18 +23,18 @@ from prefect.context import get_run_context
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
-from spml.protocols.autoresearch import PROTOCOL_FILENAME
 from spml.toolkit.loop.control import swap_supervisor_run
 from spml.toolkit.loop.experiment import Experiment
+from spml.toolkit.loop.kind import kind_named
 
 UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED]
 
 
 @task(name="crash-stale-runs", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def crash_stale_runs(experiment_dir: str) -> int:
+def crash_stale_runs(experiment_dir: str, kind: str = "autoresearch") -> int:
     """Set Crashed on the previous supervisor's unfinished run and its round subflows."""
     current = get_run_context().task_run.flow_run_id
-    experiment = Experiment.locate(experiment_dir, PROTOCOL_FILENAME)
+    experiment = Experiment.locate(experiment_dir, kind_named(kind).protocol_filename)
     previous = swap_supervisor_run(experiment, str(current))
     if previous is None:
         return 0

@@ -24,7 +24,10 @@ EXPECTED = {
     "autoresearch/nightly": "spml.flows.autoresearch.autoresearch_flow",
     "watchdog/default": "spml.flows.watchdog.watchdog_flow",
     "validate/default": "spml.flows.validate.validate_flow",
+    "ml-iteration/default": "spml.flows.iteration.iteration_flow",
 }
+FLOW_NAMES = {"autoresearch_flow": "autoresearch", "watchdog_flow": "watchdog",
+              "validate_flow": "validate", "iteration_flow": "ml-iteration"}
 
 
 def _load() -> dict[str, Any]:
@@ -32,7 +35,7 @@ def _load() -> dict[str, Any]:
 
 
 CONFIG = _load()
-DEPLOYMENTS = {f"{d['entrypoint'].rsplit('.', 1)[1].removesuffix('_flow')}/{d['name']}": d
+DEPLOYMENTS = {f"{FLOW_NAMES[d['entrypoint'].rsplit('.', 1)[1]]}/{d['name']}": d
                for d in CONFIG["deployments"]}
 
 

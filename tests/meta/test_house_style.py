@@ -59,3 +59,32 @@ def test_flows_only_orchestrate() -> None:
         source = path.read_text()
         for banned in ("subprocess", "open(", "import re\n", "os.system"):
             assert banned not in source, f"{path.name} uses {banned!r}"
+
+
+def _imported(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+    return names
+
+
+def test_cli_never_imports_tasks() -> None:
+    # The CLI reaches Prefect through flows only; errors it needs live in spml.errors.
+    for path in (PACKAGE / "cli").rglob("*.py"):
+        assert not any(n.startswith("spml.tasks") for n in _imported(path)), path.name
+
+
+def test_watchdog_never_imports_the_loop_engine() -> None:
+    for path in (PACKAGE / "toolkit" / "watchdog").rglob("*.py"):
+        assert not any(n.startswith("spml.toolkit.loop") for n in _imported(path)), path.name
+
+
+def test_no_flat_module_where_a_package_exists() -> None:
+    # Issue 9's move: git*/process/metrics/loop modules live in their packages only.
+    toolkit = PACKAGE / "toolkit"
+    flat = sorted(p.name for p in toolkit.glob("*.py")
+                  if p.stem.startswith("git") or (toolkit / p.stem).is_dir())
+    assert flat == [], flat

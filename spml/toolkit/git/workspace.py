@@ -139,6 +139,14 @@ class Workspace:
     def _branch_ref(self) -> str:
         return f"refs/heads/{self.branch}"
 
+    def head_tree(self) -> str:
+        """The tree id of the branch's commit."""
+        return gittrees.tree_of(self._runner, self.head())
+
+    def state_tree(self) -> str:
+        """The tree id of the worktree as it is now (tracked and untracked, not ignored)."""
+        return gittrees.state_tree(self._runner, self.head())
+
     def head(self) -> str:
         """The commit sha the worktree's HEAD resolves to."""
         return self._runner.resolve_commit("HEAD")
@@ -284,6 +292,33 @@ class Workspace:
                                tree, config=self._runner.identity_config())
         self._runner.run("update-ref", "-m", f"spml: archive round {round_no}", ref, sha)
         return sha
+
+    def attempt(self, round_no: int) -> str | None:
+        """The archived attempt commit of a rolled-back round, if one was kept."""
+        return self._runner.probe("rev-parse", "--verify", "-q",
+                                  f"{PRIVATE_REF_PREFIX}attempts/{round_no}^{{commit}}")
+
+    def find_commit(self, trailer: str) -> str | None:
+        """The newest commit on the branch whose message has the line ``trailer``."""
+        found = self._runner.probe("log", "-1", "--format=%H", "--fixed-strings",
+                                   f"--grep={trailer}", self._branch_ref)
+        return found or None
+
+    def replay(self, commit: str, *, revert: bool) -> None:
+        """Apply ``commit``'s change (or its reverse) to the worktree, uncommitted.
+
+        Raises:
+            GitStateError: it does not apply cleanly; the worktree is reset to HEAD.
+        """
+        self._require_on_branch()
+        verb = "revert" if revert else "cherry-pick"
+        try:
+            self._runner.run(verb, "--no-commit", commit, config=self._runner.identity_config())
+        except GitStateError:
+            self._runner.probe(verb, "--abort")
+            self.rollback(self.head())
+            raise GitStateError(f"the change of {commit[:7]} does not apply cleanly on "
+                                f"HEAD {self.head()[:7]}") from None
 
     def restore_paths(self, commit: str, paths: Sequence[str]) -> None:
         """Make these repo-relative paths as in ``commit``, in the worktree and the index.

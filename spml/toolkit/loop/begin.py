@@ -13,8 +13,9 @@ from pathlib import Path
 from spml.toolkit.files import write_atomic
 from spml.toolkit.git.workspace import GitSnapshot
 from spml.toolkit.loop import control
-from spml.toolkit.loop.brief import BriefInputs, render_brief
+from spml.toolkit.loop.brief import BriefInputs
 from spml.toolkit.loop.ledger import Journal, read_ledger, write_journal
+from spml.toolkit.loop.overrides import apply_overrides
 from spml.toolkit.loop.session import LoopSession, reload_protocol
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, Round
         notes = control.take_notes(session.experiment, round_no)
         if protocol_note:
             notes.append(protocol_note)
+        notes += apply_overrides(session)
     workspace = session.workspace
     base = workspace.head()
     workspace.rollback(base)
@@ -66,9 +68,9 @@ def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, Round
 def _brief(session: LoopSession, plan: RoundPlan) -> str:
     ledger = read_ledger(session.experiment)
     assert ledger is not None
-    human = [n for n in plan.notes if not n.startswith("protocol edit")]
-    return render_brief(BriefInputs(session.protocol, session.prose(), ledger, plan.round_no,
-                                    session.max_rounds, human))
+    human = [n for n in plan.notes if not n.startswith(("protocol edit", "override "))]
+    return session.kind.render_brief(BriefInputs(session.protocol, session.prose(), ledger,
+                                                 plan.round_no, session.max_rounds, human))
 
 
 def supervisor_files(session: LoopSession, plan_round: int) -> list[Path]:

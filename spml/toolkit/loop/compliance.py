@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spml.protocols.autoresearch import PROTOCOL_FILENAME
 from spml.toolkit.files import write_atomic
 from spml.toolkit.git.workspace import FileChange, GitSnapshot
 from spml.toolkit.globs import compile_globs
 from spml.toolkit.loop.begin import RoundPlan
+from spml.toolkit.loop.experiment import STAGE_OF_PROTOCOL
 from spml.toolkit.loop.session import LoopSession
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,8 @@ def check_round(session: LoopSession, plan: RoundPlan,
     fixed = session.fixed_paths(plan.base)
     violations = check_compliance(
         plan.snapshot, workspace.snapshot(), workspace.changes_since(plan.base),
-        exp_rel=session.experiment.exp_rel, variable=session.protocol.variable.files,
-        fixed=session.protocol.fixed.files, fixed_module_names=_module_names(fixed),
+        exp_rel=session.experiment.exp_rel, variable=session.protocol.editable_files,
+        fixed=session.fixed_globs, fixed_module_names=_module_names(fixed),
     )
     skip = () if after_researcher else (str(session.experiment.protocol_path),)
     violations += restore_supervisor_files(plan, skip)
@@ -208,7 +208,7 @@ def restore_supervisor_files(plan: RoundPlan, skip: tuple[str, ...] = ()) -> lis
         else:
             write_atomic(path, content)
         reason = (f"{path.name} changed while the researcher ran (restored: edit the protocol "
-                  "between rounds)" if path.name == PROTOCOL_FILENAME else
+                  "between rounds)" if path.name in STAGE_OF_PROTOCOL else
                   f"modified supervisor file {path.name} (restored)")
         violations.append(Violation(path.name, reason))
     return violations

@@ -22,6 +22,9 @@ from spml.errors import GitStateError, SpmlError
 
 STATE_DIRNAME = ".spml"
 LEDGER_FILENAME = "experiences.md"
+# The loop kind (stage) each protocol file starts; its state lives in `.spml/<stage>/`.
+STAGE_OF_PROTOCOL = {"autoresearch-protocol.md": "autoresearch",
+                     "iteration-protocol.md": "ml-iteration"}
 
 
 class LoopAlreadyRunning(SpmlError, RuntimeError):
@@ -36,6 +39,11 @@ class Experiment:
     repo_root: Path
     git_dir: Path
     protocol_filename: str
+
+    @property
+    def stage(self) -> str:
+        """The loop kind this experiment runs (`autoresearch`, `ml-iteration`)."""
+        return STAGE_OF_PROTOCOL.get(self.protocol_filename, "autoresearch")
 
     @classmethod
     def locate(cls, exp_dir: Path | str, protocol_filename: str) -> Experiment:
@@ -84,9 +92,14 @@ class Experiment:
         return self.exp_dir / LEDGER_FILENAME
 
     @property
-    def state_dir(self) -> Path:
-        """The supervisor's private state directory."""
+    def state_root(self) -> Path:
+        """`.spml/`: every loop kind's state, and the supervisor lock."""
         return self.exp_dir / STATE_DIRNAME
+
+    @property
+    def state_dir(self) -> Path:
+        """The supervisor's private state directory of this loop kind (`.spml/<stage>/`)."""
+        return self.state_root / self.stage
 
     def round_dir(self, round_no: int) -> Path:
         """Per-round files: brief, strategy, logs."""
@@ -105,7 +118,7 @@ class ExperimentLock:
     """An exclusive advisory lock on the experiment; the kernel releases it if we are killed."""
 
     def __init__(self, experiment: Experiment) -> None:
-        self._path = experiment.state_dir / "supervisor.lock"
+        self._path = experiment.state_root / "supervisor.lock"
         self._fd: int | None = None
 
     def __enter__(self) -> ExperimentLock:

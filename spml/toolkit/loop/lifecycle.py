@@ -1,27 +1,23 @@
-"""Opening, steering and closing an Auto Research loop (the parts around the rounds)."""
+"""Opening, steering and closing a loop of any kind (the parts around the rounds)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from spml.errors import ProtocolError
-from spml.protocols.autoresearch import (
-    PROTOCOL_FILENAME,
-    AutoresearchProtocol,
-    load_protocol,
-    locked_changes,
-)
 from spml.protocols.experiences import ExperienceRow, Experiences, Status
 from spml.toolkit.git.workspace import Workspace, ensure_excluded
 from spml.toolkit.loop import control
 from spml.toolkit.loop.experiment import Experiment
+from spml.toolkit.loop.incumbent import find_incumbent
+from spml.toolkit.loop.kind import AUTORESEARCH, LoopKind, refuse_other_kinds
 from spml.toolkit.loop.ledger import read_ledger, write_ledger
+from spml.toolkit.loop.measurement import Measurement, SeedRecord, save_measurement
 from spml.toolkit.loop.policies import target_reached
 from spml.toolkit.loop.recovery import recover_unfinished_round
 from spml.toolkit.loop.session import (
-    STAGE,
     LoopSession,
     accepted_protocol,
     preflight,
@@ -41,24 +37,29 @@ class NextStep:
     reason: str = ""
 
 
-def open_loop(experiment_dir: str, max_rounds: int | None = None) -> LoopSession:
+def open_loop(experiment_dir: str, max_rounds: int | None = None,
+              kind: LoopKind = AUTORESEARCH) -> LoopSession:
     """Validate the protocol, prepare the worktree, finish or undo an interrupted round.
 
     Raises:
-        ProtocolError: the protocol is invalid, or a locked field changed since the loop began.
+        ProtocolError: the protocol is invalid, a locked field changed since the loop began,
+            or the directory holds another loop kind.
         GitStateError: the directory is not in a git repository with a commit.
     """
-    experiment = Experiment.locate(experiment_dir, PROTOCOL_FILENAME)
-    protocol = load_protocol(experiment.protocol_path)
-    previous = accepted_protocol(experiment)
+    experiment = Experiment.locate(experiment_dir, kind.protocol_filename)
+    refuse_other_kinds(kind, experiment.exp_dir)
+    _move_flat_state(experiment)
+    protocol = kind.load_protocol(experiment.protocol_path)
+    previous = accepted_protocol(experiment, kind)
     if previous is not None:
-        _refuse_locked_edits(previous, protocol)
+        _refuse_locked_edits(kind, previous, protocol)
     if max_rounds is not None and max_rounds < 0:
         raise ProtocolError(f"max_rounds must be >= 0, got {max_rounds!r} (command line).")
     ensure_excluded(experiment.repo_root, ".spml/")
-    workspace = Workspace.open_or_create(experiment.repo_root, experiment.worktree_dir(STAGE),
-                                         experiment.branch(STAGE))
-    session = LoopSession(experiment, protocol, workspace, max_rounds)
+    workspace = Workspace.open_or_create(experiment.repo_root,
+                                         experiment.worktree_dir(kind.name),
+                                         experiment.branch(kind.name))
+    session = LoopSession(experiment, protocol, workspace, max_rounds, kind)
     preflight(session)
     save_session(experiment, protocol, max_rounds)
     if control.stop_requested(experiment):
@@ -69,30 +70,62 @@ def open_loop(experiment_dir: str, max_rounds: int | None = None) -> LoopSession
     return session
 
 
-def _refuse_locked_edits(previous: AutoresearchProtocol, protocol: AutoresearchProtocol) -> None:
-    changed = locked_changes(previous, protocol)
+# Before loop kinds, Auto Research kept its state directly in `.spml/`.
+_FLAT_STATE = ("session.json", "round.json", "rounds", "notes", "optuna.db", "stop-requested",
+               "supervisor-run.txt", "train.pid", "eval.pid")
+
+
+def _move_flat_state(experiment: Experiment) -> None:
+    root = experiment.state_root
+    if experiment.stage != AUTORESEARCH.name or not (root / "session.json").is_file():
+        return
+    experiment.state_dir.mkdir(parents=True, exist_ok=True)
+    for name in _FLAT_STATE:
+        if (root / name).exists() and not (experiment.state_dir / name).exists():
+            (root / name).rename(experiment.state_dir / name)
+    log.info("moved the loop state of an older spml into %s", experiment.state_dir)
+
+
+def _refuse_locked_edits(kind: LoopKind, previous: Any, protocol: Any) -> None:
+    changed = kind.locked_changes(previous, protocol)
     if changed:
         raise ProtocolError(
-            f"{PROTOCOL_FILENAME}: {', '.join(changed)} changed since this loop started; these "
-            "fields cannot change mid-run because the recorded best would no longer be "
+            f"{kind.protocol_filename}: {', '.join(changed)} changed since this loop started; "
+            "these fields cannot change mid-run because the recorded best would no longer be "
             "comparable. Restore them, or start a new experiment directory."
         )
 
 
 def _open_ledger(session: LoopSession) -> None:
     p = session.protocol
+    metric = p.metric or "criteria"
     ledger = read_ledger(session.experiment)
     if ledger is None:
-        ledger = Experiences(metric=p.eval.metric, max_rounds=session.max_rounds)
-        if p.baseline is not None:
+        ledger = Experiences(metric=metric, max_rounds=session.max_rounds,
+                             direction=p.direction, columns=session.kind.columns(p))
+        if getattr(p, "baseline", None) is not None:
+            _given_baseline(session, p.baseline)
             ledger = ledger.with_row(ExperienceRow(
                 round=0, compliance="pass", result=p.baseline, verdict="committed",
                 strategy="baseline", insight="baseline given in the protocol (not measured)"))
-    elif ledger.metric != p.eval.metric:
+    elif ledger.metric != metric:
         raise ProtocolError(f"experiences.md tracks metric {ledger.metric!r} but the protocol "
-                            f"says {p.eval.metric!r}. Use a new experiment directory.")
-    write_ledger(session.experiment, ledger.model_copy(
-        update={"max_rounds": session.max_rounds, "status": "running"}))
+                            f"says {metric!r}. Use a new experiment directory.")
+    elif ledger.direction is not None and p.direction is not None and \
+            ledger.direction != p.direction:
+        raise ProtocolError(f"experiences.md records direction {ledger.direction} but the "
+                            f"protocol says {p.direction}. Use a new experiment directory.")
+    write_ledger(session.experiment, ledger.model_copy(update={
+        "max_rounds": session.max_rounds, "status": "running",
+        "direction": ledger.direction or p.direction}))
+
+
+def _given_baseline(session: LoopSession, value: float) -> None:
+    """Round 0 of a baseline given in the protocol: a record of where the number came from."""
+    save_measurement(session.experiment.round_dir(0), Measurement(
+        round=0, tree=session.workspace.head_tree(), primary=session.protocol.metric,
+        seeds=(SeedRecord(seed=0, metrics={session.protocol.metric: value}),),
+        source="protocol"))
 
 
 def next_step(session: LoopSession) -> NextStep:
@@ -105,13 +138,25 @@ def next_step(session: LoopSession) -> NextStep:
         return NextStep("end", status="stopped", reason="stop requested")
     best = ledger.best
     p = session.protocol
-    if best is not None and target_reached(best.result, p.target, p.eval.direction):
-        return NextStep("end", status="target_reached",
-                        reason=f"target {p.target:g} reached in round {best.round}")
+    if session.kind is AUTORESEARCH:
+        if best is not None and target_reached(best.result, p.target, p.eval.direction):
+            return NextStep("end", status="target_reached",
+                            reason=f"target {p.target:g} reached in round {best.round}")
+    elif _all_criteria_pass(session):
+        return NextStep("end", status="target_reached", reason="every review criterion passes "
+                        f"at {session.workspace.head()[:7]}")
     if ledger.rounds_done >= session.max_rounds:
         return NextStep("end", status="completed",
                         reason=f"{ledger.rounds_done} of {session.max_rounds} rounds done")
     return NextStep("round", ledger.rounds_done + 1)
+
+
+def _all_criteria_pass(session: LoopSession) -> bool:
+    incumbent = find_incumbent(session)
+    if incumbent is None:
+        return False
+    decision = session.kind.make_policy(session.protocol).judge(incumbent, None)
+    return decision.stop
 
 
 def close_loop(session: LoopSession, step: NextStep) -> Experiences:

@@ -1,44 +1,34 @@
-"""S3 train and S4 evaluate: the fixed commands, run with hard limits, metric from stdout only.
+"""S3 train and S4 evaluate: the fixed commands, run with hard limits, metrics from stdout only.
 
-With `acceptance.repeats > 1` train+eval run that many times with seeds 0..n-1 (`SPML_SEED`); the
-mean decides. Every training run starts from the tracked files alone: ignored files (outputs,
-`__pycache__`) left by the researcher or an earlier run are removed first, so a stale checkpoint
-can never be evaluated in place of a fresh one.
+With `acceptance.repeats > 1` train+eval run that many times with seeds 0..n-1 (`SPML_SEED`).
+Every training run starts from the tracked files alone: ignored files (outputs, `__pycache__`)
+left by the researcher or an earlier run are removed first, so a stale checkpoint can never be
+evaluated in place of a fresh one. Each seed's record (every metric the eval printed, train wall
+time, time to the first step line, the training-output scan, custom checks) is written to
+`rounds/NNNN/measurement.json` with the git tree that was measured.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from typing import Any
 
 from spml.errors import MetricNotFound
 from spml.toolkit.loop.begin import RoundPlan
-from spml.toolkit.loop.compliance import Violation, check_round, verify_fixed_files
+from spml.toolkit.loop.compliance import check_round, verify_fixed_files
+from spml.toolkit.loop.measurement import (
+    CheckResult,
+    Measurement,
+    SeedRecord,
+    ViolationRecord,
+    save_measurement,
+)
+from spml.toolkit.loop.observe import FirstStepClock, read_lines, scan_training_output
 from spml.toolkit.loop.session import LoopSession
-from spml.toolkit.metrics.output import parse_metric
+from spml.toolkit.metrics.output import find_pairs, parse_metric
 from spml.toolkit.process.runner import CommandResult, ExitKind, run_command, supervisor_path
 
-
-@dataclass(frozen=True)
-class Measurement:
-    """The outcome of S3+S4 over all repeats."""
-
-    values: tuple[float, ...] = ()
-    cause: str = ""                       # why measuring failed ("" = it did not)
-    violations: tuple[Violation, ...] = ()
-    train_s: float = 0.0
-    eval_s: float = 0.0
-    logs: tuple[str, ...] = field(default=(), repr=False)
-
-    @property
-    def ok(self) -> bool:
-        """All repeats produced a finite metric value."""
-        return not self.cause and not self.violations and bool(self.values)
-
-    @property
-    def mean(self) -> float | None:
-        """Mean over repeats, or None when nothing was measured."""
-        return sum(self.values) / len(self.values) if self.values else None
+__all__ = ["Measurement", "command_env", "measure"]
 
 
 def command_env(session: LoopSession, round_no: int, seed: int) -> dict[str, str]:
@@ -57,35 +47,68 @@ def command_env(session: LoopSession, round_no: int, seed: int) -> dict[str, str
 
 
 def measure(session: LoopSession, plan: RoundPlan) -> Measurement:
-    """Run train then eval ``acceptance.repeats`` times and parse the metric."""
-    values: list[float] = []
-    train_s = eval_s = 0.0
+    """Run train then eval ``acceptance.repeats`` times; record and return what was measured."""
+    result = Measurement(round=plan.round_no, tree=session.workspace.state_tree(),
+                         primary=session.protocol.metric if _strict(session) else None)
+    seeds: list[SeedRecord] = []
     for seed in range(session.protocol.acceptance.repeats):
-        train = _train(session, plan, seed)
-        train_s += train.duration_s
-        if not train.ok:
-            return Measurement(tuple(values), _train_cause(train, session), (), train_s, eval_s)
-        violations = verify_fixed_files(session, plan) + check_round(session, plan,
-                                                                     after_researcher=False)
-        if violations:
-            return Measurement(tuple(values), "", tuple(violations), train_s, eval_s)
-        value, cause, duration = _evaluate(session, plan, seed)
-        eval_s += duration
-        if cause:
-            return Measurement(tuple(values), cause, (), train_s, eval_s)
-        values.append(value)
-    return Measurement(tuple(values), "", (), train_s, eval_s)
+        record, cause, violations = _measure_seed(session, plan, seed)
+        if record is not None:
+            seeds.append(record)
+        if cause or violations:
+            result = result.model_copy(update={"cause": cause, "violations": tuple(
+                ViolationRecord(path=v.path, reason=v.reason) for v in violations)})
+            break
+    result = result.model_copy(update={"seeds": tuple(seeds)})
+    save_measurement(session.experiment.round_dir(plan.round_no), result)
+    return result
 
 
-def _train(session: LoopSession, plan: RoundPlan, seed: int) -> CommandResult:
+def _strict(session: LoopSession) -> bool:
+    """Auto Research lives on one metric: an eval without it fails the round."""
+    return session.kind.name == "autoresearch"
+
+
+def _measure_seed(session: LoopSession, plan: RoundPlan,
+                  seed: int) -> tuple[SeedRecord | None, str, list[Any]]:
+    train, first_step_s = _train(session, plan, seed)
+    facts = _scan(session, train)
+    if not train.ok:
+        return None, _train_cause(train, session), []
+    violations = verify_fixed_files(session, plan) + check_round(session, plan,
+                                                                 after_researcher=False)
+    if violations:
+        return None, "", violations
+    metrics, cause, eval_s = _evaluate(session, plan, seed)
+    if cause:
+        return None, cause, []
+    record = SeedRecord(seed=seed, metrics=metrics, train_time_s=train.duration_s,
+                        first_step_time_s=first_step_s, eval_time_s=eval_s,
+                        custom=_custom_checks(session, plan, seed), **facts)
+    return record, "", []
+
+
+def _train(session: LoopSession, plan: RoundPlan, seed: int) -> tuple[CommandResult, float | None]:
     session.workspace.clean_ignored()
-    return run_command(
-        session.protocol.train_command, cwd=session.workdir,
-        log_dir=session.experiment.round_dir(plan.round_no), name=f"train-{seed}",
-        env=command_env(session, plan.round_no, seed),
-        time_limit_s=session.protocol.train_timeout_s,
-        pid_file=session.experiment.state_dir / "train.pid",
-    )
+    round_dir = session.experiment.round_dir(plan.round_no)
+    with FirstStepClock(round_dir / f"train-{seed}.stdout.log") as clock:
+        result = run_command(
+            session.protocol.train_command, cwd=session.workdir, log_dir=round_dir,
+            name=f"train-{seed}", env=command_env(session, plan.round_no, seed),
+            time_limit_s=session.protocol.train_timeout_s,
+            pid_file=session.experiment.state_dir / "train.pid",
+        )
+    return result, clock.first_step_s
+
+
+def _scan(session: LoopSession, train: CommandResult) -> dict[str, Any]:
+    criteria = getattr(session.protocol, "review_criteria", None)
+    stability = criteria.stability if criteria is not None else None
+    patterns = stability.forbid_patterns if stability is not None else []
+    scan = scan_training_output(read_lines(train.stdout_path, train.stderr_path), patterns)
+    return {"step_lines": scan.step_lines, "step_keys": sorted(scan.step_keys),
+            "nonfinite_keys": sorted(scan.nonfinite_keys), "pattern_hits": scan.pattern_hits,
+            "reported": scan.reported()}
 
 
 def _train_cause(result: CommandResult, session: LoopSession) -> str:
@@ -95,7 +118,8 @@ def _train_cause(result: CommandResult, session: LoopSession) -> str:
     return f"train crashed: {result.describe()}"
 
 
-def _evaluate(session: LoopSession, plan: RoundPlan, seed: int) -> tuple[float, str, float]:
+def _evaluate(session: LoopSession, plan: RoundPlan,
+              seed: int) -> tuple[dict[str, float], str, float]:
     # Bytecode written during training must not stand in for the fixed eval sources.
     session.workspace.clean_ignored(keep=lambda path: "__pycache__" not in path.split("/"))
     result = run_command(
@@ -106,16 +130,50 @@ def _evaluate(session: LoopSession, plan: RoundPlan, seed: int) -> tuple[float, 
         pid_file=session.experiment.state_dir / "eval.pid",
     )
     if result.kind is ExitKind.TIMEOUT:
-        return math.nan, f"eval killed: exceeded {session.protocol.eval_timeout_s:g}s", \
+        return {}, f"eval killed: exceeded {session.protocol.eval_timeout_s:g}s", \
             result.duration_s
     if not result.ok:
-        return math.nan, f"eval failed: {result.describe()}", result.duration_s
-    metric = session.protocol.eval.metric
-    try:
-        value = parse_metric(result.stdout_text(), metric, where=str(result.stdout_path))
-    except MetricNotFound:
-        return math.nan, f"eval printed no {metric} value on stdout", result.duration_s
-    if not math.isfinite(value):
-        return math.nan, f"eval reported {metric}={value} (not a finite number)", \
-            result.duration_s
-    return value, "", result.duration_s
+        return {}, f"eval failed: {result.describe()}", result.duration_s
+    text = result.stdout_text()
+    metrics = {k: v for k, v in find_pairs(text).items() if math.isfinite(v)}
+    for name in _named_metrics(session):
+        metrics.pop(name, None)
+        try:  # the strict reading (last occurrence, JSON last line) decides named metrics
+            metrics[name] = parse_metric(text, name, where=str(result.stdout_path))
+        except MetricNotFound:
+            continue
+    cause = _primary_cause(session, metrics)
+    return metrics, cause, result.duration_s
+
+
+def _named_metrics(session: LoopSession) -> list[str]:
+    criteria = getattr(session.protocol, "review_criteria", None)
+    names = [session.protocol.metric] if session.protocol.metric else []
+    return names + [c.name for c in criteria.metrics] if criteria is not None else names
+
+
+def _primary_cause(session: LoopSession, metrics: dict[str, float]) -> str:
+    metric = session.protocol.metric
+    if not _strict(session):
+        return ""  # ml-iteration: a missing metric fails its criterion, not the round
+    if metric not in metrics:
+        return f"eval printed no {metric} value on stdout"
+    value = metrics[metric]
+    return "" if math.isfinite(value) else f"eval reported {metric}={value} (not a finite number)"
+
+
+def _custom_checks(session: LoopSession, plan: RoundPlan, seed: int) -> dict[str, CheckResult]:
+    criteria = getattr(session.protocol, "review_criteria", None)
+    out = {}
+    for check in criteria.custom if criteria is not None else []:
+        result = run_command(
+            check.command, cwd=session.workdir,
+            log_dir=session.experiment.round_dir(plan.round_no),
+            name=f"check-{check.name}-{seed}", env=command_env(session, plan.round_no, seed),
+            time_limit_s=check.timeout or session.protocol.eval_timeout_s,
+            pid_file=session.experiment.state_dir / "eval.pid",
+        )
+        cause = "" if result.ok else result.describe()
+        out[check.name] = CheckResult(exit_code=result.exit_code if result.kind is not
+                                      ExitKind.TIMEOUT else None, cause=cause)
+    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spml.protocols.experiences import ExperienceRow
+from spml.protocols.experiences import KEPT, ExperienceRow
 from spml.toolkit.loop.faults import crash_point
 from spml.toolkit.loop.ledger import clear_journal, read_ledger, write_ledger
 from spml.toolkit.loop.session import LoopSession
@@ -16,8 +16,11 @@ def record(session: LoopSession, row: ExperienceRow) -> None:
     ledger = read_ledger(session.experiment)
     assert ledger is not None
     if not ledger.has_round(row.round):
-        write_ledger(session.experiment, ledger.with_row(row))
+        ledger = ledger.with_row(row)
+        if session.kind.name != "autoresearch" and row.verdict in KEPT:
+            ledger = ledger.model_copy(update={"best_commit": session.workspace.head()[:12]})
+        write_ledger(session.experiment, ledger)
     crash_point("after-ledger", row.round)
     value = row.result if row.compliance == "pass" else None
-    session.researcher().observe(row.round, value, row.verdict == "committed")
+    session.researcher().observe(row.round, value, row.verdict in KEPT)
     clear_journal(session.experiment)

@@ -1,4 +1,4 @@
-"""Writing a new `autoresearch-protocol.md` (used by `spml autoresearch create`)."""
+"""Writing a new protocol file (`spml autoresearch create`, `spml iteration create`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from spml.errors import ProtocolError
+from spml.protocols import iteration
 from spml.protocols.autoresearch import PROTOCOL_FILENAME, AutoresearchProtocol, load_protocol
 from spml.protocols.frontmatter import dump_front_matter
 from spml.toolkit.files import write_atomic
@@ -58,4 +59,22 @@ def write_protocol(exp_dir: Path, fields: dict[str, Any]) -> Path:
     AutoresearchProtocol.model_validate(fields)
     write_atomic(path, f"---\n{dump_front_matter(fields)}---\n\n{BODY}")
     load_protocol(path)  # the file as written must load back
+    return path
+
+
+ITERATION_BODY = """# ml-iteration protocol
+
+Initial hints for the researcher: what to try first, what must not change. The researcher sees
+this text in every round brief, with the review criteria above.
+"""
+
+
+def write_iteration_protocol(exp_dir: Path, fields: dict[str, Any]) -> Path:
+    """Validate ``fields`` and write them as a new `iteration-protocol.md` in ``exp_dir``."""
+    path = exp_dir / iteration.PROTOCOL_FILENAME
+    if path.exists():
+        raise ProtocolError(f"{path} already exists; edit it, or remove it to start over.")
+    iteration.IterationProtocol.model_validate(fields)
+    write_atomic(path, f"---\n{dump_front_matter(fields)}---\n\n{ITERATION_BODY}")
+    iteration.load_protocol(path)  # the file as written must load back
     return path

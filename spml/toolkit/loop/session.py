@@ -13,22 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from spml.errors import ProtocolError
-from spml.protocols.autoresearch import (
-    PROTOCOL_FILENAME,
-    AutoresearchProtocol,
-    load_protocol,
-    locked_changes,
-    read_protocol_body,
-)
 from spml.toolkit.files import write_atomic
 from spml.toolkit.git.workspace import Workspace
 from spml.toolkit.globs import compile_globs
 from spml.toolkit.loop.experiment import Experiment
+from spml.toolkit.loop.kind import AUTORESEARCH, LoopKind
 from spml.toolkit.loop.ledger import read_json
 from spml.toolkit.loop.researchers import Researcher, make_researcher
 
 log = logging.getLogger(__name__)
-STAGE = "autoresearch"
+STAGE = AUTORESEARCH.name  # kept for callers that name Auto Research's branch
 
 
 @dataclass(frozen=True)
@@ -36,23 +30,25 @@ class LoopSession:
     """What every step of the loop needs."""
 
     experiment: Experiment
-    protocol: AutoresearchProtocol
+    protocol: Any  # the kind's protocol model (AutoresearchProtocol, IterationProtocol)
     workspace: Workspace
     max_rounds_override: int | None = None
+    kind: LoopKind = AUTORESEARCH
 
     @classmethod
-    def load(cls, experiment_dir: str | Path) -> LoopSession:
-        """Rebuild the session of a loop that was opened before (see `open_session`)."""
-        experiment = Experiment.locate(experiment_dir, PROTOCOL_FILENAME)
+    def load(cls, experiment_dir: str | Path, kind: LoopKind = AUTORESEARCH) -> LoopSession:
+        """Rebuild the session of a loop that was opened before (see `open_loop`)."""
+        experiment = Experiment.locate(experiment_dir, kind.protocol_filename)
         state = read_json(_session_path(experiment), None)
         if state is None:
+            command = "autoresearch" if kind is AUTORESEARCH else "iteration"
             raise ProtocolError(f"no loop was opened in {experiment.exp_dir}; run "
-                                "`spml autoresearch run` first.")
-        protocol = AutoresearchProtocol.model_validate(state["accepted_protocol"])
+                                f"`spml {command} run` first.")
+        protocol = kind.protocol_model.model_validate(state["accepted_protocol"])
         workspace = Workspace.open_or_create(experiment.repo_root,
-                                             experiment.worktree_dir(STAGE),
-                                             experiment.branch(STAGE))
-        return cls(experiment, protocol, workspace, state.get("max_rounds_override"))
+                                             experiment.worktree_dir(kind.name),
+                                             experiment.branch(kind.name))
+        return cls(experiment, protocol, workspace, state.get("max_rounds_override"), kind)
 
     @property
     def max_rounds(self) -> int:
@@ -68,12 +64,18 @@ class LoopSession:
 
     def prose(self) -> str:
         """The protocol's prose body, read fresh (edits apply at the next round)."""
-        return read_protocol_body(self.experiment.protocol_path)
+        return self.kind.read_body(self.experiment.protocol_path)
+
+    @property
+    def fixed_globs(self) -> list[str]:
+        """What the researcher may never touch: fixed.files and the kind's implicit locks."""
+        return [*self.protocol.fixed.files, *self.kind.implicit_fixed]
 
     def researcher(self) -> Researcher:
         """The protocol's researcher, bound to this experiment's state directory."""
         return make_researcher(self.protocol.researcher, state_dir=self.experiment.state_dir,
-                               direction=self.protocol.eval.direction, workdir=self.workdir)
+                               direction=self.protocol.direction or "maximize",
+                               workdir=self.workdir)
 
     def in_experiment(self, repo_path: str) -> str | None:
         """``repo_path`` relative to the experiment dir, or None if outside it."""
@@ -85,7 +87,7 @@ class LoopSession:
 
     def fixed_paths(self, commit: str) -> dict[str, str]:
         """Repo path -> blob id of every fixed file in ``commit``."""
-        is_fixed = compile_globs(self.protocol.fixed.files)
+        is_fixed = compile_globs(self.fixed_globs)
 
         def pred(path: str) -> bool:
             inner = self.in_experiment(path)
@@ -105,6 +107,9 @@ def preflight(session: LoopSession) -> None:
         if not any(compile_globs([glob])(f) for f in files):
             raise ProtocolError(f"fixed.files pattern {glob!r} must match a committed file, "
                                 "matches none. Commit the file or fix the pattern.")
+    if session.kind is not AUTORESEARCH:
+        _check_params_file(p, compile_globs(session.fixed_globs))
+        return
     is_variable, is_fixed = compile_globs(p.variable.files), compile_globs(p.fixed.files)
     overlap = [f for f in files if is_variable(f) and is_fixed(f)]
     if overlap:
@@ -116,11 +121,18 @@ def preflight(session: LoopSession) -> None:
                             f"{params_file!r}. Add it to variable.files.")
 
 
+def _check_params_file(p: Any, is_fixed: Any) -> None:
+    params_file = getattr(p.researcher, "params_file", None)
+    if params_file is not None and is_fixed(params_file):
+        raise ProtocolError(f"researcher.params_file {params_file!r} is a fixed file; the "
+                            "researcher must be able to edit it. Remove it from fixed.files.")
+
+
 def _session_path(experiment: Experiment) -> Path:
     return experiment.state_dir / "session.json"
 
 
-def save_session(experiment: Experiment, protocol: AutoresearchProtocol,
+def save_session(experiment: Experiment, protocol: Any,
                  max_rounds_override: int | None) -> None:
     """Record the accepted protocol and this run's overrides."""
     state: dict[str, Any] = {"accepted_protocol": protocol.model_dump(mode="json"),
@@ -128,10 +140,10 @@ def save_session(experiment: Experiment, protocol: AutoresearchProtocol,
     write_atomic(_session_path(experiment), json.dumps(state, indent=2, sort_keys=True))
 
 
-def accepted_protocol(experiment: Experiment) -> AutoresearchProtocol | None:
-    """The protocol the loop last accepted, if it ever ran."""
+def accepted_protocol(experiment: Experiment, kind: LoopKind = AUTORESEARCH) -> Any:
+    """The protocol the loop last accepted, if it ever ran (None otherwise)."""
     state = read_json(_session_path(experiment), None)
-    return None if state is None else AutoresearchProtocol.model_validate(
+    return None if state is None else kind.protocol_model.model_validate(
         state["accepted_protocol"])
 
 
@@ -142,21 +154,21 @@ def reload_protocol(session: LoopSession) -> tuple[LoopSession, str]:
         The session to use for the next round, and a note for the ledger ("" if nothing to say).
     """
     try:
-        fresh = load_protocol(session.experiment.protocol_path)
+        fresh = session.kind.load_protocol(session.experiment.protocol_path)
     except ProtocolError as exc:
         first = str(exc).splitlines()[-1].strip()
         log.warning("protocol edit ignored, the file is invalid: %s", exc)
         return session, f"protocol edit ignored (invalid: {first})"
     if fresh == session.protocol:
         return session, ""
-    locked = locked_changes(session.protocol, fresh)
+    locked = session.kind.locked_changes(session.protocol, fresh)
     if locked:
         message = (f"protocol edit refused: {', '.join(locked)} cannot change mid-run "
                    "(restore it, or stop and start a new experiment)")
         log.warning(message)
         return session, message
     candidate = LoopSession(session.experiment, fresh, session.workspace,
-                            session.max_rounds_override)
+                            session.max_rounds_override, session.kind)
     try:
         preflight(candidate)
     except ProtocolError as exc:

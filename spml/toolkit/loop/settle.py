@@ -11,15 +11,17 @@ import logging
 from dataclasses import dataclass
 
 from spml.errors import BaselineFailed
-from spml.protocols.experiences import ExperienceRow, format_result, format_value
+from spml.protocols.experiences import KEPT, ExperienceRow, format_result, format_value
 from spml.toolkit.loop.begin import RoundPlan
 from spml.toolkit.loop.compliance import Violation
 from spml.toolkit.loop.faults import crash_point
-from spml.toolkit.loop.ledger import Journal, clear_journal, read_ledger, write_journal
+from spml.toolkit.loop.incumbent import find_incumbent
+from spml.toolkit.loop.ledger import Journal, clear_journal, write_journal
 from spml.toolkit.loop.measure import Measurement
-from spml.toolkit.loop.policies import MinDeltaPolicy
+from spml.toolkit.loop.policies import Decision
 from spml.toolkit.loop.record import ROUND_TRAILER, record
 from spml.toolkit.loop.researchers import Proposal
+from spml.toolkit.loop.review import DIMENSION_COLUMNS
 from spml.toolkit.loop.session import LoopSession
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,8 @@ def decide(session: LoopSession, plan: RoundPlan, proposal: Proposal | None,
     if failed:
         return ExperienceRow(compliance="n/a", verdict="rolled_back", insight=failed, **base)
     assert measurement is not None
-    if not measurement.ok or measurement.mean is None:
+    scalar_missing = session.kind.name == "autoresearch" and measurement.mean is None
+    if not measurement.ok or scalar_missing:
         # No Result: a mean over the repeats that happened to finish is not the round's value,
         # and the researcher must learn that the round failed, not a partial number.
         return ExperienceRow(compliance="pass", verdict="rolled_back", insight=measurement.cause,
@@ -58,19 +61,44 @@ def decide(session: LoopSession, plan: RoundPlan, proposal: Proposal | None,
 
 def _judge(session: LoopSession, plan: RoundPlan, measurement: Measurement,
            base: dict) -> ExperienceRow:
-    value = measurement.mean
-    assert value is not None
-    result_text = format_result(list(measurement.values))
+    policy = session.kind.make_policy(session.protocol)
+    incumbent = None if plan.round_no == 0 else find_incumbent(session)
+    decision = policy.judge(measurement, incumbent)
+    samples = measurement.samples("metrics", session.protocol.metric or "")
+    value = sum(samples) / len(samples) if samples else None
+    result_text = format_result(samples) if samples and session.kind.name == "autoresearch" \
+        else ""
+    row = dict(compliance="pass", result=value, result_text=result_text,
+               extra=_dimension_cells(session, decision), **base)
     if plan.round_no == 0:
-        return ExperienceRow(compliance="pass", verdict="committed", result=value,
-                             result_text=result_text, insight="baseline measured on the base "
-                             "commit", **base)
-    ledger = read_ledger(session.experiment)
-    best = ledger.best.result if ledger and ledger.best else None
-    policy = MinDeltaPolicy(session.protocol.eval.direction, session.protocol.acceptance.min_delta)
-    verdict = "committed" if policy.improves(value, best) else "rolled_back"
-    return ExperienceRow(compliance="pass", verdict=verdict, result=value, result_text=result_text,
-                         insight=policy.explain(value, best), **base)
+        insight = "baseline measured on the base commit"
+        if session.kind.name != "autoresearch":
+            insight += "; " + ("all criteria pass" if decision.stop else _failing(decision))
+        return ExperienceRow(verdict="committed", insight=insight, **row)
+    if session.kind.name == "autoresearch":
+        best = incumbent.mean if incumbent is not None else None
+        return ExperienceRow(verdict=decision.verdict, insight=policy.explain(value, best), **row)
+    return ExperienceRow(verdict=decision.verdict, insight=decision.rationale, **row)
+
+
+def _failing(decision: Decision) -> str:
+    failing = [name for name, text in decision.per_criterion.items() if not
+               text.startswith("pass")]
+    return "failing: " + ", ".join(failing)
+
+
+def _dimension_cells(session: LoopSession, decision: Decision) -> dict[str, str]:
+    """ml-iteration's per-dimension columns: `name=value pass` per criterion."""
+    if session.kind.name == "autoresearch":
+        return {}
+    cells: dict[str, list[str]] = {}
+    for name, text in decision.per_criterion.items():
+        column = DIMENSION_COLUMNS[name.split(".", 1)[0]]
+        status, _, detail = text.partition(": ")
+        label = name.split(".", 1)[1] if "." in name else ""
+        shown = detail if detail.startswith(f"{label}=") else f"{label} {detail}".strip()
+        cells.setdefault(column, []).append(f"{status}: {shown}")
+    return {column: "; ".join(parts) for column, parts in cells.items()}
 
 
 def settle(session: LoopSession, plan: RoundPlan, row: ExperienceRow) -> RoundOutcome:
@@ -86,7 +114,7 @@ def settle(session: LoopSession, plan: RoundPlan, row: ExperienceRow) -> RoundOu
                     "Fix the training or evaluation command")
             raise BaselineFailed(f"the baseline (round 0) could not be measured: {row.insight}. "
                                  f"{hint}, then run again.")
-    elif row.verdict == "committed":
+    elif row.verdict in KEPT:
         write_journal(experiment, Journal(round=plan.round_no, base=plan.base,
                                           phase="committing", row=row.model_dump()))
         crash_point("before-commit", plan.round_no)
@@ -107,9 +135,12 @@ def settle(session: LoopSession, plan: RoundPlan, row: ExperienceRow) -> RoundOu
 
 
 def commit_message(session: LoopSession, row: ExperienceRow) -> str:
-    """`autoresearch: round N — <metric>=<value>`."""
+    """`autoresearch: round N — <metric>=<value>` / `ml-iteration: round N — <strategy>`."""
+    prefix = f"{session.kind.commit_prefix}: round {row.round} — "
+    if session.kind.name != "autoresearch":
+        return prefix + (row.strategy[:72] or row.verdict)
     value = format_value(row.result) if row.result is not None else "n/a"
-    return f"autoresearch: round {row.round} — {session.protocol.eval.metric}={value}"
+    return prefix + f"{session.protocol.eval.metric}={value}"
 
 
 def abort_round(session: LoopSession, plan: RoundPlan, reason: str) -> None:

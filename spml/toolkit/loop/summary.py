@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from spml.protocols.experiences import Experiences, Status, format_value, table_lines
+from spml.protocols.experiences import KEPT, Experiences, Status, format_value, table_lines
 
 
 class LoopSummary(BaseModel):
@@ -42,7 +42,7 @@ def summarize(ledger: Experiences, reason: str = "") -> LoopSummary:
     """Condense the ledger into a `LoopSummary`."""
     baseline = next((r.result for r in ledger.rows if r.round == 0), None)
     best = ledger.best
-    committed = [r for r in ledger.rows if r.round > 0 and r.verdict == "committed"]
+    committed = [r for r in ledger.rows if r.round > 0 and r.verdict in KEPT]
     return LoopSummary(
         metric=ledger.metric, status=ledger.status, reason=reason, baseline=baseline,
         best=best.result if best else None, best_round=best.round if best else None,
@@ -51,10 +51,11 @@ def summarize(ledger: Experiences, reason: str = "") -> LoopSummary:
     )
 
 
-def render_summary(summary: LoopSummary, ledger: Experiences) -> str:
+def render_summary(summary: LoopSummary, ledger: Experiences,
+                   title: str = "Auto Research") -> str:
     """Markdown for the summary artifact."""
     lines = [
-        f"# Auto Research: {summary.status}",
+        f"# {title}: {summary.status}",
         "",
         f"- **Result:** {summary.headline()}",
         f"- **Rounds:** {summary.rounds_done} / {summary.max_rounds}, "
@@ -65,6 +66,6 @@ def render_summary(summary: LoopSummary, ledger: Experiences) -> str:
         *(f"- {i}" for i in summary.insights or ["(no round beat the baseline)"]),
         "",
         "## Experiences",
-        *table_lines(ledger.rows),
+        *table_lines(ledger.rows, ledger.columns),
     ]
     return "\n".join(lines) + "\n"

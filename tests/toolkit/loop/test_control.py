@@ -99,6 +99,6 @@ def test_control_files_live_in_the_state_dir(experiment: Experiment) -> None:
     control.request_stop(experiment)
 
     state = experiment.state_dir
-    assert state == experiment.exp_dir / ".spml"
+    assert state == experiment.exp_dir / ".spml" / "autoresearch"
     assert (state / "stop-requested").is_file()
     assert (state / "notes" / "inbox").is_dir()

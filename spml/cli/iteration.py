@@ -1,0 +1,120 @@
+"""`spml iteration create | run | status | note | stop | override | demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spml.cli._loop import add_note, check_protocol, locate, request_stop, run_loop, show_status
+from spml.cli._output import console, guarded, quiet_prefect
+
+app = typer.Typer(help="ml-iteration: rounds reviewed against typed criteria, a person on the "
+                  "loop.", no_args_is_help=True)
+DirArg = Annotated[Path, typer.Argument(help="Experiment directory (holds the protocol).")]
+KIND = "ml-iteration"
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")]
+
+
+@app.command()
+def run(
+    experiment_dir: DirArg,
+    max_rounds: Annotated[int | None, typer.Option(help="Cap the rounds for this run.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run or resume the loop (exit 0 when it ends normally, 2 on a bad protocol)."""
+    quiet_prefect(verbose)
+    guarded(lambda: run_loop(check_protocol(experiment_dir, KIND), max_rounds, KIND))
+
+
+@app.command()
+def status(experiment_dir: DirArg) -> None:
+    """Show the ledger, the round in flight, queued notes and overrides."""
+    guarded(lambda: show_status(experiment_dir, KIND))
+
+
+@app.command()
+def note(experiment_dir: DirArg, text: Annotated[str, typer.Argument(help="Hint.")]) -> None:
+    """Add a hint for the next round's brief (its User Hint column)."""
+    guarded(lambda: add_note(experiment_dir, KIND, text))
+
+
+@app.command()
+def stop(experiment_dir: DirArg) -> None:
+    """Ask the running loop to end after its current step."""
+    guarded(lambda: request_stop(experiment_dir, KIND))
+
+
+@app.command()
+def override(
+    experiment_dir: DirArg,
+    round_no: Annotated[int, typer.Option("--round", help="The round to override.")],
+    verdict: Annotated[str, typer.Option(help="commit or rollback")],
+) -> None:
+    """Reverse a round's verdict; applied when the next round begins (never blocks the loop)."""
+    def _override() -> None:
+        from spml.toolkit.loop.overrides import queue_override
+
+        queue_override(locate(experiment_dir, KIND), round_no, verdict)
+        console.print(f"override queued: round {round_no} -> {verdict} (applied when the next "
+                      "round begins)")
+
+    guarded(_override)
+
+
+@app.command()
+def create(
+    experiment_dir: DirArg,
+    goal: Annotated[str, typer.Option(prompt="Goal (one sentence)")],
+    train_command: Annotated[str, typer.Option(prompt="Training command")],
+    eval_command: Annotated[str, typer.Option(prompt="Evaluation command")],
+    fixed: Annotated[str, typer.Option(prompt="Locked files: eval script, data loader (globs)")],
+    criterion: Annotated[str, typer.Option(prompt="Metric criterion, e.g. 'val_acc >= 0.9'")],
+    time_limit: Annotated[str, typer.Option(prompt="Training time limit (e.g. 300, 5min)")],
+    researcher_command: Annotated[str, typer.Option(prompt="Researcher (agent) command")],
+    max_rounds: Annotated[int, typer.Option(help="Rounds after the baseline.")] = 10,
+) -> None:
+    """Scaffold `iteration-protocol.md` from flags (missing ones are prompted for)."""
+    def _create() -> None:
+        from spml.toolkit.loop.scaffold import write_iteration_protocol
+
+        exp = experiment_dir.resolve()
+        exp.mkdir(parents=True, exist_ok=True)
+        fields = {
+            "goal": goal, "max_rounds": max_rounds, "train_command": train_command,
+            "fixed": {"files": [g.strip() for g in fixed.split(",") if g.strip()],
+                      "time_limit": time_limit},
+            "eval": {"command": eval_command},
+            "researcher": {"kind": "command", "command": researcher_command},
+            "review_criteria": {"metrics": [criterion],
+                                "stability": {"no_nan": True, "forbid_patterns": []}},
+        }
+        path = write_iteration_protocol(exp, fields)
+        console.print(f"wrote {path}; add criteria, commit it, then `spml iteration run "
+                      f"{experiment_dir}`")
+
+    guarded(_create)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Argument(help="New directory for the demo.")] = Path(
+        "spml-iteration-demo"),
+    verbose: Verbose = False,
+) -> None:
+    """Copy the bundled iteration example into DIR, make it a git repo, and run ml-iteration."""
+    quiet_prefect(verbose)
+
+    def _demo() -> None:
+        from spml.toolkit.examples import copy_example
+        from spml.toolkit.loop.kind import ITERATION
+
+        target = copy_example("iteration", directory.resolve())
+        console.print(f"copied the [bold]iteration[/] example to {target} (a new git repo)")
+        run_loop(target, None, KIND)
+        branch = locate(target, KIND).branch(ITERATION.name)
+        console.print(f"inspect: git -C {target} log --oneline {branch}  ·  "
+                      f"cat {target}/experiences.md", highlight=False)
+
+    guarded(_demo)

@@ -1,0 +1,35 @@
+"""The `ml-iteration` flow: rounds of researcher -> compliance -> train -> eval -> compound review
+-> commit / commit with a note / roll back, with a person on the loop who never gates a round.
+
+Deployment name `ml-iteration/default` (see prefect.yaml). Each round is a subflow run named
+`round-<n>`; its review per criterion is the table artifact `iteration-review`. The flow only
+orchestrates: every decision is made by `spml.toolkit` (`spml.toolkit.loop.review`).
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from spml.flows._loop import run_loop
+from spml.tasks.loop import TaskSteps
+from spml.toolkit.loop.round import run_round
+from spml.toolkit.loop.summary import LoopSummary
+
+STEPS = TaskSteps("ml-iteration")
+
+
+@flow(name="ml-iteration-round", flow_run_name="round-{round_no}")
+def iteration_round(experiment_dir: str, round_no: int) -> str:
+    """One round (round 0 measures the baseline). Returns the verdict or 'aborted'."""
+    return run_round(STEPS, experiment_dir, round_no)
+
+
+@flow(name="ml-iteration")
+def iteration_flow(experiment_dir: str, max_rounds: int | None = None) -> LoopSummary:
+    """Run (or resume) the ml-iteration loop of the experiment in ``experiment_dir``.
+
+    Args:
+        experiment_dir: directory holding `iteration-protocol.md`, inside a git repository.
+        max_rounds: cap on rounds for this run (default: the protocol's `max_rounds`).
+    """
+    return run_loop("ml-iteration", experiment_dir, max_rounds, iteration_round)

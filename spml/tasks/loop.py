@@ -1,0 +1,154 @@
+"""Prefect tasks of a loop (any kind): each wraps one toolkit call.
+
+Every task takes the experiment directory and the loop kind's name, and rebuilds its session from
+disk, so tasks hold no state between calls. All of them touch git, files or processes:
+`cache_policy=NO_CACHE`. Retries are given only to steps that are safe to repeat (reading state,
+re-planning a round). `TaskSteps` hands these tasks to the one round sequence
+(`spml.toolkit.loop.round.run_round`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from spml.tasks.ui_controls import pull_ui_controls
+from spml.toolkit.loop import control
+from spml.toolkit.loop.begin import RoundPlan, begin_round
+from spml.toolkit.loop.compliance import Violation, check_round
+from spml.toolkit.loop.kind import kind_named
+from spml.toolkit.loop.lifecycle import NextStep, close_loop, next_step, open_loop
+from spml.toolkit.loop.measure import Measurement, measure
+from spml.toolkit.loop.researchers import Proposal
+from spml.toolkit.loop.researchers.dispatch import run_researcher
+from spml.toolkit.loop.session import LoopSession
+from spml.toolkit.loop.settle import RoundOutcome, abort_round, decide, settle
+from spml.toolkit.loop.summary import LoopSummary, summarize
+
+
+def _session(experiment_dir: str, kind: str) -> LoopSession:
+    return LoopSession.load(experiment_dir, kind_named(kind))
+
+
+@task(name="open-loop", cache_policy=NO_CACHE, retries=0)
+def open_experiment(experiment_dir: str, max_rounds: int | None, kind: str) -> int:
+    """Validate, prepare the worktree, recover an interrupted round; returns max rounds."""
+    session = open_loop(experiment_dir, max_rounds, kind_named(kind))
+    get_run_logger().info("loop open on branch %s (worktree %s)", session.workspace.branch,
+                          session.workspace.path)
+    return session.max_rounds
+
+
+@task(name="next-step", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def plan_next_step(experiment_dir: str, kind: str) -> NextStep:
+    """Run another round, or end (target, max rounds, stop request)."""
+    return next_step(_session(experiment_dir, kind))
+
+
+# persist_result=False: a RoundPlan carries copies of .git/config and hooks (which may hold
+# credentials); they must never be written to Prefect's result storage.
+@task(name="S0-begin-round", task_run_name="R{round_no} S0: begin", cache_policy=NO_CACHE,
+      retries=1, retry_delay_seconds=1, persist_result=False)
+def start_round(experiment_dir: str, round_no: int, kind: str) -> RoundPlan:
+    """Clean tree, protocol edits, human notes and overrides, journal, brief."""
+    _, plan = begin_round(_session(experiment_dir, kind), round_no)
+    return plan
+
+
+@task(name="S1-researcher", task_run_name="R{plan.round_no} S1: researcher",
+      cache_policy=NO_CACHE, retries=0)
+def dispatch_researcher(experiment_dir: str, plan: RoundPlan, kind: str) -> Proposal:
+    """S1: the researcher edits the files it may edit (time-limited)."""
+    return run_researcher(_session(experiment_dir, kind), plan)
+
+
+@task(name="S2-compliance", task_run_name="R{plan.round_no} S2: compliance",
+      cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def check_compliance(experiment_dir: str, plan: RoundPlan, kind: str) -> list[Violation]:
+    """S2: only allowed files changed; git state untouched."""
+    return check_round(_session(experiment_dir, kind), plan)
+
+
+@task(name="S3-S4-train-eval", task_run_name="R{plan.round_no} S3+S4: train and evaluate",
+      cache_policy=NO_CACHE, retries=0)
+def train_and_evaluate(experiment_dir: str, plan: RoundPlan, kind: str) -> Measurement:
+    """S3+S4: the fixed training and evaluation commands, with hard limits."""
+    result = measure(_session(experiment_dir, kind), plan)
+    get_run_logger().info("R%d measured %s in %.1fs train + %.1fs eval%s", plan.round_no,
+                          list(result.values), result.train_s, result.eval_s,
+                          f" — {result.cause}" if result.cause else "")
+    return result
+
+
+@task(name="S5-decide-and-git", task_run_name="R{plan.round_no} S5: decide, commit or roll back",
+      cache_policy=NO_CACHE, retries=0)
+def settle_round(experiment_dir: str, plan: RoundPlan, proposal: Proposal | None,
+                 violations: list[Violation], measurement: Measurement | None,
+                 kind: str) -> RoundOutcome:
+    """S5: commit or archive and roll back; record the ledger row."""
+    session = _session(experiment_dir, kind)
+    row = decide(session, plan, proposal, violations, measurement)
+    outcome = settle(session, plan, row)
+    get_run_logger().info("R%d %s: %s — %s", row.round, row.verdict,
+                          row.result_text or row.result, row.insight)
+    return outcome
+
+
+@task(name="stop-requested", task_run_name="R{round_no} stop requested?", cache_policy=NO_CACHE,
+      retries=1)
+def stop_requested(experiment_dir: str, kind: str, round_no: int) -> str | None:
+    """The stop reason, if the person on the loop asked it to stop (CLI or Prefect UI)."""
+    pull_ui_controls(experiment_dir, kind)
+    return control.stop_requested(_session(experiment_dir, kind).experiment)
+
+
+@task(name="abort-round", task_run_name="R{plan.round_no} abort", cache_policy=NO_CACHE,
+      retries=0)
+def abort(experiment_dir: str, plan: RoundPlan, reason: str, kind: str) -> None:
+    """Undo a round that a stop request interrupted; it will be redone on the next run."""
+    abort_round(_session(experiment_dir, kind), plan, reason)
+
+
+@task(name="close-loop", cache_policy=NO_CACHE, retries=1)
+def close_experiment(experiment_dir: str, step: NextStep, kind: str) -> LoopSummary:
+    """Write the final status and summarize the loop."""
+    ledger = close_loop(_session(experiment_dir, kind), step)
+    return summarize(ledger, step.reason)
+
+
+@dataclass(frozen=True)
+class TaskSteps:
+    """The round's steps as Prefect tasks, for `run_round`."""
+
+    kind: str
+
+    def begin(self, experiment_dir: str, round_no: int) -> RoundPlan:
+        """S0."""
+        return start_round(experiment_dir, round_no, self.kind)
+
+    def research(self, experiment_dir: str, plan: RoundPlan) -> Proposal:
+        """S1."""
+        return dispatch_researcher(experiment_dir, plan, self.kind)
+
+    def comply(self, experiment_dir: str, plan: RoundPlan) -> list[Violation]:
+        """S2."""
+        return check_compliance(experiment_dir, plan, self.kind)
+
+    def stop_requested(self, experiment_dir: str, plan: RoundPlan) -> str | None:
+        """A stop request (CLI file or Prefect Variable), if any."""
+        return stop_requested(experiment_dir, self.kind, plan.round_no)
+
+    def abort(self, experiment_dir: str, plan: RoundPlan, reason: str) -> None:
+        """Undo a round a stop request interrupted."""
+        abort(experiment_dir, plan, reason, self.kind)
+
+    def measure(self, experiment_dir: str, plan: RoundPlan) -> Measurement:
+        """S3+S4."""
+        return train_and_evaluate(experiment_dir, plan, self.kind)
+
+    def settle(self, experiment_dir: str, plan: RoundPlan, proposal: Proposal | None,
+               violations: list[Violation], measurement: Measurement | None) -> RoundOutcome:
+        """S5."""
+        return settle_round(experiment_dir, plan, proposal, violations, measurement, self.kind)

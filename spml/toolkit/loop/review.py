@@ -1,0 +1,244 @@
+"""ml-iteration's compound review: each criterion pass / improved / regressed / fail, one verdict.
+
+Per criterion, against the incumbent (the measured state of HEAD):
+
+* ``pass`` — the threshold is met;
+* ``regressed`` — it was met by the incumbent and is not now (always), or the value is worse
+  than the incumbent's by more than the noise margin;
+* ``improved`` — not met, but better than the incumbent by more than the noise margin;
+* ``fail`` — not met, and no move beyond noise.
+
+A criterion the incumbent failed and the candidate passes counts as an improvement in the
+verdict (its status is ``pass``).
+
+The noise margin of a number is two standard errors of the difference when both sides ran
+``repeats > 1`` seeds; otherwise a relative margin: ``acceptance.noise`` if the protocol sets it,
+else ``DEFAULT_RELATIVE_NOISE`` of its dimension (a metric is steadier than a wall time).
+
+Verdict: all pass -> commit and stop (``target_reached``); any regression -> roll back; at least
+one improvement (or a criterion now passing) -> commit; otherwise commit with a note
+(``committed_with_note``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from spml.protocols.review_criteria import SUPERVISOR_MEASURED, Criterion, ReviewCriteria
+from spml.toolkit.loop.measurement import Measurement, mean_and_sem
+from spml.toolkit.loop.observe import has_key
+from spml.toolkit.loop.policies import Decision
+
+Status = Literal["pass", "improved", "regressed", "fail"]
+DEFAULT_RELATIVE_NOISE = {"metrics": 0.01, "performance": 0.10}
+# Ledger columns per dimension (SPML's names).
+DIMENSION_COLUMNS = {"metrics": "Metrics", "performance": "Speed",
+                     "observability": "Observability", "stability": "Stability",
+                     "custom": "Custom"}
+
+
+@dataclass(frozen=True)
+class CriterionResult:
+    """One criterion's status this round, and the numbers behind it in words."""
+
+    name: str          # metrics.acc, performance.train_time_s, observability, custom.hf
+    status: Status
+    detail: str
+
+    @property
+    def dimension(self) -> str:
+        """metrics | performance | observability | stability | custom."""
+        return self.name.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class ReviewPolicy:
+    """Reviews a candidate measurement against the incumbent on every criterion."""
+
+    criteria: ReviewCriteria
+    noise: float | None = None
+
+    def review(self, candidate: Measurement,
+               incumbent: Measurement | None) -> list[CriterionResult]:
+        """Every criterion's result, in the protocol's order."""
+        c = self.criteria
+        results = [self._number("metrics", k, candidate, incumbent) for k in c.metrics]
+        results += [self._number("performance", k, candidate, incumbent)
+                    for k in c.performance]
+        if c.observability is not None and c.observability.required_keys:
+            results.append(_observability(c.observability.required_keys, candidate, incumbent))
+        if c.stability is not None and (c.stability.no_nan or c.stability.forbid_patterns):
+            results.append(_stability(c.stability.no_nan, candidate, incumbent))
+        results += [_custom(k.name, candidate, incumbent) for k in c.custom]
+        return results
+
+    def judge(self, candidate: Measurement, incumbent: Measurement | None) -> Decision:
+        """The verdict of a measured round (see the module docstring)."""
+        results = self.review(candidate, incumbent)
+        statuses = [r.status for r in results]
+        per = {r.name: f"{r.status}: {r.detail}" for r in results}
+        if all(s == "pass" for s in statuses):
+            return Decision("committed", per, "all criteria pass", stop=True)
+        named = {s: [r.name for r in results if r.status == s] for s in set(statuses)}
+        if "regressed" in named:
+            return Decision("rolled_back", per, "regressed: " + _details(results, "regressed"))
+        before = {r.name: r.status for r in self.review(incumbent, None)} if incumbent else {}
+        fixed = [r.name for r in results if r.status == "pass" and before.get(r.name) == "fail"]
+        if "improved" in named or fixed:
+            moved = [_details(results, "improved")] if "improved" in named else []
+            moved += [f"now passing: {', '.join(fixed)}"] if fixed else []
+            return Decision("committed", per, "improved: " + "; ".join(moved)
+                            + _still_failing(named))
+        return Decision("committed_with_note", per,
+                        "no criterion moved beyond noise" + _still_failing(named))
+
+    def _number(self, dimension: str, criterion: Criterion, candidate: Measurement,
+                incumbent: Measurement | None) -> CriterionResult:
+        source = _source(dimension, criterion.name)
+        name = f"{dimension}.{criterion.name}"
+        values = candidate.samples(source, criterion.name)
+        before = incumbent.samples(source, criterion.name) if incumbent is not None else []
+        was_met = bool(before) and criterion.met_by(mean_and_sem(before)[0])
+        if not values or not all(map(math.isfinite, values)):
+            why = _missing(source, criterion.name) if not values else \
+                f"{criterion.name} is not finite ({values})"
+            return CriterionResult(name, "regressed" if was_met else "fail",
+                                   why + ("; the incumbent met it" if was_met else ""))
+        mean, sem = mean_and_sem(values)
+        shown = f"{criterion.name}={mean:.4g}{_origin(source)}"
+        if criterion.met_by(mean):
+            return CriterionResult(name, "pass", f"{shown} {criterion.op} {criterion.threshold:g}")
+        if not before:
+            return CriterionResult(name, "fail", f"{shown}, needs {criterion.describe()}")
+        best, best_sem = mean_and_sem(before)
+        if was_met:
+            return CriterionResult(name, "regressed",
+                                   f"{shown} no longer meets {criterion.describe()} "
+                                   f"(incumbent {best:.4g})")
+        margin = self._margin(dimension, best, sem, best_sem)
+        gain = _goodness(criterion, mean) - _goodness(criterion, best)
+        versus = f"{shown} vs incumbent {best:.4g}, noise margin {margin:.2g}"
+        if gain > margin:
+            return CriterionResult(name, "improved", versus)
+        if gain < -margin:
+            return CriterionResult(name, "regressed", versus)
+        return CriterionResult(name, "fail", f"{versus}; needs {criterion.describe()}")
+
+    def _margin(self, dimension: str, best: float, sem: float | None,
+                best_sem: float | None) -> float:
+        if sem is not None and best_sem is not None:
+            return 2.0 * math.hypot(sem, best_sem)
+        relative = self.noise if self.noise is not None else DEFAULT_RELATIVE_NOISE[dimension]
+        return relative * abs(best)
+
+
+def _source(dimension: str, name: str) -> str:
+    if dimension == "metrics":
+        return "metrics"
+    return "measured" if name in SUPERVISOR_MEASURED else "reported"
+
+
+def _origin(source: str) -> str:
+    return " (reported by the trained code)" if source == "reported" else ""
+
+
+def _missing(source: str, name: str) -> str:
+    if source == "metrics":
+        return f"eval printed no {name} value"
+    if source == "measured":
+        return f"{name} not measured (no per-step line in the training output)"
+    return f"training output has no per-step {name} value"
+
+
+def _goodness(criterion: Criterion, value: float) -> float:
+    if criterion.direction == "maximize":
+        return value
+    if criterion.direction == "minimize":
+        return -value
+    return -abs(value - criterion.threshold)
+
+
+def _observability(required: list[str], candidate: Measurement,
+                   incumbent: Measurement | None) -> CriterionResult:
+    missing = _missing_keys(required, candidate)
+    if not missing:
+        return CriterionResult("observability", "pass", "per-step lines carry "
+                               + ", ".join(required))
+    detail = "missing per-step " + ", ".join(missing)
+    if incumbent is None:
+        return CriterionResult("observability", "fail", detail)
+    before = _missing_keys(required, incumbent)
+    lost = sorted(set(missing) - set(before))
+    if lost:
+        return CriterionResult("observability", "regressed",
+                               f"{detail} (the incumbent had {', '.join(lost)})")
+    if len(missing) < len(before):
+        return CriterionResult("observability", "improved", f"{detail} (was {', '.join(before)})")
+    return CriterionResult("observability", "fail", detail)
+
+
+def _missing_keys(required: list[str], measurement: Measurement) -> list[str]:
+    if not measurement.seeds:
+        return list(required)
+    return [k for k in required
+            if not all(has_key(seed.step_keys, k) for seed in measurement.seeds)]
+
+
+def _stability(no_nan: bool, candidate: Measurement,
+               incumbent: Measurement | None) -> CriterionResult:
+    problems, count = _stability_problems(no_nan, candidate)
+    if not problems:
+        return CriterionResult("stability", "pass", "no NaN/Inf, no forbidden pattern"
+                               if no_nan else "no forbidden pattern")
+    detail = "; ".join(problems)
+    if incumbent is None:
+        return CriterionResult("stability", "fail", detail)
+    before, before_count = _stability_problems(no_nan, incumbent)
+    if not before or count > before_count:
+        return CriterionResult("stability", "regressed", f"{detail} (incumbent: "
+                               f"{'; '.join(before) or 'clean'})")
+    if count < before_count:
+        return CriterionResult("stability", "improved", f"{detail} (was {'; '.join(before)})")
+    return CriterionResult("stability", "fail", detail)
+
+
+def _stability_problems(no_nan: bool, measurement: Measurement) -> tuple[list[str], int]:
+    problems, count = [], 0
+    nonfinite = sorted({k for s in measurement.seeds for k in s.nonfinite_keys})
+    if no_nan and nonfinite:
+        problems.append("NaN/Inf in " + ", ".join(nonfinite))
+        count += len(nonfinite)
+    hits: dict[str, int] = {}
+    for seed in measurement.seeds:
+        for pattern, n in seed.pattern_hits.items():
+            hits[pattern] = hits.get(pattern, 0) + n
+    for pattern, n in sorted(hits.items()):
+        if n:
+            problems.append(f"{n} line(s) match {pattern!r}")
+            count += n
+    return problems, count
+
+
+def _custom(name: str, candidate: Measurement,
+            incumbent: Measurement | None) -> CriterionResult:
+    key = f"custom.{name}"
+    results = [s.custom.get(name) for s in candidate.seeds]
+    if results and all(r is not None and r.passed for r in results):
+        return CriterionResult(key, "pass", "exit 0")
+    failed = next((r for r in results if r is None or not r.passed), None)
+    detail = "not run" if failed is None else (failed.cause or f"exit {failed.exit_code}")
+    before = [s.custom.get(name) for s in incumbent.seeds] if incumbent is not None else []
+    if before and all(r is not None and r.passed for r in before):
+        return CriterionResult(key, "regressed", f"{detail}; the incumbent passed")
+    return CriterionResult(key, "fail", detail)
+
+
+def _details(results: list[CriterionResult], status: Status) -> str:
+    return "; ".join(f"{r.name} ({r.detail})" for r in results if r.status == status)
+
+
+def _still_failing(named: dict[str, list[str]]) -> str:
+    failing = named.get("fail", [])
+    return f"; still failing: {', '.join(failing)}" if failing else ""
