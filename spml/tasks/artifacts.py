@@ -35,13 +35,21 @@ def publish_experiences(experiment_dir: str, progress_id: UUID | None,
     session = _session(experiment_dir, kind)
     ledger = read_ledger(session.experiment)
     assert ledger is not None
-    rows = [dict(zip(ledger.columns, r.cells(ledger.columns), strict=True))
-            for r in ledger.rows]
+    rows = [_typed(dict(zip(ledger.columns, r.cells(ledger.columns), strict=True)), r.round,
+                   r.result) for r in ledger.rows]
     create_table_artifact(key=artifact_key(kind, "experiences"), table=rows,
                           description=f"experiences.md of {session.experiment.exp_dir}")
     if progress_id is not None and ledger.max_rounds > 0:
         done = min(ledger.rounds_done, ledger.max_rounds)
         update_progress_artifact(progress_id, progress=100.0 * done / ledger.max_rounds)
+
+
+def _typed(cells: dict[str, object], round_no: int, result: float | None) -> dict[str, object]:
+    """Numbers stay numbers in the artifact (the UI sorts them)."""
+    cells["Round"] = round_no
+    if "Result" in cells:
+        cells["Result"] = result
+    return cells
 
 
 @task(name="create-progress", cache_policy=NO_CACHE)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,8 +301,10 @@ class Workspace:
 
     def find_commit(self, trailer: str) -> str | None:
         """The newest commit on the branch whose message has the line ``trailer``."""
-        found = self._runner.probe("log", "-1", "--format=%H", "--fixed-strings",
-                                   f"--grep={trailer}", self._branch_ref)
+        # The whole line: `Spml-Round: 1` must not find `Spml-Round: 10`.
+        pattern = "^" + re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", trailer) + "$"
+        found = self._runner.probe("log", "-1", "--format=%H", "--extended-regexp",
+                                   f"--grep={pattern}", self._branch_ref)
         return found or None
 
     def replay(self, commit: str, *, revert: bool) -> None:

@@ -14,6 +14,7 @@ from spml.toolkit.files import write_atomic
 from spml.toolkit.git.workspace import GitSnapshot
 from spml.toolkit.loop import control
 from spml.toolkit.loop.brief import BriefInputs
+from spml.toolkit.loop.faults import crash_point
 from spml.toolkit.loop.ledger import Journal, read_ledger, write_journal
 from spml.toolkit.loop.overrides import apply_overrides
 from spml.toolkit.loop.session import LoopSession, reload_protocol
@@ -53,6 +54,7 @@ def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, Round
     base = workspace.head()
     workspace.rollback(base)
     write_journal(session.experiment, Journal(round=round_no, base=base))
+    crash_point("begin-before-snapshot", round_no)
     round_dir = session.experiment.round_dir(round_no)
     round_dir.mkdir(parents=True, exist_ok=True)
     snapshot = workspace.snapshot()

@@ -16,6 +16,7 @@ from typing import Any
 from spml.errors import MetricNotFound
 from spml.toolkit.loop.begin import RoundPlan
 from spml.toolkit.loop.compliance import check_round, verify_fixed_files
+from spml.toolkit.loop.faults import crash_point
 from spml.toolkit.loop.measurement import (
     CheckResult,
     Measurement,
@@ -61,6 +62,7 @@ def measure(session: LoopSession, plan: RoundPlan) -> Measurement:
             break
     result = result.model_copy(update={"seeds": tuple(seeds)})
     save_measurement(session.experiment.round_dir(plan.round_no), result)
+    crash_point("after-measure", plan.round_no)  # measured, not decided
     return result
 
 

@@ -3,8 +3,9 @@
 Per criterion, against the incumbent (the measured state of HEAD):
 
 * ``pass`` — the threshold is met;
-* ``regressed`` — it was met by the incumbent and is not now (always), or the value is worse
-  than the incumbent's by more than the noise margin;
+* ``regressed`` — it was met by the incumbent and is not now (always), the number the
+  incumbent had is missing or not finite now, or the value is worse than the incumbent's by
+  more than the noise margin;
 * ``improved`` — not met, but better than the incumbent by more than the noise margin;
 * ``fail`` — not met, and no move beyond noise.
 
@@ -104,8 +105,11 @@ class ReviewPolicy:
         if not values or not all(map(math.isfinite, values)):
             why = _missing(source, criterion.name) if not values else \
                 f"{criterion.name} is not finite ({values})"
-            return CriterionResult(name, "regressed" if was_met else "fail",
-                                   why + ("; the incumbent met it" if was_met else ""))
+            # Losing a number the incumbent had is a regression, met or not.
+            lost = bool(before) and all(map(math.isfinite, before))
+            return CriterionResult(name, "regressed" if lost else "fail",
+                                   why + (f"; the incumbent had {mean_and_sem(before)[0]:.4g}"
+                                          if lost else ""))
         mean, sem = mean_and_sem(values)
         shown = f"{criterion.name}={mean:.4g}{_origin(source)}"
         if criterion.met_by(mean):

@@ -391,3 +391,33 @@ def test_snapshot_fields(repo: Path, ws: Workspace) -> None:
 def test_open_refuses_a_branch_checked_out_elsewhere(repo: Path) -> None:
     with pytest.raises(GitStateError, match="already checked out"):
         Workspace.open_or_create(repo, worktree_dir(repo), "main")
+
+
+# --- finding and replaying loop commits ---------------------------------------------------
+
+
+def test_find_commit_matches_the_whole_trailer_line(ws: Workspace) -> None:
+    (ws.path / "exp" / "params.yaml").write_text("lr: 0.2\n")
+    first = ws.commit_all("round 1", trailers={"Spml-Round": "1"})
+    (ws.path / "exp" / "params.yaml").write_text("lr: 0.3\n")
+    tenth = ws.commit_all("round 10", trailers={"Spml-Round": "10"})
+    assert ws.find_commit("Spml-Round: 1") == first
+    assert ws.find_commit("Spml-Round: 10") == tenth
+    assert ws.find_commit("Spml-Round: 2") is None
+
+
+def test_replay_reverts_a_commit_and_refuses_a_conflict(ws: Workspace) -> None:
+    params = ws.path / "exp" / "params.yaml"
+    params.write_text("lr: 0.2\n")
+    first = ws.commit_all("one")
+    ws.replay(first, revert=True)
+    assert params.read_text() == "lr: 0.1\n"
+    ws.rollback(ws.head())
+    params.write_text("lr: 0.3\n")
+    ws.commit_all("two")  # edits the same line: reverting `one` now conflicts
+    head = ws.head()
+    with pytest.raises(GitStateError, match="does not apply cleanly"):
+        ws.replay(first, revert=True)
+    assert ws.head() == head
+    assert params.read_text() == "lr: 0.3\n"
+    assert run_git(ws.path, "status", "--porcelain") == ""
