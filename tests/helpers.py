@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -49,6 +51,68 @@ def write_protocol(exp: Path, fields: dict[str, Any], body: str = "Toy backgroun
     path = exp / "autoresearch-protocol.md"
     path.write_text(f"---\n{yaml.safe_dump(fields, sort_keys=False)}---\n{body}\n")
     return path
+
+
+def iteration_protocol_fields(tmp_path: Path, *, max_rounds: int = 1, train_time_s: float = 20.0,
+                    custom: bool = False) -> dict[str, Any]:
+    """The iteration protocol of the fake project (a dict for the YAML front matter)."""
+    script = FIXTURES / "iteration" / "researcher.py"
+    researcher = (f"{sys.executable} {script} {tmp_path / 'plan.json'} "
+                  f"{tmp_path / 'researcher-runs.txt'}")
+    criteria: dict[str, Any] = {
+        "metrics": [{"name": "acc", "op": ">=", "threshold": 0.9}],
+        "performance": [{"name": "train_time_s", "op": "<=", "threshold": train_time_s}],
+        "observability": {"required_keys": ["loss", "grad_norm"]},
+        "stability": {"no_nan": True},
+    }
+    if custom:
+        criteria["custom"] = [{"name": "checkpoint", "command": f"{sys.executable} check.py"}]
+    return {
+        "goal": "Reach acc >= 0.9 with loss and grad_norm on every per-step line.",
+        "max_rounds": max_rounds,
+        "train_command": f"{sys.executable} train.py",
+        "fixed": {"files": ["evaluate.py", "check.py"], "time_limit": 10},
+        "focused_files": ["train.py", "config.json"],
+        "eval": {"command": f"{sys.executable} evaluate.py"},
+        "researcher": {"kind": "command", "command": researcher, "timeout": 60},
+        "review_criteria": criteria,
+    }
+
+
+def write_iteration_protocol(exp: Path, fields: dict[str, Any]) -> Path:
+    """Write `iteration-protocol.md` with ``fields`` as front matter."""
+    path = exp / "iteration-protocol.md"
+    path.write_text(f"---\n{yaml.safe_dump(fields, sort_keys=False)}---\n"
+                    "Fake project: edit config.json.\n")
+    return path
+
+
+def iteration_experiment(tmp_path: Path, plan: dict[str, dict[str, Any]],
+                         config: dict[str, Any] | None = None, name: str = "exp",
+                         **protocol: Any) -> Path:
+    """A git repo with the fake ml-iteration project (tests/fixtures/iteration) in ``name/``.
+
+    ``plan`` maps rounds to config.json updates the scripted researcher applies; ``config``
+    updates the committed baseline; the other keywords go to `iteration_protocol_fields`.
+    """
+    fixture = FIXTURES / "iteration"
+    repo = tmp_path / "repo"
+    exp = repo / name
+    exp.mkdir(parents=True)
+    for file in ("train.py", "evaluate.py", "check.py"):
+        shutil.copy(fixture / file, exp / file)
+    shutil.copy(fixture / "gitignore", exp / ".gitignore")
+    base = json.loads((fixture / "config.json").read_text())
+    (exp / "config.json").write_text(json.dumps({**base, **(config or {})}) + "\n")
+    (repo / "README.md").write_text("user project\n")
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    write_iteration_protocol(exp, iteration_protocol_fields(tmp_path, **protocol))
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.name", "Test User")
+    git(repo, "config", "user.email", "test@example.invalid")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "fake project")
+    return exp
 
 
 def drive(exp: Path, max_rounds: int | None = None,

@@ -6,28 +6,22 @@ import json
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterKey,
-    FlowRunFilter,
-    FlowRunFilterParentFlowRunId,
-)
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
 from spml.errors import BaselineFailed
 from spml.flows.autoresearch import autoresearch_flow
+from spml.protocols.autoresearch import PROTOCOL_FILENAME
 from spml.tasks.artifacts import EXPERIENCES_KEY, SUMMARY_KEY
+from spml.tasks.ui_controls import variable_names
+from spml.toolkit.loop.experiment import Experiment
+
+# Every test builds its experiment with `unique_experiment` (tests/flows/conftest.py): the server
+# is shared, and an experiment named "exp" in two tests would share its Prefect Variables.
 
 
-def _latest_artifact(key: str):
-    with get_client(sync_client=True) as client:
-        found = client.read_latest_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    assert found, f"no artifact {key}"
-    return found[0]
-
-
-def test_flow_runs_rounds_as_subflows_and_publishes_artifacts(toy_experiment) -> None:
-    exp = toy_experiment({"default": "good", "2": "crash"}, max_rounds=3)
+def test_flow_runs_rounds_as_subflows_and_publishes_artifacts(unique_experiment,
+                                                              run_artifact) -> None:
+    exp = unique_experiment({"default": "good", "2": "crash"}, max_rounds=3)
     state = autoresearch_flow(str(exp), return_state=True)
     assert state.is_completed()
     summary = state.result()
@@ -35,49 +29,53 @@ def test_flow_runs_rounds_as_subflows_and_publishes_artifacts(toy_experiment) ->
     assert (summary.rounds_done, summary.commits, summary.best_round) == (3, 2, 3)
     assert summary.baseline == pytest.approx(9.0)
 
-    table = json.loads(_latest_artifact(EXPERIENCES_KEY).data)
+    run_id = state.state_details.flow_run_id
+    table = json.loads(run_artifact(run_id, EXPERIENCES_KEY).data)
     assert [r["Round"] for r in table] == [0, 1, 2, 3]
     assert table[2]["Verdict"] == "rolled_back"
     assert table[2]["Insight"].startswith("researcher crashed: exit 3")
-    assert "completed" in _latest_artifact(SUMMARY_KEY).data
+    assert "completed" in run_artifact(run_id, SUMMARY_KEY).data
 
     with get_client(sync_client=True) as client:
-        parent = client.read_flow_run(state.state_details.flow_run_id)
+        parent = client.read_flow_run(run_id)
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
     assert sorted(c.name for c in children) == ["round-0", "round-1", "round-2", "round-3"]
     assert all(c.state.is_completed() for c in children)
 
 
-def test_flow_fails_clearly_when_the_baseline_cannot_be_measured(toy_experiment) -> None:
-    exp = toy_experiment(eval={"command": "python -c 'print(42)'"})
+def test_flow_fails_clearly_when_the_baseline_cannot_be_measured(unique_experiment) -> None:
+    exp = unique_experiment(eval={"command": "python -c 'print(42)'"})
     state = autoresearch_flow(str(exp), return_state=True)
     assert state.is_failed()
     with pytest.raises(BaselineFailed, match="eval printed no loss value on stdout"):
         state.result()
 
 
-def test_max_rounds_parameter_caps_the_run(toy_experiment) -> None:
-    exp = toy_experiment({"default": "good"}, max_rounds=5)
+def test_max_rounds_parameter_caps_the_run(unique_experiment) -> None:
+    exp = unique_experiment({"default": "good"}, max_rounds=5)
     summary = autoresearch_flow(str(exp), max_rounds=1)
     assert (summary.rounds_done, summary.max_rounds, summary.status) == (1, 1, "completed")
     summary = autoresearch_flow(str(exp), max_rounds=2)  # resuming continues the same ledger
     assert (summary.rounds_done, summary.commits) == (2, 2)
 
 
-def test_notes_and_stop_from_prefect_variables(toy_experiment) -> None:
+def test_notes_and_stop_from_prefect_variables(unique_experiment) -> None:
     from prefect.variables import Variable
 
-    exp = toy_experiment({"default": "good"}, max_rounds=4)
-    Variable.set("spml-note-exp", ["from the UI", "second note"], overwrite=True)
-    Variable.set("spml-stop-exp", True, overwrite=True)
+    from spml.protocols.experiences import parse_experiences
+
+    exp = unique_experiment({"default": "good"}, max_rounds=4)
+    note, stop = variable_names(Experiment.locate(exp, PROTOCOL_FILENAME))[:2]
+    assert (note, stop) == (f"spml-note-{exp.name}", f"spml-stop-{exp.name}")  # this test's
+    Variable.set(note, ["from the UI", "second note"], overwrite=True)
+    Variable.set(stop, True, overwrite=True)
     summary = autoresearch_flow(str(exp))
     assert summary.status == "stopped"
-    assert Variable.get("spml-stop-exp") is None  # acted on once
-    assert Variable.get("spml-note-exp") is None
-    Variable.set("spml-note-exp", "third", overwrite=True)
+    assert Variable.get(stop) is None  # acted on once
+    assert Variable.get(note) is None
+    Variable.set(note, "third", overwrite=True)
     summary = autoresearch_flow(str(exp), max_rounds=1)
-    from spml.protocols.experiences import parse_experiences
 
     rows = parse_experiences((exp / "experiences.md").read_text()).rows
     assert [r.round for r in rows] == [0, 1]

@@ -40,15 +40,20 @@ def test_environment_failures_are_restarted_from_the_newest_checkpoint(tmp_path)
     plan = {"faults": {"1": "kill", "2": "hang", "3": "nccl", "4": "enospc"}, "at": 8}
     exp = experiment(tmp_path, plan)
     watchdog_flow(str(exp))
-    assert resumes(exp) == [0, 5, 10, 15, 20]  # each restart lost less than 5 steps
-    causes = [r.diagnosis.cause for r in WatchdogState(exp).history()]
-    assert len(causes) == 4
-    assert all(r.diagnosis.kind == "environment" for r in WatchdogState(exp).history())
-    assert "train.log" in str(exp / "train.log")
+    # Each attempt dies 8 steps after it resumed; checkpoints every 5 steps: 0, 5, 10, 15, 20.
+    assert resumes(exp) == [0, 5, 10, 15, 20]
+    history = WatchdogState(exp).history()
+    assert [r.diagnosis.kind for r in history] == ["environment"] * 4
+    assert [r.diagnosis.cause for r in history] == [
+        "SIGKILL without OOM evidence: external kill or preemption", "hang: no heartbeat",
+        "NCCL collective timeout", "disk full (ENOSPC)"]
+    assert [(r.started_step, r.last_step) for r in history] == [
+        (None, 7), (5, 12), (10, 17), (15, 22)]
     assert (exp / "train.log").read_text().splitlines()[-1].startswith("step=30 ")
     context = (exp / "experiment-context.md").read_text()
-    assert "state: completed" in context
+    assert "- state: completed" in context.splitlines()
     assert context.count("### Issue #") == 4
+    assert context.count("- Classification: environment") == 4
 
 
 def test_code_failure_is_not_restarted_and_is_diagnosed(tmp_path) -> None:
@@ -56,9 +61,14 @@ def test_code_failure_is_not_restarted_and_is_diagnosed(tmp_path) -> None:
     with pytest.raises(TrainingStopped, match="ZeroDivisionError"):
         watchdog_flow(str(exp))
     assert resumes(exp) == [0]  # started exactly once
-    context = (exp / "experiment-context.md").read_text()
-    assert "ZeroDivisionError" in context
-    assert "Classification: code" in context or "code" in context
+    lines = (exp / "experiment-context.md").read_text().splitlines()
+    assert "- state: stopped_code_failure" in lines
+    assert lines.count("### Issue #1 — step 1") == 1
+    assert sum(line.startswith("### Issue #") for line in lines) == 1
+    assert "- Symptom: python exception: ZeroDivisionError: division by zero" in lines
+    assert "- Classification: code" in lines
+    assert "  - ZeroDivisionError: division by zero" in lines  # the evidence: the exception line
+    assert any(line.startswith("- Action: stopped: ") for line in lines)
 
 
 def test_crash_loop_guard_stops_identical_early_failures(tmp_path) -> None:
@@ -68,15 +78,15 @@ def test_crash_loop_guard_stops_identical_early_failures(tmp_path) -> None:
     assert len(resumes(exp)) == 2
 
 
-def test_nan_loss_raises_an_alert(tmp_path) -> None:
+def test_nan_loss_raises_an_alert(tmp_path, run_artifact) -> None:
     exp = experiment(tmp_path, {"default": "nan", "at": 12})
-    watchdog_flow(str(exp))
+    state = watchdog_flow(str(exp), return_state=True)
+    assert state.is_completed()
     context = (exp / "experiment-context.md").read_text()
     assert "## Alerts" in context
     assert "nan" in context.lower()
-    from prefect.artifacts import Artifact
-
-    assert "nan" in Artifact.get("watchdog-alerts").data.lower()
+    alerts = run_artifact(state.state_details.flow_run_id, "watchdog-alerts").data
+    assert "nan" in alerts.lower()
 
 
 def test_cli_exit_codes_and_status(tmp_path, prefect_api_url) -> None:
@@ -101,9 +111,7 @@ def test_cli_exit_codes_and_status(tmp_path, prefect_api_url) -> None:
     assert "training finished" in done.stdout
 
 
-def test_new_checkpoints_are_evaluated_in_the_background(tmp_path) -> None:
-    from prefect.artifacts import Artifact
-
+def test_new_checkpoints_are_evaluated_in_the_background(tmp_path, run_artifact) -> None:
     from spml.toolkit.watchdog.evaluator import read_evaluations
 
     exp = experiment(tmp_path, {"default": "none"},
@@ -111,7 +119,8 @@ def test_new_checkpoints_are_evaluated_in_the_background(tmp_path) -> None:
     (exp / "evaluate.py").write_text(
         "import json, sys, time\ntime.sleep(0.2)\n"
         "step = json.load(open(sys.argv[1]))['step']\nprint(f'step={step} val_loss={1 / step}')\n")
-    watchdog_flow(str(exp))
+    state = watchdog_flow(str(exp), return_state=True)
+    assert state.is_completed()
     rows = read_evaluations(WatchdogState(exp).dir)
     assert rows, "no checkpoint was evaluated"
     steps = [r["step"] for r in rows]
@@ -120,7 +129,8 @@ def test_new_checkpoints_are_evaluated_in_the_background(tmp_path) -> None:
                for r in rows)
     context = (exp / "experiment-context.md").read_text()
     assert "### Eval #1 — checkpoint step=" in context
-    table = json.loads(Artifact.get("watchdog-evaluations").data)
+    table = json.loads(run_artifact(state.state_details.flow_run_id,
+                                    "watchdog-evaluations").data)
     assert [row["step"] for row in table] == steps
 
 

@@ -49,7 +49,7 @@ def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, Round
         notes = control.take_notes(session.experiment, round_no)
         if protocol_note:
             notes.append(protocol_note)
-        notes += apply_overrides(session)
+        apply_overrides(session)  # each one is its own ledger row, not a note
     workspace = session.workspace
     base = workspace.head()
     workspace.rollback(base)
@@ -70,7 +70,7 @@ def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, Round
 def _brief(session: LoopSession, plan: RoundPlan) -> str:
     ledger = read_ledger(session.experiment)
     assert ledger is not None
-    human = [n for n in plan.notes if not n.startswith(("protocol edit", "override "))]
+    human = [n for n in plan.notes if not n.startswith("protocol edit")]
     return session.kind.render_brief(BriefInputs(session.protocol, session.prose(), ledger,
                                                  plan.round_no, session.max_rounds, human))
 

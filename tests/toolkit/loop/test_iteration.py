@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from helpers import drive, git
+from helpers import (
+    drive,
+    git,
+    iteration_experiment,
+    iteration_protocol_fields,
+    write_iteration_protocol,
+)
 
 from spml.errors import ProtocolError
 from spml.protocols.experiences import ExperienceRow, Experiences
@@ -42,67 +46,21 @@ BRANCH = "spml/ml-iteration/exp"
 BASE_CONFIG = json.loads((FIXTURE / "config.json").read_text())
 
 
-def protocol_fields(tmp_path: Path, *, max_rounds: int = 1, train_time_s: float = 20.0,
-                    custom: bool = False) -> dict[str, Any]:
-    """The iteration protocol of the fake project (a dict for the YAML front matter)."""
-    researcher = (f"{sys.executable} {FIXTURE / 'researcher.py'} {tmp_path / 'plan.json'} "
-                  f"{tmp_path / 'researcher-runs.txt'}")
-    criteria: dict[str, Any] = {
-        "metrics": [{"name": "acc", "op": ">=", "threshold": 0.9}],
-        "performance": [{"name": "train_time_s", "op": "<=", "threshold": train_time_s}],
-        "observability": {"required_keys": ["loss", "grad_norm"]},
-        "stability": {"no_nan": True},
-    }
-    if custom:
-        criteria["custom"] = [{"name": "checkpoint", "command": f"{sys.executable} check.py"}]
-    return {
-        "goal": "Reach acc >= 0.9 with loss and grad_norm on every per-step line.",
-        "max_rounds": max_rounds,
-        "train_command": f"{sys.executable} train.py",
-        "fixed": {"files": ["evaluate.py", "check.py"], "time_limit": 10},
-        "focused_files": ["train.py", "config.json"],
-        "eval": {"command": f"{sys.executable} evaluate.py"},
-        "researcher": {"kind": "command", "command": researcher, "timeout": 60},
-        "review_criteria": criteria,
-    }
+def protocol_fields(tmp_path: Path, **protocol: Any) -> dict[str, Any]:
+    return iteration_protocol_fields(tmp_path, **protocol)
 
 
 def write_protocol(exp: Path, fields: dict[str, Any]) -> Path:
-    path = exp / PROTOCOL
-    path.write_text(f"---\n{yaml.safe_dump(fields, sort_keys=False)}---\n"
-                    "Fake project: edit config.json.\n")
-    return path
+    return write_iteration_protocol(exp, fields)
 
 
 @pytest.fixture
 def make_experiment(tmp_path: Path) -> Callable[..., Path]:
-    """Factory: a git repo with the fake project in `exp/`; returns the experiment dir.
-
-    ``plan`` maps rounds to config.json updates; ``config`` updates the committed baseline;
-    the other keywords go to `protocol_fields`.
-    """
+    """Factory: a git repo with the fake project in `exp/` (see `helpers.iteration_experiment`)."""
 
     def make(plan: dict[str, dict[str, Any]], config: dict[str, Any] | None = None,
              **protocol: Any) -> Path:
-        repo = tmp_path / "repo"
-        exp = repo / "exp"
-        exp.mkdir(parents=True)
-        for name in ("train.py", "evaluate.py", "check.py"):
-            shutil.copy(FIXTURE / name, exp / name)
-        shutil.copy(FIXTURE / "gitignore", exp / ".gitignore")
-        if config:
-            (exp / "config.json").write_text(json.dumps({**BASE_CONFIG, **config}) + "\n")
-        else:
-            shutil.copy(FIXTURE / "config.json", exp / "config.json")
-        (repo / "README.md").write_text("user project\n")
-        (tmp_path / "plan.json").write_text(json.dumps(plan))
-        write_protocol(exp, protocol_fields(tmp_path, **protocol))
-        git(repo, "init", "-q", "-b", "main")
-        git(repo, "config", "user.name", "Test User")
-        git(repo, "config", "user.email", "test@example.invalid")
-        git(repo, "add", "-A")
-        git(repo, "commit", "-qm", "fake project")
-        return exp
+        return iteration_experiment(tmp_path, plan, config, **protocol)
 
     return make
 

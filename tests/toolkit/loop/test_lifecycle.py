@@ -128,23 +128,24 @@ def test_rejected_attempt_is_archived_off_branch(toy_experiment, drive_loop) -> 
     assert git(exp, "merge-base", "--is-ancestor", ref, BRANCH, check=False) != 0
 
 
-def test_training_overrun_is_killed_with_children(toy_experiment, drive_loop) -> None:
+def test_training_overrun_is_killed_with_children(toy_experiment, drive_loop,
+                                                   monkeypatch) -> None:
     exp = toy_experiment({"default": "good", "1": "slow_train"},
                          fixed={"time_limit": 0.5}, max_rounds=1)
     import spml.protocols.autoresearch as protocol_module
 
-    original = protocol_module.TRAIN_GRACE_S
-    protocol_module.TRAIN_GRACE_S = 1.0  # keep the test short: limit 0.5 s + 1 s grace
-    try:
-        drive_loop(exp)
-    finally:
-        protocol_module.TRAIN_GRACE_S = original
+    # Hard limit 0.5 s + 10 s grace: ample for the baseline's train and eval on a loaded
+    # machine (the default 30 s grace would make the test slow), yet far below slow_train's
+    # 60 s sleep (and its child's 300 s): "train killed" below means killed at the limit.
+    monkeypatch.setattr(protocol_module, "TRAIN_GRACE_S", 10.0)
+    drive_loop(exp)
     slow = row(exp, 1)
     assert slow.verdict == "rolled_back"
     assert slow.insight.startswith("train killed: exceeded time_limit 0.5s")
     assert_clean(exp)
+    repo = exp.parent.resolve()  # this test's sleepers run in its worktree, inside the repo
     leftover = [p for p in Path("/proc").glob("[0-9]*/cmdline")
-                if b"time.sleep(300)" in _read(p)]
+                if b"time.sleep(300)" in _read(p) and repo in _cwd(p.parent).parents]
     assert leftover == []
 
 
@@ -153,3 +154,10 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
+
+
+def _cwd(proc_dir: Path) -> Path:
+    try:
+        return (proc_dir / "cwd").resolve(strict=True)
+    except OSError:
+        return Path("/")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,13 +57,49 @@ def assert_exactly_once(exp: Path, max_rounds: int) -> None:
     assert read_journal(Experiment.locate(exp, "autoresearch-protocol.md")) is None
 
 
-@pytest.mark.parametrize("point", ["before-commit@2", "after-commit@2", "after-ledger@2",
-                                   "after-ledger@0"])
-def test_resume_after_crash_point(toy_experiment, point) -> None:
+def researcher_runs(tmp_path: Path) -> Counter:
+    """How many times the fixture researcher ran each round (it appends one `=== round N` line
+    per run to briefs.log beside the plan)."""
+    log = (tmp_path / "briefs.log").read_text()
+    return Counter(int(n) for n in re.findall(r"^=== round (\d+)$", log, flags=re.MULTILINE))
+
+
+def round_commits(exp: Path) -> dict[int, str]:
+    """{round: sha} of the loop's commits on the branch ({} before the branch exists)."""
+    found: dict[int, str] = {}
+    if git(exp, "rev-parse", "--verify", "--quiet", BRANCH, check=False) != 0:
+        return found
+    for line in git(exp, "log", "--format=%H %s", BRANCH).splitlines():
+        sha, _, subject = line.partition(" ")
+        if match := re.match(r"autoresearch: round (\d+) — ", subject):
+            found[int(match[1])] = sha
+    return found
+
+
+@pytest.mark.parametrize(("point", "committed_at_crash", "redone"), [
+    # Killed before the commit: nothing to keep, so round 2 is rolled back and redone.
+    ("before-commit@2", [1], [2]),
+    # The commit happened: recovery must record it, not redo the round (one researcher run).
+    ("after-commit@2", [1, 2], []),
+    ("after-ledger@2", [1, 2], []),
+    ("after-ledger@0", [], []),
+])
+def test_resume_after_crash_point(toy_experiment, tmp_path, point, committed_at_crash,
+                                  redone) -> None:
     exp = toy_experiment({"default": "good"})
     assert finish(start(exp, crash_at=point)) == -signal.SIGKILL
+    at_crash = round_commits(exp)  # the branch right after the supervisor died
+    assert sorted(at_crash) == committed_at_crash
     assert finish(start(exp)) == 0
     assert_exactly_once(exp, 3)
+    runs = Counter({1: 1, 2: 1, 3: 1}) + Counter(redone)
+    assert researcher_runs(tmp_path) == runs, "a round's researcher ran too often or not at all"
+    after = round_commits(exp)
+    assert sorted(after) == [1, 2, 3]
+    # A commit made before the crash stays on the branch as it was: the same sha for its round.
+    assert {r: after[r] for r in at_crash} == at_crash
+    for sha in at_crash.values():
+        assert git(exp, "merge-base", "--is-ancestor", sha, BRANCH, check=False) == 0
 
 
 @pytest.mark.parametrize("point", ["before-rollback@2", "after-rollback@2"])
@@ -118,15 +155,22 @@ def test_external_kill_during_training_kills_orphaned_training(toy_experiment, t
         assert proc.poll() is None
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    trainer = json.loads(pid_file.read_text())["pid"]
-    time.sleep(0.5)  # let train.py spawn its long-lived child
+    record = json.loads(pid_file.read_text())
+    trainer = record["pid"]
+    # train.py's long-lived child (`time.sleep(300)`, same process group): wait until it runs.
+    deadline = time.monotonic() + 60
+    while not (sleepers := _sleepers(record["pgid"])):
+        assert proc.poll() is None, "the supervisor ended before train.py started its child"
+        assert time.monotonic() < deadline, "train.py's child never started (60 s)"
+        time.sleep(0.05)
     proc.kill()
     proc.wait()
     assert Path(f"/proc/{trainer}").exists()
+    assert all(not _is_zombie(pid) for pid in sleepers)  # both outlived their supervisor
     (tmp_path / "plan.json").write_text(json.dumps({"default": "good"}))
     assert finish(start(exp)) == 0
     assert not Path(f"/proc/{trainer}").exists() or _is_zombie(trainer)
-    assert not _sleepers()
+    assert all(_is_zombie(pid) for pid in sleepers), "train.py's orphaned child survived"
     assert_exactly_once(exp, 3)
 
 
@@ -134,13 +178,15 @@ def _round_two_training(exp: Path) -> bool:
     return (Experiment.locate(exp, "x").round_dir(2) / "train-0.stdout.log").exists()
 
 
-def _sleepers() -> list[int]:
+def _sleepers(pgid: int) -> list[int]:
+    """Live `time.sleep(300)` processes (train.py's child) in process group ``pgid``."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for proc_dir in Path("/proc").glob("[0-9]*"):
         try:
-            if b"time.sleep(300)" in cmdline.read_bytes():
-                found.append(int(cmdline.parent.name))
-        except OSError:
+            group = int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            if group == pgid and b"time.sleep(300)" in (proc_dir / "cmdline").read_bytes():
+                found.append(int(proc_dir.name))
+        except (OSError, IndexError, ValueError):
             continue
     return [pid for pid in found if not _is_zombie(pid)]
 

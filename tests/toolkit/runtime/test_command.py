@@ -101,7 +101,9 @@ def test_a_run_announcing_its_full_budget_is_killed_at_once(project: Path) -> No
     assert "'max_steps=100000'" in evidence(training)
     assert "killed by spml" in evidence(training)
     assert statuses(report) == ["SKIP", "SKIP", "FAIL", "SKIP", "SKIP", "SKIP"]
-    assert report.elapsed_s < 5  # killed when the header appeared, before torch even loaded
+    # Killed when the header appeared, not by the (default 30 s) limit check or the 60 s time
+    # limit: a bound that holds on a loaded machine yet fails if the kill waits for either.
+    assert report.elapsed_s < 25
     assert leftover_processes(project) == []
 
 
@@ -115,7 +117,9 @@ def test_a_run_that_never_shows_its_limit_is_killed_after_the_limit_check(
     assert "no output at all" in evidence(training)
     assert statuses(report) == ["SKIP", "SKIP", "FAIL", "SKIP", "SKIP", "SKIP"]
     assert stage(report, "Data Loading").summary.startswith("not verified: spml stopped")
-    assert 3 <= report.elapsed_s < 8
+    # Stopped after the 3 s check: not before it, and long before the script's own 60 s of
+    # sleeping (or the 60 s time limit).
+    assert 3 <= report.elapsed_s < 30
     assert leftover_processes(project) == []
 
 

@@ -146,14 +146,16 @@ def test_low_mfu_is_an_anomaly_only_when_recorded() -> None:
 def test_a_slow_noisy_decrease_passes_on_the_fitted_line() -> None:
     # Review repro: Adam at lr 1e-4 falls ~1.3 % in 50 steps under per-batch noise, so the
     # first/last-third means can even read "rising"; the least-squares line sees the decrease.
+    # Seed 261 draws such a series: the window means rise (10.5 -> 10.51), the fitted line falls.
     import random
 
-    rng = random.Random(3)
+    rng = random.Random(261)
     losses = [10.6 - 0.003 * i + rng.uniform(-0.4, 0.4) for i in range(50)]
     judged = judge_loss_trend([{"step": i, "loss": v} for i, v in enumerate(losses)],
-                                     Thresholds())
-    assert judged.ok, judged
-    assert any("least-squares line" in e for e in judged.evidence) or "down" in judged.summary
+                              Thresholds())
+    assert judged == Judgement(True, "loss trending down: 10.5 -> 10.51 (fitted down 0.6%)", [
+        "mean loss of the first 16 steps 10.5, of the last 16 steps 10.51",
+        "least-squares line over 50 steps falls 0.6%"])
 
 
 def test_a_flat_series_still_fails() -> None:
