@@ -16,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spml.protocols.autoresearch import protocol_json_schema
+from spml.protocols import autoresearch, iteration
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "spml" / "protocols" / "schemas"
 SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {
-    "autoresearch.schema.json": protocol_json_schema,
+    "autoresearch.schema.json": autoresearch.protocol_json_schema,
+    "iteration.schema.json": iteration.protocol_json_schema,
 }
 
 

@@ -12,13 +12,13 @@ What it writes (`spml.toolkit.runtime.contract`): at start, when the step budget
 header ``spml-monitor max_steps=N`` (L1 must see the limited total within 30 s); every
 ``log_every`` steps and at `close`, one JSON object per step of the window appended to the JSONL
 file (``$SPML_METRICS_FILE`` by default: L1 sees every step's loss) and ONE ``key=value`` text
-line for the log step (read by `logmetrics.parse_log_line`, ``loss_of``, ``grad_norm_of``...).
+line for the log step (read by `metrics.log.parse_log_line`, ``loss_of``, ``grad_norm_of``...).
 
 No sync per step: the loss and the gradient statistics stay device tensors in a window buffer;
 `Monitor._materialize` moves the whole window to the host with one ``tolist()`` per device at
 the log step. NaN/Inf stay NaN/Inf: the JSON holds the tokens ``NaN``/``Infinity`` (Python's
-``json`` and therefore ``logmetrics`` read them; strict JSON parsers such as jq do not), the text
-line holds ``nan``/``inf``.
+``json`` and therefore ``spml.toolkit.metrics.log`` read them; strict JSON parsers such as jq
+do not), the text line holds ``nan``/``inf``.
 
 Keys of a record (those of `contract.RECORD_KEYS` that are known; unknown ones are omitted,
 never invented): ``step``, ``loss``, ``grad_norm`` (total L2 norm, as ``clip_grad_norm_``

@@ -71,7 +71,9 @@ def test_generator_renders_the_committed_text() -> None:
     generator = _generator()
 
     assert generator.expected_files() == {
-        "autoresearch.schema.json": SCHEMA_FILE.read_text(encoding="utf-8")}
+        "autoresearch.schema.json": SCHEMA_FILE.read_text(encoding="utf-8"),
+        "iteration.schema.json": SCHEMA_FILE.with_name("iteration.schema.json").read_text(
+            encoding="utf-8")}
     assert generator.main(["--check"]) == 0
 
 

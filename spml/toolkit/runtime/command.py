@@ -10,7 +10,7 @@ runs, its stdout/stderr and ``$SPML_METRICS_FILE`` are tailed and it is killed a
 * the total timeout (all stages together) runs out.
 
 Step records come from ``$SPML_METRICS_FILE`` (JSON lines, e.g. :class:`spml.toolkit.Monitor`)
-when it holds any, else from ``key=value`` lines of the output (`logmetrics.parse_log_line`).
+when it holds any, else from ``key=value`` lines of the output (`metrics.log.parse_log_line`).
 The health judges (`health.py`) give the Training verdict; without logged grad norms the
 gradient criterion passes with the judge's "not recorded" evidence (nothing to judge).
 

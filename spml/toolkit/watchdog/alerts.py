@@ -4,7 +4,7 @@ A rule looks at the points logged so far (oldest first) and answers for the LATE
 returned :class:`Alert` means "this holds now". A rule reads only points carrying its metric
 (among the last ``8 n + 64`` when it needs ``n`` values), so a line without it leaves the
 answer unchanged. :class:`AlertMonitor` feeds new points one by one and reports a rule once
-per episode (again only after it answered ``[]``). Metrics come from ``logmetrics``
+per episode (again only after it answered ``[]``). Metrics come from ``spml.toolkit.metrics.log``
 (``loss_of``, ``grad_norm_of``, ``mfu_of`` as a fraction, ``throughput_of``: a baseline must
 use the same unit); non-finite values are left to :class:`NonFinite` by every other rule.
 """
