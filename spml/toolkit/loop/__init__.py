@@ -3,23 +3,30 @@ loop kind (Auto Research, ml-iteration). Plain Python, no Prefect; `spml.tasks` 
 
 Contents, in the order a round runs them:
 
-- `experiment`: where an experiment's files live, the supervisor lock.
+- `kind`: `LoopKind`, what makes a kind (protocol file and model, ledger columns, brief,
+  policy, commit prefix, artifact keys): `AUTORESEARCH`, `ITERATION`.
+- `experiment`: where an experiment's files live (state in `.spml/<kind>/`), the lock.
 - `session`: `LoopSession`, the accepted protocol + worktree rebuilt from disk by every step;
   protocol edits between rounds (`reload_protocol`), `preflight`.
 - `lifecycle`: `open_loop` (validate, worktree, recovery, ledger), `next_step`, `close_loop`.
-- S0 `begin`: `begin_round` -> `RoundPlan` (notes, clean tree, journal, git snapshot, brief).
+- `round`: `run_round`, THE round sequence (the flow passes task steps, tests `PlainSteps`).
+- S0 `begin`: `begin_round` -> `RoundPlan` (notes, overrides, clean tree, journal, snapshot,
+  brief); `overrides`: a person's verdict override (revert, or re-apply an attempt).
 - S1 `researchers/`: the researcher contract (`base`), `command` and `optuna` researchers,
   `dispatch.run_researcher`.
 - S2 `compliance`: `check_compliance` (pure: snapshots + changes -> violations), `check_round`,
   `verify_fixed_files`, `restore_supervisor_files`.
-- S3+S4 `measure`: the fixed train and eval commands with hard limits -> `Measurement`.
-- S5 `settle` (decide, commit or archive + roll back, crash-safe order) and `record`
-  (ledger row, researcher feedback, journal cleared).
+- S3+S4 `measure`: the fixed train and eval commands with hard limits -> `Measurement`
+  (`measurement`: the per-seed record in `rounds/NNNN/measurement.json`; `observe`: what the
+  supervisor reads from the training output itself).
+- S5 decide: `policies` (`Decision`, the `Policy` interface, Auto Research's `MinDeltaPolicy`),
+  `review` (ml-iteration's compound `ReviewPolicy`), `incumbent` (HEAD's measured state);
+  `settle` (decide, commit or archive + roll back, crash-safe order) and `record` (ledger
+  row, researcher feedback, journal cleared).
 - `recovery`: finish or undo the round a killed supervisor left in flight, exactly once.
 - `ledger`: `experiences.md` and the round journal on disk.
 - `control`: the person on the loop — notes and stop requests as files.
-- `brief`: the markdown brief a researcher gets each round.
-- `policies`: when a measurement counts as an improvement (`MinDeltaPolicy`), targets.
+- `brief`: the markdown brief a researcher gets each round (one renderer per kind).
 - `summary`: the end-of-loop report. `scaffold`: writing a new protocol. `faults`: test-only
   crash points.
 """
