@@ -59,7 +59,9 @@ def _iteration_columns(p: iteration.IterationProtocol) -> tuple[str, ...]:
     c = p.review_criteria
     present = {"Metrics": bool(c.metrics), "Speed": bool(c.performance),
                "Observability": bool(c.observability and c.observability.required_keys),
-               "Stability": c.stability is not None, "Custom": bool(c.custom)}
+               "Stability": bool(c.stability and (c.stability.no_nan
+                                                  or c.stability.forbid_patterns)),
+               "Custom": bool(c.custom)}
     assert set(present) == set(DIMENSION_COLUMNS.values())
     return tuple(col for col in ITERATION_COLUMNS if present.get(col, True))
 

@@ -22,7 +22,7 @@ MEASUREMENT_FILENAME = "measurement.json"
 class CheckResult(BaseModel):
     """A custom check: its exit code (None when it could not run or was killed) and cause."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
     exit_code: int | None
     cause: str = ""
@@ -36,7 +36,7 @@ class CheckResult(BaseModel):
 class SeedRecord(BaseModel):
     """One train+eval run (seed ``seed``)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
     seed: int
     metrics: dict[str, float] = Field(default_factory=dict)   # printed by the eval
@@ -54,7 +54,7 @@ class SeedRecord(BaseModel):
 class ViolationRecord(BaseModel):
     """A compliance violation found while measuring (see `spml.toolkit.loop.compliance`)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
     path: str
     reason: str
@@ -63,7 +63,7 @@ class ViolationRecord(BaseModel):
 class Measurement(BaseModel):
     """The outcome of S3+S4 over all repeats."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
     round: int = 0
     tree: str | None = None               # the git tree that was trained and evaluated
@@ -78,7 +78,9 @@ class Measurement(BaseModel):
         """Every repeat ran and, with a primary metric, printed a finite value of it."""
         if self.cause or self.violations or not self.seeds:
             return False
-        return self.primary is None or len(self.values) == len(self.seeds)
+        values = self.values
+        return self.primary is None or (len(values) == len(self.seeds)
+                                        and all(map(math.isfinite, values)))
 
     @property
     def values(self) -> tuple[float, ...]:

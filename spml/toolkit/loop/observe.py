@@ -66,7 +66,7 @@ def scan_training_output(lines: Iterable[str],
             scan.step_values.setdefault(key, []).append(value)
             if not math.isfinite(value):
                 scan.nonfinite_keys.add(key)
-        if _NON_FINITE_WORD.search(line) and not any(map(math.isnan, values.values())):
+        if _NON_FINITE_WORD.search(line) and all(map(math.isfinite, values.values())):
             scan.nonfinite_keys.add("(unparsed)")  # `loss nan` without a key=value pair
     return scan
 

@@ -105,9 +105,6 @@ def test_iteration_columns_drop_empty_dimensions() -> None:
     assert "Observability" not in ITERATION.columns(no_keys)
 
 
-@pytest.mark.xfail(strict=True, reason="spml bug: stability {no_nan: false} with no "
-                   "forbid_patterns is never reviewed, yet keeps an (always empty) Stability "
-                   "column; observability drops its column in the same case")
 def test_stability_column_dropped_when_nothing_is_checked() -> None:
     protocol = iteration(metrics=[ACC], stability={"no_nan": False})
     assert "Stability" not in ITERATION.columns(protocol)

@@ -67,9 +67,6 @@ def test_missing_file_loads_as_none(tmp_path: Path) -> None:
     assert load_measurement(tmp_path / "never" / "made") is None
 
 
-@pytest.mark.xfail(strict=True, reason="spml bug: a non-finite metric (the eval printed "
-                   "acc: nan) is saved as null and the file then fails to load: the round "
-                   "looks unmeasured and can no longer be the incumbent")
 def test_non_finite_metric_round_trip(tmp_path: Path) -> None:
     measurement = Measurement(primary="loss", seeds=seeds({"acc": 0.5, "loss": math.nan}))
     save_measurement(tmp_path, measurement)
@@ -89,8 +86,6 @@ def test_ok() -> None:
     assert Measurement(seeds=seeds({}, {})).ok                      # no primary: ran is enough
 
 
-@pytest.mark.xfail(strict=True, reason="Measurement.ok promises 'a finite value' of the "
-                   "primary metric but accepts NaN (measure() guards it separately)")
 def test_ok_needs_a_finite_primary() -> None:
     assert not Measurement(primary="acc", seeds=seeds({"acc": math.nan})).ok
 

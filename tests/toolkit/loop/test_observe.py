@@ -66,8 +66,6 @@ def test_non_finite_word_without_a_pair() -> None:
         == set()
 
 
-@pytest.mark.xfail(strict=True, reason="spml bug: a parsed inf value also adds '(unparsed)' "
-                   "(the guard checks isnan only), so loss=inf counts twice in stability")
 @pytest.mark.parametrize("value", ["inf", "-inf"])
 def test_parsed_inf_counts_once(value: str) -> None:
     assert scan_training_output([f"step=3 loss={value}"]).nonfinite_keys == {"loss"}
