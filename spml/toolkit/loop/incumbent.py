@@ -24,11 +24,15 @@ def find_incumbent(session: LoopSession) -> Measurement | None:
     if ledger is None:
         return None
     head_tree = session.workspace.head_tree()
+    found_any = False
     for round_no in reversed(ledger.kept_rounds()):
         measurement = load_measurement(session.experiment.round_dir(round_no))
+        found_any = found_any or measurement is not None
         if measurement is not None and measurement.tree == head_tree and not measurement.cause:
             return measurement
-    return _from_ledger(session, ledger.best)
+    # HEAD holds code nobody measured: no incumbent. Only when every measurement is gone (a
+    # lost `.spml/`) does Auto Research fall back to the ledger's exact best value.
+    return None if found_any else _from_ledger(session, ledger.best)
 
 
 def _from_ledger(session: LoopSession, best: object) -> Measurement | None:

@@ -6,7 +6,6 @@ under test (see tests/fixtures/loop_steps/train.py and evaluate.py).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -119,12 +118,10 @@ def test_a_failing_eval_fails_the_measurement(tmp_path: Path) -> None:
 
 
 def test_an_eval_past_its_timeout_is_killed(tmp_path: Path) -> None:
-    started = time.monotonic()
     measured = measure_round_zero(tmp_path, "x: 1.0\neval_sleep: 5\n", eval={"timeout": 1})
 
-    assert measured.cause == "eval killed: exceeded 1s"
+    assert measured.cause == "eval killed: exceeded 1s"  # only a killed eval says this
     assert measured.seeds == ()
-    assert time.monotonic() - started < 5  # the eval did not sleep its 5 s
 
 
 def test_a_training_crash_fails_the_measurement_before_any_eval(tmp_path: Path) -> None:
