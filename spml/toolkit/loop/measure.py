@@ -93,7 +93,8 @@ def _measure_seed(session: LoopSession, plan: RoundPlan,
 def _train(session: LoopSession, plan: RoundPlan, seed: int) -> tuple[CommandResult, float | None]:
     session.workspace.clean_ignored()
     round_dir = session.experiment.round_dir(plan.round_no)
-    with FirstStepClock(round_dir / f"train-{seed}.stdout.log") as clock:
+    with FirstStepClock(round_dir / f"train-{seed}.stdout.log",
+                        round_dir / f"train-{seed}.stderr.log") as clock:
         result = run_command(
             session.protocol.train_command, cwd=session.workdir, log_dir=round_dir,
             name=f"train-{seed}", env=command_env(session, plan.round_no, seed),
@@ -109,6 +110,7 @@ def _scan(session: LoopSession, train: CommandResult) -> dict[str, Any]:
     patterns = stability.forbid_patterns if stability is not None else []
     scan = scan_training_output(read_lines(train.stdout_path, train.stderr_path), patterns)
     return {"step_lines": scan.step_lines, "step_keys": sorted(scan.step_keys),
+            "key_lines": dict(sorted(scan.key_lines.items())),
             "nonfinite_keys": sorted(scan.nonfinite_keys), "pattern_hits": scan.pattern_hits,
             "reported": scan.reported()}
 

@@ -45,6 +45,7 @@ class SeedRecord(BaseModel):
     eval_time_s: float = 0.0
     step_lines: int = 0
     step_keys: list[str] = Field(default_factory=list)
+    key_lines: dict[str, int] = Field(default_factory=dict)   # step lines carrying each key
     nonfinite_keys: list[str] = Field(default_factory=list)
     pattern_hits: dict[str, int] = Field(default_factory=dict)
     reported: dict[str, float] = Field(default_factory=dict)  # medians of the trained code's

@@ -1,9 +1,11 @@
 """What the supervisor measures itself while the fixed training command runs (S3).
 
-Beside the evaluation's metrics, a review needs facts the trained code cannot fake by printing a
-number: the wall time of the train command, the time to its first per-step line, which keys the
-per-step lines carry, non-finite values, and lines matching forbidden patterns. The trained
+Beside the evaluation's metrics, a review needs facts about the run itself: the wall time of
+the train command (the trained code cannot fake it), the time to its first per-step line on
+stdout or stderr (the code decides when it prints that line), which keys every per-step line
+carries, non-finite values on any line, and lines matching forbidden patterns. The trained
 code's own numbers (``mfu=0.31`` in a step line) are kept too, marked as reported by that code.
+Whole files are read line by line, so a flood of output cannot push a NaN out of sight.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 import statistics
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ class TrainingScan:
 
     step_lines: int = 0
     step_keys: set[str] = field(default_factory=set)
+    key_lines: dict[str, int] = field(default_factory=dict)  # step lines carrying each key
     nonfinite_keys: set[str] = field(default_factory=set)
     pattern_hits: dict[str, int] = field(default_factory=dict)
     step_values: dict[str, list[float]] = field(default_factory=dict)
@@ -56,29 +59,32 @@ def scan_training_output(lines: Iterable[str],
         for pattern, regex in compiled:
             if regex.search(line):
                 scan.pattern_hits[pattern] += 1
-        values = parse_log_line(line)
-        if not is_step_line(values):
-            continue
-        assert values is not None
-        scan.step_lines += 1
-        for key, value in values.items():
-            scan.step_keys.add(key)
-            scan.step_values.setdefault(key, []).append(value)
-            if not math.isfinite(value):
-                scan.nonfinite_keys.add(key)
+        values = parse_log_line(line) or {}
+        # Any line counts for NaN/Inf: `epoch=1 loss=nan`, a Trainer dict without a step.
+        scan.nonfinite_keys.update(k for k, v in values.items() if not math.isfinite(v))
         if _NON_FINITE_WORD.search(line) and all(map(math.isfinite, values.values())):
             scan.nonfinite_keys.add("(unparsed)")  # `loss nan` without a key=value pair
+        if is_step_line(values):
+            _count_step_line(scan, values)
     return scan
 
 
-def read_lines(*paths: Path, max_bytes: int = 64 << 20) -> list[str]:
-    """The lines of each file (bounded: a flood of output is read up to ``max_bytes`` each)."""
-    lines: list[str] = []
+def _count_step_line(scan: TrainingScan, values: dict[str, float]) -> None:
+    scan.step_lines += 1
+    for key, value in values.items():
+        scan.step_keys.add(key)
+        scan.key_lines[key] = scan.key_lines.get(key, 0) + 1
+        scan.step_values.setdefault(key, []).append(value)
+
+
+def read_lines(*paths: Path, max_line: int = 1 << 20) -> Iterator[str]:
+    """Every line of each file, streamed (a line longer than ``max_line`` bytes is cut)."""
     for path in paths:
-        if path.is_file():
-            with path.open("rb") as handle:
-                lines += handle.read(max_bytes).decode("utf-8", "replace").splitlines()
-    return lines
+        if not path.is_file():
+            continue
+        with path.open("rb") as handle:
+            while chunk := handle.readline(max_line):
+                yield chunk.decode("utf-8", "replace").rstrip("\r\n")
 
 
 def has_key(keys: Iterable[str], wanted: str) -> bool:
@@ -87,10 +93,11 @@ def has_key(keys: Iterable[str], wanted: str) -> bool:
 
 
 class FirstStepClock:
-    """Watches a growing stdout file from a thread; records when the first step line appears."""
+    """Watches the growing stdout and stderr files from a thread; records when the first step
+    line appears on either."""
 
-    def __init__(self, stdout_path: Path, poll_s: float = 0.05) -> None:
-        self._follower = LogFollower(stdout_path)
+    def __init__(self, *paths: Path, poll_s: float = 0.05) -> None:
+        self._followers = [LogFollower(path) for path in paths]
         self._poll_s = poll_s
         self._started = time.monotonic()
         self.first_step_s: float | None = None
@@ -113,9 +120,11 @@ class FirstStepClock:
             self._check()
 
     def _check(self) -> None:
-        try:
-            lines = self._follower.poll()
-        except OSError:
-            return
-        if any(is_step_line(parse_log_line(line)) for line in lines):
-            self.first_step_s = time.monotonic() - self._started
+        for follower in self._followers:
+            try:
+                lines = follower.poll()
+            except OSError:
+                continue
+            if any(is_step_line(parse_log_line(line)) for line in lines):
+                self.first_step_s = time.monotonic() - self._started
+                return

@@ -2,10 +2,10 @@
 
 Per criterion, against the incumbent (the measured state of HEAD):
 
-* ``pass`` — the threshold is met;
 * ``regressed`` — it was met by the incumbent and is not now (always), the number the
-  incumbent had is missing or not finite now, or the value is worse than the incumbent's by
-  more than the noise margin;
+  incumbent had is missing (on any seed) or not finite now, or the value is worse than the
+  incumbent's by more than the noise margin — even while the threshold is still met;
+* ``pass`` — the threshold is met (and no regression);
 * ``improved`` — not met, but better than the incumbent by more than the noise margin;
 * ``fail`` — not met, and no move beyond noise.
 
@@ -14,7 +14,9 @@ verdict (its status is ``pass``).
 
 The noise margin of a number is two standard errors of the difference when both sides ran
 ``repeats > 1`` seeds; otherwise a relative margin: ``acceptance.noise`` if the protocol sets it,
-else ``DEFAULT_RELATIVE_NOISE`` of its dimension (a metric is steadier than a wall time).
+else ``DEFAULT_RELATIVE_NOISE`` of its kind (a metric is steadier than a time). The
+supervisor's wall times (`train_time_s`, `first_step_time_s`) never get a margin under
+``WALL_TIME_FLOOR_S``.
 
 Verdict: all pass -> commit and stop (``target_reached``); any regression -> roll back; at least
 one improvement (or a criterion now passing) -> commit; otherwise commit with a note
@@ -28,12 +30,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from spml.protocols.review_criteria import SUPERVISOR_MEASURED, Criterion, ReviewCriteria
-from spml.toolkit.loop.measurement import Measurement, mean_and_sem
+from spml.toolkit.loop.measurement import Measurement, SeedRecord, mean_and_sem
 from spml.toolkit.loop.observe import has_key
 from spml.toolkit.loop.policies import Decision
 
 Status = Literal["pass", "improved", "regressed", "fail"]
-DEFAULT_RELATIVE_NOISE = {"metrics": 0.01, "performance": 0.10}
+# Wall times on a shared machine swing by tens of percent between identical runs.
+DEFAULT_RELATIVE_NOISE = {"metrics": 0.01, "performance": 0.25}
+WALL_TIME_FLOOR_S = 1.0  # the least noise margin of train_time_s / first_step_time_s
 # Ledger columns per dimension (SPML's names).
 DIMENSION_COLUMNS = {"metrics": "Metrics", "performance": "Speed",
                      "observability": "Observability", "stability": "Stability",
@@ -101,33 +105,32 @@ class ReviewPolicy:
         name = f"{dimension}.{criterion.name}"
         values = candidate.samples(source, criterion.name)
         before = incumbent.samples(source, criterion.name) if incumbent is not None else []
-        was_met = bool(before) and criterion.met_by(mean_and_sem(before)[0])
-        if not values or not all(map(math.isfinite, values)):
-            why = _missing(source, criterion.name) if not values else \
-                f"{criterion.name} is not finite ({values})"
-            # Losing a number the incumbent had is a regression, met or not.
-            lost = bool(before) and all(map(math.isfinite, before))
-            return CriterionResult(name, "regressed" if lost else "fail",
-                                   why + (f"; the incumbent had {mean_and_sem(before)[0]:.4g}"
-                                          if lost else ""))
+        before = before if before and all(map(math.isfinite, before)) else []
+        if len(values) < len(candidate.seeds) or not all(map(math.isfinite, values)):
+            return _lost_number(name, criterion, source, values, before)
         mean, sem = mean_and_sem(values)
         shown = f"{criterion.name}={mean:.4g}{_origin(source)}"
-        if criterion.met_by(mean):
-            return CriterionResult(name, "pass", f"{shown} {criterion.op} {criterion.threshold:g}")
+        met = criterion.met_by(mean)
         if not before:
-            return CriterionResult(name, "fail", f"{shown}, needs {criterion.describe()}")
+            return CriterionResult(name, "pass" if met else "fail",
+                                   f"{shown} {criterion.op} {criterion.threshold:g}" if met
+                                   else f"{shown}, needs {criterion.describe()}")
         best, best_sem = mean_and_sem(before)
-        if was_met:
-            return CriterionResult(name, "regressed",
-                                   f"{shown} no longer meets {criterion.describe()} "
-                                   f"(incumbent {best:.4g})")
-        margin = self._margin(dimension, best, sem, best_sem)
+        if criterion.met_by(best) and not met:
+            return CriterionResult(name, "regressed", f"{shown} no longer meets "
+                                   f"{criterion.describe()} (incumbent {best:.4g})")
+        noise_kind = "metrics" if source == "metrics" else "performance"
+        margin = self._margin(noise_kind, best, sem, best_sem)
+        if source == "measured":  # process start-up jitter: no wall time is exact to a second
+            margin = max(margin, WALL_TIME_FLOOR_S)
         gain = _goodness(criterion, mean) - _goodness(criterion, best)
         versus = f"{shown} vs incumbent {best:.4g}, noise margin {margin:.2g}"
+        if gain < -margin:  # worse beyond noise is a regression, even while still met
+            return CriterionResult(name, "regressed", versus)
+        if met:
+            return CriterionResult(name, "pass", f"{shown} {criterion.op} {criterion.threshold:g}")
         if gain > margin:
             return CriterionResult(name, "improved", versus)
-        if gain < -margin:
-            return CriterionResult(name, "regressed", versus)
         return CriterionResult(name, "fail", f"{versus}; needs {criterion.describe()}")
 
     def _margin(self, dimension: str, best: float, sem: float | None,
@@ -139,9 +142,21 @@ class ReviewPolicy:
 
 
 def _source(dimension: str, name: str) -> str:
-    if dimension == "metrics":
-        return "metrics"
-    return "measured" if name in SUPERVISOR_MEASURED else "reported"
+    if name in SUPERVISOR_MEASURED:  # the supervisor's own numbers, whichever dimension
+        return "measured"
+    return "metrics" if dimension == "metrics" else "reported"
+
+
+def _lost_number(name: str, criterion: Criterion, source: str, values: list[float],
+                 before: list[float]) -> CriterionResult:
+    """Not measured on every seed, or not finite: a number the incumbent had is lost."""
+    why = (f"{criterion.name} is not finite ({values})" if values and not
+           all(map(math.isfinite, values)) else _missing(source, criterion.name)
+           + ("" if not values else " on every seed"))
+    if before:
+        return CriterionResult(name, "regressed",
+                               f"{why}; the incumbent had {mean_and_sem(before)[0]:.4g}")
+    return CriterionResult(name, "fail", why)
 
 
 def _origin(source: str) -> str:
@@ -184,10 +199,18 @@ def _observability(required: list[str], candidate: Measurement,
 
 
 def _missing_keys(required: list[str], measurement: Measurement) -> list[str]:
+    """Keys not on every per-step line of every seed."""
     if not measurement.seeds:
         return list(required)
     return [k for k in required
-            if not all(has_key(seed.step_keys, k) for seed in measurement.seeds)]
+            if not all(_on_every_line(seed, k) for seed in measurement.seeds)]
+
+
+def _on_every_line(seed: SeedRecord, key: str) -> bool:
+    if not seed.key_lines:  # a record from before per-key line counts
+        return has_key(seed.step_keys, key)
+    lines = max((n for k, n in seed.key_lines.items() if has_key([k], key)), default=0)
+    return seed.step_lines > 0 and lines == seed.step_lines
 
 
 def _stability(no_nan: bool, candidate: Measurement,
