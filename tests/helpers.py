@@ -103,7 +103,7 @@ def iteration_experiment(tmp_path: Path, plan: dict[str, dict[str, Any]],
         shutil.copy(fixture / file, exp / file)
     shutil.copy(fixture / "gitignore", exp / ".gitignore")
     base = json.loads((fixture / "config.json").read_text())
-    (exp / "config.json").write_text(json.dumps({**base, **(config or {})}) + "\n")
+    (exp / "config.json").write_text(json.dumps({**base, **(config or {})}, sort_keys=True) + "\n")
     (repo / "README.md").write_text("user project\n")
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     write_iteration_protocol(exp, iteration_protocol_fields(tmp_path, **protocol))

@@ -117,7 +117,8 @@ class Criterion(_Model):
 def parse_criterion_text(text: str) -> dict[str, Any]:
     """Read ``"name op value"`` into Criterion fields; durations become seconds.
 
-    A duration given to a name ending in ``_time`` renames it ``<name>_s``.
+    A duration given to a name ending in ``_time`` renames it ``<name>_s``; so does any value
+    for the supervisor's own ``train_time`` / ``first_step_time`` (they are in seconds).
 
     Raises:
         ValueError: the text does not read ``name op value`` with a number or duration value.
@@ -135,6 +136,8 @@ def parse_criterion_text(text: str) -> dict[str, Any]:
                              f"'30s', '2min', '1h', '500ms', got {value!r}")
         if name.endswith("_time"):
             name = f"{name}_s"
+    if f"{name}_s" in SUPERVISOR_MEASURED:
+        name = f"{name}_s"
     return {"name": name, "op": match["op"], "threshold": number}
 
 

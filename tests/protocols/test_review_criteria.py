@@ -199,6 +199,8 @@ def test_older_metric_dict_reads_direction_as_op() -> None:
     ("epoch_time < 1h", "epoch_time_s", "<", 3600.0),
     ("step_time <= 500ms", "step_time_s", "<=", 0.5),
     ("step_time <= 0.5", "step_time", "<=", 0.5),  # no unit: the name is kept
+    ("train_time <= 30", "train_time_s", "<=", 30.0),  # the supervisor's own, in seconds
+    ("first_step_time < 9", "first_step_time_s", "<", 9.0),
     ("train_time_s <= 5min", "train_time_s", "<=", 300.0),
     ("eval/acc >= 0.8", "eval/acc", ">=", 0.8),
     ("wall <= 30 s", "wall", "<=", 30.0),

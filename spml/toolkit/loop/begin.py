@@ -15,8 +15,10 @@ from spml.toolkit.git.workspace import GitSnapshot
 from spml.toolkit.loop import control
 from spml.toolkit.loop.brief import BriefInputs
 from spml.toolkit.loop.faults import crash_point
+from spml.toolkit.loop.incumbent import find_incumbent
 from spml.toolkit.loop.ledger import Journal, read_ledger, write_journal
-from spml.toolkit.loop.overrides import apply_overrides
+from spml.toolkit.loop.measurement import MEASUREMENT_FILENAME
+from spml.toolkit.loop.overrides import apply_overrides, pending_overrides
 from spml.toolkit.loop.session import LoopSession, reload_protocol
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,16 @@ class RoundPlan:
     # Contents of the supervisor's own files outside the worktree (ledger, journal, session),
     # which a researcher running with the user's rights could otherwise rewrite.
     supervisor_files: dict[str, bytes | None] = field(default_factory=dict, repr=False)
+    # Overrides already queued when the round began (any other one came while it ran).
+    queued_overrides: tuple[str, ...] = ()
+    # HEAD holds code nobody measured (an override's revert, lost state, a hand-made commit):
+    # this round measures HEAD instead of asking the researcher, so the next one is judged.
+    remeasure: bool = False
+
+    @property
+    def measures_head(self) -> bool:
+        """Round 0 or a re-measure: no researcher, HEAD itself is trained and evaluated."""
+        return self.round_no == 0 or self.remeasure
 
     @property
     def note_text(self) -> str:
@@ -60,9 +72,14 @@ def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, Round
     snapshot = workspace.snapshot()
     # On disk too: after a crash, recovery restores hooks, config and watched refs from it.
     write_atomic(round_dir / SNAPSHOT_FILENAME, snapshot.to_json())
+    remeasure = round_no > 0 and find_incumbent(session) is None
+    if remeasure:
+        log.warning("round %d re-measures HEAD %s: no measurement of its code", round_no,
+                    base[:7])
     plan = RoundPlan(round_no, base, snapshot, tuple(notes),
-                     _read_all(supervisor_files(session, plan_round=round_no)))
-    if round_no > 0:
+                     _read_all(supervisor_files(session, plan_round=round_no)),
+                     tuple(o.id for o in pending_overrides(session.experiment)), remeasure)
+    if not plan.measures_head:
         write_atomic(round_dir / "brief.md", _brief(session, plan))
     return session, plan
 
@@ -79,8 +96,13 @@ def supervisor_files(session: LoopSession, plan_round: int) -> list[Path]:
     """Files only the supervisor writes during a round (the protocol: see `check_round`)."""
     experiment = session.experiment
     state = experiment.state_dir
+    ledger = read_ledger(experiment)
+    # Kept rounds' measurements decide what the incumbent is: nobody else may rewrite them.
+    measured = [experiment.round_dir(n) / MEASUREMENT_FILENAME
+                for n in (ledger.kept_rounds() if ledger is not None else [])]
     return [experiment.ledger_path, state / "round.json", state / "session.json",
-            experiment.round_dir(plan_round) / SNAPSHOT_FILENAME, experiment.protocol_path]
+            experiment.round_dir(plan_round) / SNAPSHOT_FILENAME, experiment.protocol_path,
+            *measured]
 
 
 def _read_all(paths: list[Path]) -> dict[str, bytes | None]:

@@ -19,6 +19,7 @@ from spml.toolkit.git.workspace import FileChange, GitSnapshot
 from spml.toolkit.globs import compile_globs
 from spml.toolkit.loop.begin import RoundPlan
 from spml.toolkit.loop.experiment import STAGE_OF_PROTOCOL
+from spml.toolkit.loop.overrides import hold_overrides_queued_since
 from spml.toolkit.loop.session import LoopSession
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,10 @@ def check_round(session: LoopSession, plan: RoundPlan,
     )
     skip = () if after_researcher else (str(session.experiment.protocol_path),)
     violations += restore_supervisor_files(plan, skip)
+    if after_researcher:
+        for note in hold_overrides_queued_since(session.experiment, plan.queued_overrides,
+                                                session.experiment.round_dir(plan.round_no)):
+            log.warning("round %d: %s", plan.round_no, note)
     for violation in violations:
         log.warning("round %d compliance: %s", plan.round_no, violation.reason)
     return violations

@@ -34,6 +34,7 @@ from spml.toolkit.loop.session import LoopSession
 
 log = logging.getLogger(__name__)
 OVERRIDE_TRAILER = "Spml-Override"
+HELD_FILENAME = "held-overrides.txt"
 OverrideVerdict = Literal["commit", "rollback"]
 
 
@@ -77,6 +78,36 @@ def pending_overrides(experiment: Experiment) -> list[Override]:
         except (ValueError, TypeError):
             log.warning("ignoring an unreadable override file %s", path.name)
     return out
+
+
+def hold_overrides_queued_since(experiment: Experiment, known: tuple[str, ...],
+                                round_dir: Path) -> list[str]:
+    """Move overrides queued while the researcher ran to `overrides/held/`; say which.
+
+    The researcher has the user's rights and could queue an override of its own rejected
+    round. An override is a person's act between rounds: one that appears during the
+    researcher step is held (never applied, never deleted) and named in the round's Note.
+    """
+    held_dir = experiment.state_dir / "overrides" / "held"
+    notes = []
+    for override in pending_overrides(experiment):
+        if override.id in known:
+            continue
+        held_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(_inbox(experiment) / f"{override.id}.json",
+                   held_dir / f"{override.id}.json")
+        notes.append(f"override {override.id} (round {override.round} -> {override.verdict}) "
+                     "queued while the researcher ran: held in .spml, not applied; queue it "
+                     "again if it was yours")
+    if notes:
+        write_atomic(round_dir / HELD_FILENAME, "\n".join(notes))
+    return notes
+
+
+def held_notes(round_dir: Path) -> list[str]:
+    """What `hold_overrides_queued_since` held during this round."""
+    path = round_dir / HELD_FILENAME
+    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
 
 
 def apply_overrides(session: LoopSession) -> list[str]:

@@ -36,7 +36,7 @@ def run_round(steps: RoundSteps, experiment_dir: str, round_no: int) -> str:
     plan = steps.begin(experiment_dir, round_no)
     proposal = None
     violations: list[Violation] = []
-    if round_no > 0:
+    if not plan.measures_head:
         proposal = steps.research(experiment_dir, plan)
         # Checked even after a failed researcher: what it touched must be reported and undone.
         violations = steps.comply(experiment_dir, plan)

@@ -18,6 +18,7 @@ from spml.toolkit.loop.faults import crash_point
 from spml.toolkit.loop.incumbent import find_incumbent
 from spml.toolkit.loop.ledger import Journal, clear_journal, write_journal
 from spml.toolkit.loop.measure import Measurement
+from spml.toolkit.loop.overrides import held_notes
 from spml.toolkit.loop.policies import Decision
 from spml.toolkit.loop.record import ROUND_TRAILER, record
 from spml.toolkit.loop.researchers import Proposal
@@ -39,8 +40,10 @@ class RoundOutcome:
 def decide(session: LoopSession, plan: RoundPlan, proposal: Proposal | None,
            violations: list[Violation], measurement: Measurement | None) -> ExperienceRow:
     """The ledger row for a round, from what each step reported."""
-    base = dict(round=plan.round_no, strategy=proposal.strategy if proposal else "baseline",
-                note=plan.note_text)
+    notes = [*plan.notes, *held_notes(session.experiment.round_dir(plan.round_no))]
+    strategy = proposal.strategy if proposal else "baseline" if plan.round_no == 0 else \
+        "re-measured HEAD"
+    base = dict(round=plan.round_no, strategy=strategy, note="; ".join(notes))
     failed = proposal.cause if proposal is not None and not proposal.ok else ""
     violations = violations or list(measurement.violations if measurement else ())
     if violations:
@@ -62,7 +65,7 @@ def decide(session: LoopSession, plan: RoundPlan, proposal: Proposal | None,
 def _judge(session: LoopSession, plan: RoundPlan, measurement: Measurement,
            base: dict) -> ExperienceRow:
     policy = session.kind.make_policy(session.protocol)
-    incumbent = None if plan.round_no == 0 else find_incumbent(session)
+    incumbent = None if plan.measures_head else find_incumbent(session)
     decision = policy.judge(measurement, incumbent)
     samples = measurement.samples("metrics", session.protocol.metric or "")
     value = sum(samples) / len(samples) if samples else None
@@ -70,15 +73,25 @@ def _judge(session: LoopSession, plan: RoundPlan, measurement: Measurement,
         else ""
     row = dict(compliance="pass", result=value, result_text=result_text,
                extra=_dimension_cells(session, decision), **base)
-    if plan.round_no == 0:
-        insight = "baseline measured on the base commit"
+    if plan.measures_head:
+        insight = "baseline measured on the base commit" if plan.round_no == 0 else (
+            f"HEAD {plan.base[:7]} held code nobody measured (an override, lost state or a "
+            "hand-made commit): measured it as the incumbent")
         if session.kind.name != "autoresearch":
             insight += "; " + ("all criteria pass" if decision.stop else _failing(decision))
         return ExperienceRow(verdict="committed", insight=insight, **row)
+    if session.kind.name != "autoresearch" and measurement.tree == incumbent_tree(incumbent):
+        return ExperienceRow(verdict="rolled_back", insight="no change: the code is HEAD's, "
+                             "already measured", **{**row, "extra": {}})
     if session.kind.name == "autoresearch":
         best = incumbent.mean if incumbent is not None else None
         return ExperienceRow(verdict=decision.verdict, insight=policy.explain(value, best), **row)
     return ExperienceRow(verdict=decision.verdict, insight=decision.rationale, **row)
+
+
+def incumbent_tree(incumbent: Measurement | None) -> str | None:
+    """The tree the incumbent measured (None when there is none)."""
+    return incumbent.tree if incumbent is not None else None
 
 
 def _failing(decision: Decision) -> str:
@@ -105,7 +118,9 @@ def settle(session: LoopSession, plan: RoundPlan, row: ExperienceRow) -> RoundOu
     """Apply the decision to git, the ledger and the researcher, crash-safely."""
     experiment, workspace = session.experiment, session.workspace
     commit = attempt = None
-    if plan.round_no == 0:
+    if plan.remeasure:
+        workspace.rollback(plan.base)  # nothing to commit: HEAD was measured, not changed
+    elif plan.round_no == 0:
         workspace.rollback(plan.base)
         if row.verdict != "committed":
             clear_journal(experiment)

@@ -228,8 +228,7 @@ def test_override_rollback_reverts_a_committed_round(make_experiment, tmp_path) 
     assert str(git(exp, "log", "-1", "--format=%B", revert)).count("Spml-Override: ") == 1
     assert str(git(exp, "rev-parse", f"{revert}~1")) == round_one
     # Round 1's change is undone: the revert's tree is the baseline's, round 2 built on it.
-    assert git(exp, "show", f"{revert}:exp/config.json") == \
-        (FIXTURE / "config.json").read_text().strip()
+    assert json.loads(str(git(exp, "show", f"{revert}:exp/config.json"))) == BASE_CONFIG
     assert branch_config(exp) == BASE_CONFIG | {"acc": 0.85}
     assert json.loads((worktree(exp) / "exp" / "config.json").read_text())[
         "log_grad_norm"] is False
@@ -365,3 +364,56 @@ def test_kill_during_settle_resumes_each_round_exactly_once(make_experiment, tmp
     assert not is_ancestor(exp, "refs/spml/attempts/2")
     assert row(exp, 2).insight.startswith("regressed: metrics.acc")
     assert_clean(exp)
+
+
+# --- holes found by an adversarial review --------------------------------------------------
+
+
+def test_unmeasured_head_is_measured_before_anything_is_judged(make_experiment) -> None:
+    exp = make_experiment({"1": {"acc": 0.85}, "3": {"acc": 0.40}}, max_rounds=1)
+    drive(exp, kind=KIND)
+    # A hand-made commit on the loop branch: HEAD now holds code nobody measured.
+    worktree = experiment(exp).worktree_dir("ml-iteration") / "exp"
+    (worktree / "config.json").write_text(json.dumps({**BASE_CONFIG, "acc": 0.86}) + "\n")
+    git(worktree, "commit", "-qam", "by hand")
+    drive(exp, max_rounds=3, kind=KIND)
+    remeasured = row(exp, 2)
+    assert (remeasured.strategy, remeasured.verdict) == ("re-measured HEAD", "committed")
+    assert "held code nobody measured" in remeasured.insight
+    assert remeasured.result == pytest.approx(0.86)
+    # Round 3 (0.86 -> 0.40) is judged against the measured HEAD, not committed blindly.
+    assert row(exp, 3).verdict == "rolled_back"
+    assert "metrics.acc" in row(exp, 3).insight
+    assert subjects(exp)[0] == "by hand"
+
+
+def test_an_override_the_researcher_queues_is_held_not_applied(make_experiment) -> None:
+    exp = make_experiment({"1": {"acc": 0.5},
+                           "2": {"log_grad_norm": True, "_forge_override": [1, "commit"]}},
+                          max_rounds=3)
+    drive(exp, kind=KIND)
+    assert row(exp, 1).verdict == "rolled_back"
+    assert not [r for r in ledger_of(exp).rows if r.is_override]
+    assert "queued while the researcher ran: held" in row(exp, 2).note
+    held = experiment(exp).state_dir / "overrides" / "held"
+    assert [p.name for p in held.iterdir()] == ["99999999999999999999-1.json"]
+    assert branch_config(exp)["acc"] == BASE_CONFIG["acc"]
+
+
+def test_rewritten_measurements_are_restored_before_judging(make_experiment) -> None:
+    exp = make_experiment({"1": {"acc": 0.85},
+                           "2": {"acc": 0.5, "_forge_measurements": True}}, max_rounds=2)
+    drive(exp, kind=KIND)
+    forged = row(exp, 2)
+    assert forged.verdict == "rolled_back"
+    assert "modified supervisor file measurement.json (restored)" in forged.insight
+    kept = json.loads((experiment(exp).round_dir(1) / "measurement.json").read_text())
+    assert kept["seeds"][0]["metrics"]["acc"] == pytest.approx(0.85)
+
+
+def test_a_round_that_changes_nothing_is_not_committed(make_experiment) -> None:
+    exp = make_experiment({"1": {}}, max_rounds=1)
+    drive(exp, kind=KIND)
+    assert row(exp, 1).verdict == "rolled_back"
+    assert row(exp, 1).insight.startswith("no change")
+    assert subjects(exp) == ["fake project"]
