@@ -34,11 +34,18 @@ def check_protocol(experiment_dir: Path, kind: str) -> Path:
     """Fail fast on a bad protocol, before Prefect starts; the resolved experiment dir."""
     from spml.toolkit.loop.experiment import Experiment
     from spml.toolkit.loop.kind import kind_named, refuse_other_kinds
+    from spml.toolkit.loop.ledger import read_ledger
+    from spml.toolkit.loop.lifecycle import refuse_locked_edits
+    from spml.toolkit.loop.session import accepted_protocol
 
     loop_kind = kind_named(kind)
     experiment = Experiment.locate(experiment_dir, loop_kind.protocol_filename)
     refuse_other_kinds(loop_kind, experiment.exp_dir)
-    loop_kind.load_protocol(experiment.protocol_path)
+    protocol = loop_kind.load_protocol(experiment.protocol_path)
+    read_ledger(experiment)  # a hand-broken ledger is named here, not in a task's traceback
+    previous = accepted_protocol(experiment, loop_kind)
+    if previous is not None:
+        refuse_locked_edits(loop_kind, previous, protocol)
     return experiment.exp_dir
 
 

@@ -253,7 +253,8 @@ def _parse_row(line: str, number: int, source: str,
     columns: tuple[str, ...] = header["columns"]
     if len(cells) != len(columns):
         raise ProtocolError(f"{source} line {number}: a round row must have {len(columns)} "
-                            f"cells ({' | '.join(columns)}), got {len(cells)}.")
+                            f"cells ({' | '.join(columns)}), got {len(cells)}. Write a | inside "
+                            "a cell as \\|.")
     by_column = dict(zip(columns, cells, strict=True))
     fields: dict[str, Any] = {_FIELD_OF[c]: v for c, v in by_column.items() if c in _FIELD_OF}
     fields["extra"] = {c: v for c, v in by_column.items() if c not in _FIELD_OF

@@ -45,7 +45,7 @@ def test_two_loop_kinds_in_one_directory_are_refused(tmp_path: Path, toy_experim
     (exp / "iteration-protocol.md").write_text("---\ngoal: x\n---\n")
     result = runner.invoke(app, ["iteration", "run", str(exp)])
     assert result.exit_code == 2
-    assert "already holds a Auto Research experiment" in " ".join(result.output.split())
+    assert "already holds an Auto Research experiment" in " ".join(result.output.split())
 
 
 def test_override_note_and_stop_are_queued_and_shown(tmp_path: Path) -> None:
@@ -82,3 +82,16 @@ def test_iteration_demo_reaches_its_target_after_a_rollback(tmp_path: Path) -> N
                                                 "committed"]
     assert ledger.best_commit is not None
     assert "target_reached" in done.stdout
+
+
+def test_locked_edit_is_refused_before_prefect_starts(tmp_path: Path) -> None:
+    from helpers import drive
+
+    exp = iteration_experiment(tmp_path, {}, max_rounds=0)
+    drive(exp, kind="ml-iteration")
+    path = exp / "iteration-protocol.md"
+    path.write_text(path.read_text().replace("evaluate.py\n  -", "evaluate.py\n  - train.py\n  -"))
+    result = runner.invoke(app, ["iteration", "run", str(exp)])
+    assert result.exit_code == 2
+    assert "fixed changed since this loop started" in " ".join(result.output.split())
+    assert "Traceback" not in result.output

@@ -307,6 +307,12 @@ class Workspace:
                                    f"--grep={pattern}", self._branch_ref)
         return found or None
 
+    def round_trailers(self, key: str = "Spml-Round") -> list[int]:
+        """The round numbers named by ``key`` trailers of the branch's commits."""
+        out = self._runner.probe("log", f"--format=%(trailers:key={key},valueonly)",
+                                 self._branch_ref) or ""
+        return [int(v) for v in out.split() if v.isdigit()]
+
     def replay(self, commit: str, *, revert: bool) -> None:
         """Apply ``commit``'s change (or its reverse) to the worktree, uncommitted.
 

@@ -95,6 +95,15 @@ def kind_named(name: str) -> LoopKind:
             from None
 
 
+def merge_columns(kept: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """A ledger's columns after a protocol edit: a new criterion dimension gains its column,
+    a dropped one keeps it (rows are never rewritten)."""
+    order = ITERATION_COLUMNS if "Result" not in kept else COLUMNS
+    present = set(kept) | set(wanted)
+    return tuple(c for c in order if c in present) + tuple(
+        c for c in kept if c not in order)
+
+
 def refuse_other_kinds(kind: LoopKind, exp_dir: Path) -> None:
     """One loop kind per experiment directory: they would share `experiences.md`.
 
@@ -104,10 +113,11 @@ def refuse_other_kinds(kind: LoopKind, exp_dir: Path) -> None:
     for other in KINDS.values():
         if other is kind:
             continue
+        flat = other is AUTORESEARCH and (exp_dir / ".spml" / "session.json").exists()
         if (exp_dir / other.protocol_filename).exists() or (
-                exp_dir / ".spml" / other.name).is_dir():
+                exp_dir / ".spml" / other.name).is_dir() or flat:
             raise ProtocolError(
-                f"{exp_dir} already holds a {other.title} experiment "
-                f"({other.protocol_filename} or .spml/{other.name}/); one loop kind per "
+                f"{exp_dir} already holds an {other.title} experiment "
+                f"({other.protocol_filename} or its state in .spml/); one loop kind per "
                 f"experiment directory, since both keep experiences.md there. Put the "
                 f"{kind.protocol_filename} in a directory of its own.")

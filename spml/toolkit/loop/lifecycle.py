@@ -12,7 +12,7 @@ from spml.toolkit.git.workspace import Workspace, ensure_excluded
 from spml.toolkit.loop import control
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.incumbent import find_incumbent
-from spml.toolkit.loop.kind import AUTORESEARCH, LoopKind, refuse_other_kinds
+from spml.toolkit.loop.kind import AUTORESEARCH, LoopKind, merge_columns, refuse_other_kinds
 from spml.toolkit.loop.ledger import read_ledger, write_ledger
 from spml.toolkit.loop.measurement import Measurement, SeedRecord, save_measurement
 from spml.toolkit.loop.policies import target_reached
@@ -52,7 +52,7 @@ def open_loop(experiment_dir: str, max_rounds: int | None = None,
     protocol = kind.load_protocol(experiment.protocol_path)
     previous = accepted_protocol(experiment, kind)
     if previous is not None:
-        _refuse_locked_edits(kind, previous, protocol)
+        refuse_locked_edits(kind, previous, protocol)
     if max_rounds is not None and max_rounds < 0:
         raise ProtocolError(f"max_rounds must be >= 0, got {max_rounds!r} (command line).")
     ensure_excluded(experiment.repo_root, ".spml/")
@@ -67,7 +67,21 @@ def open_loop(experiment_dir: str, max_rounds: int | None = None,
         control.clear_stop(experiment)
     recover_unfinished_round(session)
     _open_ledger(session)
+    _refuse_a_ledger_behind_the_branch(session)
     return session
+
+
+def _refuse_a_ledger_behind_the_branch(session: LoopSession) -> None:
+    """A round committed on the branch but missing from experiences.md would be redone under
+    the same number, and its records overwritten."""
+    ledger = read_ledger(session.experiment)
+    committed = session.workspace.round_trailers()
+    if ledger is not None and committed and max(committed) > ledger.rounds_done:
+        raise ProtocolError(
+            f"experiences.md records {ledger.rounds_done} round(s) but branch "
+            f"{session.workspace.branch} has the commit of round {max(committed)}: the ledger "
+            "lost rows. Restore experiences.md (its rows are in the Prefect artifacts and the "
+            "commit messages), or start a new experiment directory.")
 
 
 # Before loop kinds, Auto Research kept its state directly in `.spml/`.
@@ -86,7 +100,12 @@ def _move_flat_state(experiment: Experiment) -> None:
     log.info("moved the loop state of an older spml into %s", experiment.state_dir)
 
 
-def _refuse_locked_edits(kind: LoopKind, previous: Any, protocol: Any) -> None:
+def refuse_locked_edits(kind: LoopKind, previous: Any, protocol: Any) -> None:
+    """Refuse a protocol whose locked fields differ from the accepted one.
+
+    Raises:
+        ProtocolError: naming the changed fields.
+    """
     changed = kind.locked_changes(previous, protocol)
     if changed:
         raise ProtocolError(
@@ -108,6 +127,9 @@ def _open_ledger(session: LoopSession) -> None:
             ledger = ledger.with_row(ExperienceRow(
                 round=0, compliance="pass", result=p.baseline, verdict="committed",
                 strategy="baseline", insight="baseline given in the protocol (not measured)"))
+    elif ("Result" in ledger.columns) != (session.kind is AUTORESEARCH):
+        raise ProtocolError("experiences.md is the ledger of another loop kind (its columns: "
+                            f"{', '.join(ledger.columns)}). Use a new experiment directory.")
     elif ledger.metric != metric:
         raise ProtocolError(f"experiences.md tracks metric {ledger.metric!r} but the protocol "
                             f"says {metric!r}. Use a new experiment directory.")
@@ -117,7 +139,8 @@ def _open_ledger(session: LoopSession) -> None:
                             f"protocol says {p.direction}. Use a new experiment directory.")
     write_ledger(session.experiment, ledger.model_copy(update={
         "max_rounds": session.max_rounds, "status": "running",
-        "direction": ledger.direction or p.direction}))
+        "direction": ledger.direction or p.direction,
+        "columns": merge_columns(ledger.columns, session.kind.columns(p))}))
 
 
 def _given_baseline(session: LoopSession, value: float) -> None:

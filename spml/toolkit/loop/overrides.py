@@ -34,6 +34,7 @@ from spml.toolkit.loop.session import LoopSession
 
 log = logging.getLogger(__name__)
 OVERRIDE_TRAILER = "Spml-Override"
+OVERRIDES_ROUND_TRAILER = "Spml-Reverts-Round"
 HELD_FILENAME = "held-overrides.txt"
 OverrideVerdict = Literal["commit", "rollback"]
 
@@ -153,7 +154,10 @@ def _apply(session: LoopSession, override: Override) -> ExperienceRow:
 
 
 def _trailers(override: Override) -> dict[str, str]:
-    return {OVERRIDE_TRAILER: override.id, "Spml-Overrides-Round": str(override.round)}
+    trailers = {OVERRIDE_TRAILER: override.id}
+    if override.verdict == "rollback":  # what a later `commit` override of the round undoes
+        trailers[OVERRIDES_ROUND_TRAILER] = str(override.round)
+    return trailers
 
 
 def _revert(session: LoopSession, override: Override) -> str:
@@ -164,6 +168,10 @@ def _revert(session: LoopSession, override: Override) -> str:
 
 
 def _pick(session: LoopSession, override: Override) -> str:
+    # A kept round an earlier override reverted comes back by reverting that revert.
+    reverted = session.workspace.find_commit(f"{OVERRIDES_ROUND_TRAILER}: {override.round}")
+    if reverted is not None:
+        return _replay(session, override, reverted, revert=True)
     attempt = session.workspace.attempt(override.round)
     if attempt is None:
         raise SpmlError(f"round {override.round} left no archived attempt to re-apply")
@@ -175,7 +183,7 @@ def _replay(session: LoopSession, override: Override, commit: str, *, revert: bo
     workspace.rollback(workspace.head())
     workspace.replay(commit, revert=revert)
     crash_point("override-before-commit", override.round)
-    what = "revert" if revert else "re-apply"
+    what = "revert" if override.verdict == "rollback" else "re-apply"
     return workspace.commit_all(
         f"{session.kind.commit_prefix}: override — {what} round {override.round}",
         trailers=_trailers(override))

@@ -417,3 +417,39 @@ def test_a_round_that_changes_nothing_is_not_committed(make_experiment) -> None:
     assert row(exp, 1).verdict == "rolled_back"
     assert row(exp, 1).insight.startswith("no change")
     assert subjects(exp) == ["fake project"]
+
+
+def test_a_rolled_back_commit_can_be_brought_back(make_experiment) -> None:
+    # Rounds 2 and 3 change nothing (rolled back), so the revert is the tip each time.
+    exp = make_experiment({"1": {"log_grad_norm": True}, "2": {}, "3": {}})
+    drive(exp, max_rounds=1, kind=KIND)
+    queue_override(experiment(exp), 1, "rollback")
+    drive(exp, max_rounds=2, kind=KIND)
+    queue_override(experiment(exp), 1, "commit")
+    drive(exp, max_rounds=3, kind=KIND)
+    overrides = [r for r in ledger_of(exp).rows if r.is_override]
+    assert [r.verdict for r in overrides] == ["override: rollback", "override: commit"]
+    assert "re-applied round 1" in overrides[1].insight
+    assert branch_config(exp)["log_grad_norm"] is True
+    assert ledger_of(exp).kept_rounds() == [0, 1]
+    assert subjects(exp)[:2] == ["ml-iteration: override — re-apply round 1",
+                                 "ml-iteration: override — revert round 1"]
+    assert row(exp, 3).insight.startswith("no change")  # judged against round 1's state
+
+
+def test_a_ledger_that_lost_rows_is_refused(make_experiment) -> None:
+    exp = make_experiment({"1": {"acc": 0.85}}, max_rounds=1)
+    drive(exp, kind=KIND)
+    path = experiment(exp).ledger_path
+    path.write_text("\n".join(line for line in path.read_text().splitlines()
+                              if not line.startswith("| 1 |")) + "\n")
+    with pytest.raises(ProtocolError, match="experiences.md records 0 round.*round 1"):
+        open_loop(str(exp), 2, ITERATION)
+
+
+def test_an_old_auto_research_state_folder_is_another_kind(make_experiment) -> None:
+    exp = make_experiment({})
+    (exp / ".spml").mkdir()
+    (exp / ".spml" / "session.json").write_text("{}")
+    with pytest.raises(ProtocolError, match="already holds an Auto Research experiment"):
+        open_loop(str(exp), 1, ITERATION)

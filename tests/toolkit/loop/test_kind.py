@@ -66,7 +66,7 @@ def test_refuses_the_other_kinds_directory(tmp_path: Path, kind: Any, other: Any
     with pytest.raises(ProtocolError) as raised:
         refuse_other_kinds(kind, tmp_path)
     message = str(raised.value)
-    assert f"already holds a {other.title} experiment" in message
+    assert f"already holds an {other.title} experiment" in message
     assert kind.protocol_filename in message
 
 
