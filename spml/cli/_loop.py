@@ -3,8 +3,42 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from spml.cli._output import console, ledger_header, ledger_table
+import typer
+
+from spml.cli._output import console, guarded, ledger_header, ledger_table, quiet_prefect
+
+DirArg = Annotated[Path, typer.Argument(help="Experiment directory (holds the protocol).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")]
+MaxRounds = Annotated[int | None, typer.Option(help="Cap the rounds for this run.")]
+
+
+def add_loop_commands(app: typer.Typer, kind: str) -> None:
+    """`run`, `status`, `note` and `stop`, the same for every loop kind."""
+
+    @app.command()
+    def run(experiment_dir: DirArg, max_rounds: MaxRounds = None,
+            verbose: Verbose = False) -> None:
+        """Run or resume the loop (exit 0 when it ends normally, 2 on a bad protocol)."""
+        quiet_prefect(verbose)
+        guarded(lambda: run_loop(check_protocol(experiment_dir, kind), max_rounds, kind))
+
+    @app.command()
+    def status(experiment_dir: DirArg) -> None:
+        """Show the ledger, the round in flight, queued notes and overrides."""
+        guarded(lambda: show_status(experiment_dir, kind))
+
+    @app.command()
+    def note(experiment_dir: DirArg,
+             text: Annotated[str, typer.Argument(help="Guidance.")]) -> None:
+        """Add guidance for the next round's brief (and its Note / User Hint column)."""
+        guarded(lambda: add_note(experiment_dir, kind, text))
+
+    @app.command()
+    def stop(experiment_dir: DirArg) -> None:
+        """Ask the running loop to end after its current step."""
+        guarded(lambda: request_stop(experiment_dir, kind))
 
 
 def run_loop(exp_dir: Path, max_rounds: int | None, kind: str = "autoresearch") -> None:

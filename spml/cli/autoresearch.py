@@ -2,51 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from spml.cli._loop import add_note, check_protocol, request_stop, run_loop, show_status
-from spml.cli._output import console, guarded, quiet_prefect
+from spml.cli._loop import DirArg, add_loop_commands
+from spml.cli._output import console, guarded
 
 app = typer.Typer(help="Auto Research: a protocol-governed metric search loop.",
                   no_args_is_help=True)
-DirArg = Annotated[Path, typer.Argument(help="Experiment directory (holds the protocol).")]
 KIND = "autoresearch"
 
 
-@app.command()
-def run(
-    experiment_dir: DirArg,
-    max_rounds: Annotated[int | None, typer.Option(help="Cap the rounds for this run.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
-) -> None:
-    """Run or resume the loop (exit 0 when it ends normally, 2 on a bad protocol)."""
-    quiet_prefect(verbose)
-    guarded(lambda: _run(experiment_dir, max_rounds))
-
-
-def _run(experiment_dir: Path, max_rounds: int | None) -> None:
-    run_loop(check_protocol(experiment_dir, KIND), max_rounds, KIND)
-
-
-@app.command()
-def status(experiment_dir: DirArg) -> None:
-    """Show the ledger, the round in flight and queued notes."""
-    guarded(lambda: show_status(experiment_dir, KIND))
-
-
-@app.command()
-def note(experiment_dir: DirArg, text: Annotated[str, typer.Argument(help="Guidance.")]) -> None:
-    """Add guidance for the next round's brief (and its Note column)."""
-    guarded(lambda: add_note(experiment_dir, KIND, text))
-
-
-@app.command()
-def stop(experiment_dir: DirArg) -> None:
-    """Ask the running loop to end after its current step."""
-    guarded(lambda: request_stop(experiment_dir, KIND))
+add_loop_commands(app, KIND)
 
 
 @app.command()

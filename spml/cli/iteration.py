@@ -7,43 +7,15 @@ from typing import Annotated
 
 import typer
 
-from spml.cli._loop import add_note, check_protocol, locate, request_stop, run_loop, show_status
+from spml.cli._loop import DirArg, Verbose, add_loop_commands, locate, run_loop
 from spml.cli._output import console, guarded, quiet_prefect
 
 app = typer.Typer(help="ml-iteration: rounds reviewed against typed criteria, a person on the "
                   "loop.", no_args_is_help=True)
-DirArg = Annotated[Path, typer.Argument(help="Experiment directory (holds the protocol).")]
 KIND = "ml-iteration"
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")]
 
 
-@app.command()
-def run(
-    experiment_dir: DirArg,
-    max_rounds: Annotated[int | None, typer.Option(help="Cap the rounds for this run.")] = None,
-    verbose: Verbose = False,
-) -> None:
-    """Run or resume the loop (exit 0 when it ends normally, 2 on a bad protocol)."""
-    quiet_prefect(verbose)
-    guarded(lambda: run_loop(check_protocol(experiment_dir, KIND), max_rounds, KIND))
-
-
-@app.command()
-def status(experiment_dir: DirArg) -> None:
-    """Show the ledger, the round in flight, queued notes and overrides."""
-    guarded(lambda: show_status(experiment_dir, KIND))
-
-
-@app.command()
-def note(experiment_dir: DirArg, text: Annotated[str, typer.Argument(help="Hint.")]) -> None:
-    """Add a hint for the next round's brief (its User Hint column)."""
-    guarded(lambda: add_note(experiment_dir, KIND, text))
-
-
-@app.command()
-def stop(experiment_dir: DirArg) -> None:
-    """Ask the running loop to end after its current step."""
-    guarded(lambda: request_stop(experiment_dir, KIND))
+add_loop_commands(app, KIND)
 
 
 @app.command()

@@ -10,10 +10,14 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from spml.errors import ProtocolError
-from spml.protocols.frontmatter import PositiveDuration, format_validation_error, read_front_matter
+from spml.protocols.frontmatter import (
+    PositiveDuration,
+    changed_fields,
+    load_model,
+    read_front_matter,
+)
 from spml.protocols.frontmatter import parse_duration as parse_duration  # public: re-exported
 from spml.protocols.researchers import ResearcherSpec
 
@@ -158,11 +162,7 @@ def load_protocol(path: Path) -> AutoresearchProtocol:
     Raises:
         ProtocolError: one line per problem, naming the field, its line, and the fix.
     """
-    doc = read_front_matter(path)
-    try:
-        return AutoresearchProtocol.model_validate(doc.data)
-    except ValidationError as exc:
-        raise ProtocolError(format_validation_error(path.name, exc, doc)) from None
+    return load_model(path, AutoresearchProtocol)
 
 
 def read_protocol_body(path: Path) -> str:
@@ -172,18 +172,7 @@ def read_protocol_body(path: Path) -> str:
 
 def locked_changes(old: AutoresearchProtocol, new: AutoresearchProtocol) -> list[str]:
     """Names of the locked fields that differ between two versions of a protocol."""
-    changed = []
-    for dotted in LOCKED_FIELDS:
-        if _get(old, dotted) != _get(new, dotted):
-            changed.append(dotted)
-    return changed
-
-
-def _get(model: BaseModel, dotted: str) -> Any:
-    value: Any = model
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
+    return changed_fields(old, new, LOCKED_FIELDS)
 
 
 def protocol_json_schema() -> dict[str, Any]:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BeforeValidator, Field, ValidationError, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, WithJsonSchema
 
 from spml.errors import ProtocolError
 
@@ -165,6 +165,34 @@ def _collect_lines(node: yaml.Node | None, loc: Loc, offset: int, out: dict[Loc,
         for index, item in enumerate(node.value):
             out[(*loc, index)] = item.start_mark.line + offset
             _collect_lines(item, (*loc, index), offset, out)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def load_model(path: Path, model: type[ModelT]) -> ModelT:
+    """Read ``path``'s front matter and validate it as ``model``.
+
+    Raises:
+        ProtocolError: one line per problem, naming the field, its line, and the fix.
+    """
+    doc = read_front_matter(path)
+    try:
+        return model.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ProtocolError(format_validation_error(path.name, exc, doc)) from None
+
+
+def changed_fields(old: BaseModel, new: BaseModel, dotted_names: tuple[str, ...]) -> list[str]:
+    """The dotted field names (``researcher.kind``) whose values differ between two models."""
+    return [name for name in dotted_names if _get(old, name) != _get(new, name)]
+
+
+def _get(model: BaseModel, dotted: str) -> Any:
+    value: Any = model
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def format_validation_error(name: str, exc: ValidationError, doc: FrontMatter) -> str:

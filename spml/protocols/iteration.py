@@ -15,20 +15,22 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
 
-from spml.errors import ProtocolError
 from spml.protocols.autoresearch import (
     TRAIN_GRACE_S,
     Direction,
     FixedSpec,
     _check_globs,
-    _get,
 )
-from spml.protocols.frontmatter import PositiveDuration, format_validation_error, read_front_matter
+from spml.protocols.frontmatter import (
+    PositiveDuration,
+    changed_fields,
+    load_model,
+    read_front_matter,
+)
 from spml.protocols.researchers import ResearcherSpec
 from spml.protocols.review_criteria import Criterion, ReviewCriteria
 
@@ -153,11 +155,7 @@ def load_protocol(path: Path) -> IterationProtocol:
     Raises:
         ProtocolError: one line per problem, naming the field, its line, and the fix.
     """
-    doc = read_front_matter(path)
-    try:
-        return IterationProtocol.model_validate(doc.data)
-    except ValidationError as exc:
-        raise ProtocolError(format_validation_error(path.name, exc, doc)) from None
+    return load_model(path, IterationProtocol)
 
 
 def read_protocol_body(path: Path) -> str:
@@ -167,7 +165,7 @@ def read_protocol_body(path: Path) -> str:
 
 def locked_changes(old: IterationProtocol, new: IterationProtocol) -> list[str]:
     """Names of the locked fields that differ between two versions of a protocol."""
-    return [dotted for dotted in LOCKED_FIELDS if _get(old, dotted) != _get(new, dotted)]
+    return changed_fields(old, new, LOCKED_FIELDS)
 
 
 def protocol_json_schema() -> dict[str, Any]:
