@@ -54,7 +54,7 @@ def write_protocol(exp: Path, fields: dict[str, Any], body: str = "Toy backgroun
 
 
 def iteration_protocol_fields(tmp_path: Path, *, max_rounds: int = 1, train_time_s: float = 20.0,
-                    custom: bool = False) -> dict[str, Any]:
+                              custom: bool = False, repeats: int = 1) -> dict[str, Any]:
     """The iteration protocol of the fake project (a dict for the YAML front matter)."""
     script = FIXTURES / "iteration" / "researcher.py"
     researcher = (f"{sys.executable} {script} {tmp_path / 'plan.json'} "
@@ -75,6 +75,7 @@ def iteration_protocol_fields(tmp_path: Path, *, max_rounds: int = 1, train_time
         "focused_files": ["train.py", "config.json"],
         "eval": {"command": f"{sys.executable} evaluate.py"},
         "researcher": {"kind": "command", "command": researcher, "timeout": 60},
+        "acceptance": {"repeats": repeats},
         "review_criteria": criteria,
     }
 

@@ -207,3 +207,29 @@ def test_experiment_at_repo_root() -> None:
     found = check_compliance(snap(), snap(), changes, exp_rel=".", variable=VARIABLE,
                              fixed=FIXED)
     assert found == [Violation("train.py", "modified fixed file train.py")]
+
+
+# --- exact rules (survivors of mutation testing) ---------------------------------------------
+
+
+def test_a_moved_head_is_named_by_its_seven_character_sha(ws: Workspace) -> None:
+    def commit(work: Path) -> None:
+        write(work / "exp" / "params.yaml", "lr: 0.2\n")
+        run_git(work, "commit", "-qam", "researcher commit")
+
+    violations = researcher_round(ws, commit)
+    sha = run_git(ws.path, "rev-parse", "HEAD")
+    assert reasons(violations)[0] == (f"moved HEAD (new commit {sha[:7]}); the researcher must "
+                                      "not commit, reset or check out")
+
+
+def test_pth_and_shadowing_paths(ws: Workspace) -> None:
+    violations = researcher_round(ws, lambda w: (
+        write(w / "exp" / "hook.pth"),
+        write(w / "exp" / "model" / "os.bak" / "x.py"),      # a dotted folder shadows nothing
+        write(w / "exp" / "json.cpython-311-x86_64-linux-gnu.so")))
+    by_path = {v.path: v.reason for v in violations}
+    assert by_path["exp/hook.pth"].startswith("file hook.pth is a .pth file")
+    assert by_path["exp/json.cpython-311-x86_64-linux-gnu.so"] == (
+        "file json.cpython-311-x86_64-linux-gnu.so would shadow module json")
+    assert not any("os.bak" in path for path in by_path)

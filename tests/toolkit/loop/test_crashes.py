@@ -185,5 +185,7 @@ def test_a_stop_request_while_the_researcher_works_aborts_the_round(tmp_path: Pa
     assert git(exp, "rev-parse", "--verify", "--quiet", "refs/spml/attempts/2",
                check=False) != 0
     assert status(exp) == ""
+    # The researcher's stash is undone with the round (refs restored from the snapshot).
+    assert git(exp, "rev-parse", "--verify", "--quiet", "refs/stash", check=False) != 0
     assert read_journal(experiment(exp)) is None
     assert control.stop_requested(experiment(exp)) is None  # acknowledged

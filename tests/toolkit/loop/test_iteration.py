@@ -453,3 +453,41 @@ def test_an_old_auto_research_state_folder_is_another_kind(make_experiment) -> N
     (exp / ".spml" / "session.json").write_text("{}")
     with pytest.raises(ProtocolError, match="already holds an Auto Research experiment"):
         open_loop(str(exp), 1, ITERATION)
+
+
+def test_a_new_package_may_not_shadow_a_fixed_module(make_experiment) -> None:
+    # Every file not fixed may be edited, but `evaluate/__init__.py` would shadow evaluate.py.
+    exp = make_experiment({"1": {"acc": 0.85, "_write": {"evaluate/__init__.py": "x = 1\n"}}})
+    drive(exp, kind=KIND)
+    assert row(exp, 1).verdict == "rolled_back"
+    assert "file evaluate/__init__.py would shadow module evaluate" in row(exp, 1).insight
+
+
+def test_the_protocol_is_guarded_only_while_the_researcher_runs(make_experiment) -> None:
+    from spml.toolkit.loop.begin import begin_round
+    from spml.toolkit.loop.compliance import check_round
+
+    exp = make_experiment({})
+    session = open_loop(str(exp), 1, ITERATION)
+    _, plan = begin_round(session, 1)
+    path = exp / PROTOCOL
+    edited = path.read_text().replace("max_rounds: 1", "max_rounds: 4")
+    path.write_text(edited)
+    assert check_round(session, plan, after_researcher=False) == []  # the person's edit
+    assert path.read_text() == edited
+    [violation] = check_round(session, plan, after_researcher=True)
+    assert violation.reason.startswith("iteration-protocol.md changed while the researcher ran")
+    assert "max_rounds: 1" in path.read_text()  # restored
+
+
+def test_repeats_give_per_seed_records_and_the_baseline_names_what_fails(make_experiment
+                                                                         ) -> None:
+    exp = make_experiment({"1": {"acc": 0.85}}, repeats=2)
+    drive(exp, kind=KIND)
+    baseline = row(exp, 0)
+    assert baseline.insight == ("baseline measured on the base commit; failing: metrics.acc, "
+                                "observability")
+    assert (baseline.result, baseline.result_text) == (pytest.approx(0.8), "")
+    record = json.loads((experiment(exp).round_dir(1) / "measurement.json").read_text())
+    assert [s["seed"] for s in record["seeds"]] == [0, 1]
+    assert row(exp, 1).verdict == "committed"

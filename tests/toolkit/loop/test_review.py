@@ -313,3 +313,53 @@ def test_observability_needs_the_key_on_every_step_line() -> None:
     assert one(p, one_line, None).detail == "missing per-step grad_norm"
     assert one(p, every, None).status == "pass"
     assert one(p, one_line, every).status == "regressed"
+
+
+# --- exact words: the ledger shows them (survivors of mutation testing) ----------------------
+
+
+def test_rationales_name_exactly_what_moved() -> None:
+    three = policy(metrics=[crit("a", ">=", 0.9), crit("b", ">=", 0.9), crit("c", ">=", 0.9)])
+    before = meas({"metrics": {"a": 0.5, "b": 0.5, "c": 0.5}})
+    improved = three.judge(meas({"metrics": {"a": 0.6, "b": 0.5, "c": 0.5}}), before)
+    assert improved.rationale == ("improved: metrics.a (a=0.6 vs incumbent 0.5, noise margin "
+                                  "0.005); still failing: metrics.b, metrics.c")
+    both = three.judge(meas({"metrics": {"a": 0.95, "b": 0.95, "c": 0.6}}), before)
+    assert both.rationale == ("improved: metrics.c (c=0.6 vs incumbent 0.5, noise margin "
+                              "0.005); now passing: metrics.a, metrics.b")
+    regressed = three.judge(meas({"metrics": {"a": 0.4, "b": 0.4, "c": 0.5}}), before)
+    assert regressed.rationale == (
+        "regressed: metrics.a (a=0.4 vs incumbent 0.5, noise margin 0.005); "
+        "metrics.b (b=0.4 vs incumbent 0.5, noise margin 0.005)")
+    assert one(ACC, meas({"metrics": {}}), None).detail == "eval printed no acc value"
+
+
+def test_observability_details_list_every_key() -> None:
+    p = policy(observability={"required_keys": ["a", "b", "c"]})
+    lines = {"step": 4}
+    has = lambda *k: meas({"step_lines": 4, "step_keys": ["step", *k],  # noqa: E731
+                           "key_lines": {**lines, **dict.fromkeys(k, 4)}})
+    assert one(p, has("c"), None).detail == "missing per-step a, b"
+    assert one(p, has("c"), has("a", "b")).detail == (
+        "missing per-step a, b (the incumbent had a, b)")
+    assert one(p, has("a", "c"), has("c")).detail == "missing per-step b (was a, b)"
+
+
+def test_stability_names_and_details() -> None:
+    two = policy(stability={"no_nan": True, "forbid_patterns": ["Warn", "Err"]})
+    mixed = lambda n, w, e: meas({"nonfinite_keys": n,  # noqa: E731
+                                  "pattern_hits": {"Warn": w, "Err": e}})
+    fail = one(two, mixed(["loss", "lr"], 0, 0), None)
+    assert (fail.name, fail.status, fail.detail) == ("stability", "fail", "NaN/Inf in loss, lr")
+    worse = one(two, mixed(["loss"], 1, 0), mixed(["loss"], 0, 0))
+    assert (worse.name, worse.status) == ("stability", "regressed")
+    assert worse.detail == ("NaN/Inf in loss; 1 line(s) match 'Warn' (incumbent: NaN/Inf in "
+                            "loss)")
+    better = one(two, mixed(["loss"], 0, 0), mixed(["loss"], 1, 2))
+    assert (better.name, better.status) == ("stability", "improved")
+    assert better.detail == ("NaN/Inf in loss (was NaN/Inf in loss; 2 line(s) match 'Err'; 1 "
+                             "line(s) match 'Warn')")
+    same = one(two, mixed(["lr"], 0, 0), mixed(["loss"], 0, 0))
+    assert (same.name, same.status, same.detail) == ("stability", "fail", "NaN/Inf in lr")
+    # Hits add up over patterns: 1 + 1 is more than the incumbent's 1.
+    assert one(two, mixed([], 1, 1), mixed([], 1, 0)).status == "regressed"

@@ -89,6 +89,8 @@ def test_violations_fail_compliance_and_name_every_cause(tmp_path: Path) -> None
         "compliance: modified fixed file evaluate.py; researcher crashed: exit 3"
     twice = [Violation("a", "same reason"), Violation("b", "same reason")]
     assert decide(session, plan, proposal, twice, None).insight == "compliance: same reason"
+    two = [Violation("a", "reason A"), Violation("b", "reason B"), Violation("c", "reason A")]
+    assert decide(session, plan, proposal, two, None).insight == "compliance: reason A; reason B"
     settle(session, plan, decided)
     assert (worktree(exp) / "exp" / "evaluate.py").read_bytes() == \
         (exp / "evaluate.py").read_bytes()
