@@ -27,6 +27,11 @@ class Format(StrEnum):
     json = "json"
 
 
+class Profile(StrEnum):
+    default = "default"
+    spml = "spml"
+
+
 def _ids(values: list[str] | None) -> list[str]:
     return [i.strip() for v in values or [] for i in v.split(",") if i.strip()]
 
@@ -39,13 +44,17 @@ def static(
     ignore: Annotated[list[str] | None, typer.Option(help="Skip these ids.")] = None,
     config: Annotated[Path | None, typer.Option(help="pyproject.toml to read.")] = None,
     summary: Annotated[bool, typer.Option(help="Print the per-check summary.")] = True,
+    profile: Annotated[Profile | None, typer.Option(
+        help="default (critical = a correctness defect) or spml (SPML's mandatory practices "
+        "are critical too); overrides the config.")] = None,
 ) -> None:
     """Analyse training code; exit 0 without critical findings, 1 with any, 2 on bad usage
     (or when a check itself failed)."""
     from spml.toolkit.checks.engine import validate_static
     from spml.toolkit.checks.report import render_json, render_text
 
-    report = guarded(lambda: validate_static(paths, _ids(select), _ids(ignore), config))
+    report = guarded(lambda: validate_static(paths, _ids(select), _ids(ignore), config,
+                                             profile.value if profile else None))
     text = (render_json(report) if output_format is Format.json
             else render_text(report, summary=summary))
     typer.echo(text, nl=False)
@@ -110,12 +119,13 @@ def explain(check_id: Annotated[str, typer.Argument(help="A check id, e.g. L0-06
 
 @app.command(name="list")
 def list_checks() -> None:
-    """Every check: id, name, severity and when it applies."""
+    """Every check: id, name, severity per profile and when it applies."""
     from spml.toolkit.checks import CHECKS
 
-    table = Table("ID", "Name", "Severity", "Applies when", expand=True)
+    table = Table("ID", "Name", "default", "spml", "Applies when", expand=True)
     for check in CHECKS:
-        table.add_row(check.id, check.name, check.severity, check.condition)
+        table.add_row(check.id, check.name, check.severity_in("default"),
+                      check.severity_in("spml"), check.condition)
     console.print(table)
 
 

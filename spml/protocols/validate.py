@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -65,6 +66,9 @@ class ValidateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
+    profile: Literal["default", "spml"] = Field(
+        "default", description="Severities: 'default' (critical = a defect that corrupts results "
+        "or wastes the compute) or 'spml' (SPML's mandatory practices are critical too).")
     select: list[str] = Field(default_factory=lambda: ["ALL"],
                               description="Check ids to run ('ALL' for every check).")
     ignore: list[str] = Field(default_factory=list, description="Check ids never to run.")

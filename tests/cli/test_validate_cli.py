@@ -24,7 +24,8 @@ def test_exit_1_on_a_critical_finding_with_the_finding_line(tmp_path: Path,
     (tmp_path / "train.py").write_text(BAD)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # outside the working dir: absolute paths
-    result = runner.invoke(app, ["validate", "static", str(tmp_path), "--select", "L0-06"])
+    result = runner.invoke(app, ["validate", "static", str(tmp_path), "--select", "L0-06",
+                                 "--profile", "spml"])
     assert result.exit_code == 1
     assert f"{tmp_path / 'train.py'}:2:10 L0-06 DataLoader loads" in result.output
     assert "Verdict: REQUEST_CHANGES" in result.output
@@ -58,18 +59,36 @@ def test_exit_2_on_usage_errors(tmp_path: Path) -> None:
 def test_explain_prints_the_doc_and_list_shows_every_check() -> None:
     result = runner.invoke(app, ["validate", "explain", "l0-06"])
     assert result.exit_code == 0
-    assert result.output.startswith("L0-06 dataloader-workers (critical)")
+    assert result.output.startswith(
+        "L0-06 dataloader-workers (warning (default profile), critical (spml profile))")
     assert "## Use instead" in result.output
     assert runner.invoke(app, ["validate", "explain", "L0-00"]).exit_code == 2
     listing = runner.invoke(app, ["validate", "list"], terminal_width=200).output
     assert all(check.id in listing for check in CHECKS)
+    row = next(line for line in listing.splitlines() if "L0-06" in line)
+    assert "warning" in row
+    assert "critical" in row
+    assert row.index("warning") < row.index("critical")  # default column before spml
+
+
+def test_the_default_profile_does_not_block_on_policy(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(BAD)
+    default = runner.invoke(app, ["validate", "static", str(tmp_path), "--select", "L0-06"])
+    assert default.exit_code == 0, default.output
+    assert "Verdict: COMMENT" in default.output
+    (tmp_path / "pyproject.toml").write_text('[tool.spml.validate]\nprofile = "spml"\n')
+    configured = runner.invoke(app, ["validate", "static", str(tmp_path), "--select", "L0-06"])
+    assert configured.exit_code == 1
+    overridden = runner.invoke(app, ["validate", "static", str(tmp_path), "--select", "L0-06",
+                                     "--profile", "default"])
+    assert overridden.exit_code == 0
 
 
 def test_console_script_runs_as_a_real_process(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(BAD)
     done = subprocess.run([sys.executable, "-m", "spml", "validate", "static", "train.py",
-                           "--select", "L0-06"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
+                           "--select", "L0-06", "--profile", "spml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stdout.startswith("train.py:2:10 L0-06 ")
 
@@ -87,7 +106,7 @@ def test_pre_commit_hook_analyses_the_whole_project(tmp_path: Path, monkeypatch)
     monkeypatch.chdir(tmp_path)  # pre-commit runs hooks from the repository root
     argv = [*shlex.split(hook["entry"]), *hook["args"]]
     assert argv[0] == "spml"
-    result = runner.invoke(app, [*argv[1:], "--select", "L0-06"])
+    result = runner.invoke(app, [*argv[1:], "--select", "L0-06", "--profile", "spml"])
     assert result.exit_code == 1
     assert "Verdict" not in result.output
     assert result.output.startswith("train.py:2:10 L0-06 ")
@@ -134,6 +153,7 @@ def test_runtime_entry_point_pass_and_a_planted_defect(tmp_path: Path) -> None:
 def test_runtime_is_refused_when_l0_has_a_critical_finding(tmp_path: Path) -> None:
     project = _entry_project(tmp_path)
     (project / "loader.py").write_text(BAD)
+    (project / "pyproject.toml").write_text('[tool.spml.validate]\nprofile = "spml"\n')
     result = runner.invoke(app, ["validate", "runtime", str(project), "--entry",
                                  "good:l1_entry"])
     assert result.exit_code == 1

@@ -29,6 +29,7 @@ async def _latest_artifact() -> str:
 
 def test_critical_finding_fails_the_flow_run_and_publishes_the_report(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(BAD)
+    (tmp_path / "pyproject.toml").write_text('[tool.spml.validate]\nprofile = "spml"\n')
     state = validate_flow([str(tmp_path)], select=["L0-06"], return_state=True)
     assert state.is_failed()
     assert "L0 REQUEST_CHANGES: 1 critical" in state.message

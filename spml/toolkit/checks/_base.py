@@ -71,6 +71,14 @@ class Check:
     condition: ClassVar[str] = "always"
     # What only a run can tell; printed with PASS so nobody reads a static pass as proof.
     runtime_note: ClassVar[str] = ""
+    # A practice SPML mandates (logging destinations, loader tuning, fused attention), not a
+    # defect that corrupts results: a warning in the default profile, critical in `spml`.
+    policy: ClassVar[bool] = False
+
+    @classmethod
+    def severity_in(cls, profile: str) -> Severity:
+        """This check's severity in a profile (`default` or `spml`)."""
+        return "warning" if profile == "default" and cls.policy else cls.severity
 
     def applicability(self, facts: Facts) -> Applicability:
         """Override to say N/A (with the reason) when the condition does not hold."""
@@ -103,6 +111,8 @@ class Check:
     @classmethod
     def explain(cls) -> str:
         """The text ``spml validate explain ID`` prints (and the docs page is made of)."""
-        head = (f"{cls.id} {cls.name} ({cls.severity})\n"
+        profiles = (f"{cls.severity_in('default')} (default profile), "
+                    f"{cls.severity_in('spml')} (spml profile)")
+        head = (f"{cls.id} {cls.name} ({profiles})\n"
                 f"Applies when: {cls.condition}\nMessage: {cls.message}\nFix: {cls.fix}\n")
         return head + "\n" + cls.doc() + "\n"

@@ -67,6 +67,7 @@ class AttentionWithoutSdpa(Check):
     id = "L0-03"
     name = "attention-without-sdpa"
     severity = "critical"
+    policy = True
     message = "attention is computed by hand (softmax(q @ kᵀ) @ v) instead of fused SDPA"
     fix = "Call F.scaled_dot_product_attention(q, k, v, is_causal=...) and keep flash enabled"
     condition = "has attention layers"

@@ -8,6 +8,9 @@ from collections.abc import Iterator
 from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, not_applicable
 from spml.toolkit.checks.patterns import Facts
 
+BOTH_MESSAGE = ("DataLoader loads in the main process (num_workers is 0) and without "
+                "pin_memory=True in a CUDA project")
+
 
 class DataLoaderWorkers(Check):
     """Checks that every ``DataLoader`` loads in worker processes and, on CUDA, pins memory.
@@ -42,6 +45,7 @@ class DataLoaderWorkers(Check):
     id = "L0-06"
     name = "dataloader-workers"
     severity = "critical"
+    policy = True
     message = "DataLoader loads in the main process (num_workers is 0)"
     fix = "Pass num_workers (e.g. min(8, os.cpu_count())) and pin_memory=True on CUDA"
     condition = "has a DataLoader"
@@ -50,17 +54,22 @@ class DataLoaderWorkers(Check):
     def applicability(self, facts: Facts) -> Applicability:
         return APPLIES if facts.dataloaders else not_applicable("no DataLoader")
 
+
     def run(self, facts: Facts) -> Iterator[Finding]:
+        # One finding per DataLoader, naming every setting it lacks.
         for source, call in facts.dataloaders:
             workers = _keyword(call, "num_workers")
-            if workers is None or _is_zero(facts, source, workers):
+            no_workers = workers is None or _is_zero(facts, source, workers)
+            pin = _keyword(call, "pin_memory") if facts.uses_cuda else True
+            no_pin = pin is None or (pin is not True and _is_false(pin))
+            if no_workers and no_pin:
+                yield self.finding(source, call, BOTH_MESSAGE, self.fix)
+            elif no_workers:
                 yield self.finding(source, call)
-            if facts.uses_cuda:
-                pin = _keyword(call, "pin_memory")
-                if pin is None or _is_false(pin):
-                    yield self.finding(
-                        source, call, "DataLoader without pin_memory=True in a CUDA project",
-                        "Pass pin_memory=True; copy batches with .to(device, non_blocking=True)")
+            elif no_pin:
+                yield self.finding(
+                    source, call, "DataLoader without pin_memory=True in a CUDA project",
+                    "Pass pin_memory=True; copy batches with .to(device, non_blocking=True)")
 
 
 def _keyword(call: ast.Call, name: str) -> ast.AST | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +25,12 @@ class CheckResult:
     status: Status
     reason: str = ""
     findings: list[Finding] = field(default_factory=list)
+    profile: str = "default"
+
+    @property
+    def severity(self) -> str:
+        """The check's severity in the profile the report was made with."""
+        return self.check.severity_in(self.profile)
 
 
 @dataclass
@@ -82,21 +88,25 @@ def analyse(paths: Iterable[Path], config: ValidateConfig | None = None,
 
 def _run_one(check: Check, facts: Facts, config: ValidateConfig,
              config_dir: Path | None) -> CheckResult:
+    profile = config.profile
     try:
         applicability = check.applicability(facts)
         if not applicability.applies:
-            return CheckResult(type(check), "N/A", applicability.reason)
+            return CheckResult(type(check), "N/A", applicability.reason, profile=profile)
         by_path = {s.display: s for s in facts.project.files}
         # Findings in imported local modules are reported too: the named files run that code
         # (a pre-commit run on a staged train.py must not PASS a bug in its model.py).
-        findings = sorted({f for f in check.run(facts) if f.path in by_path
+        severity = check.severity_in(profile)
+        findings = sorted({replace(f, severity=severity) for f in check.run(facts)
+                           if f.path in by_path
                            and not _suppressed(f, by_path[f.path], config, config_dir)})
     except SpmlError:
         raise
     except Exception as exc:  # noqa: BLE001 - a check's own bug must not hide the others
-        return CheckResult(type(check), "ERROR", f"internal error: {type(exc).__name__}: {exc}")
+        return CheckResult(type(check), "ERROR", f"internal error: {type(exc).__name__}: {exc}",
+                           profile=profile)
     reason = applicability.reason or check.runtime_note
-    return CheckResult(type(check), "FAIL" if findings else "PASS", reason, findings)
+    return CheckResult(type(check), "FAIL" if findings else "PASS", reason, findings, profile)
 
 
 def _suppressed(finding: Finding, source: SourceFile | None, config: ValidateConfig,
@@ -112,16 +122,18 @@ def _suppressed(finding: Finding, source: SourceFile | None, config: ValidateCon
                if fnmatch.fnmatch(rel, glob) or fnmatch.fnmatch(path.name, glob))
 
 
-def validate_static(paths: Sequence[Path], select: Sequence[str] | None = None,
+def validate_static(paths: Sequence[Path], select: Sequence[str] | None = None,  # noqa: PLR0913
                     ignore: Sequence[str] | None = None,
-                    config_file: Path | None = None) -> Report:
+                    config_file: Path | None = None, profile: str | None = None) -> Report:
     """``spml validate static``: the config from ``config_file`` or the nearest
     pyproject.toml above the first path, then the command line's select/ignore on top."""
     from spml.toolkit.checks.config import find_pyproject, load_config
 
     config_file = config_file or find_pyproject(paths[0] if paths else Path.cwd())
     config, config_dir = load_config(config_file)
-    updates: dict[str, list[str]] = {}
+    updates: dict[str, object] = {}
+    if profile:
+        updates["profile"] = profile
     if select:
         updates["select"] = [s.strip().upper() for s in select]
     if ignore:

@@ -48,6 +48,7 @@ class LossNotWritten(Check):
     id = "L0-19"
     name = "loss-not-written"
     severity = "critical"
+    policy = True
     message = "loss is never written to a file (no file, logger or tracker receives it)"
     fix = "Write the loss to a log file, a FileHandler logger, TensorBoard or W&B"
     condition = "always (training code with backward())"

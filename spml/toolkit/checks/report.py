@@ -10,7 +10,7 @@ ORDER = {"ERROR": 0, "FAIL": 1, "PASS": 2, "N/A": 3}
 
 
 def _sort_key(result: CheckResult) -> tuple[int, int, str]:
-    return ORDER[result.status], result.check.severity != "critical", result.check.id
+    return ORDER[result.status], result.severity != "critical", result.check.id
 
 
 def summary_lines(report: Report) -> list[str]:
@@ -25,7 +25,7 @@ def summary_lines(report: Report) -> list[str]:
             count = len(result.findings)
             reason = f"{count} finding{'s' * (count != 1)}" + (f"; {reason}" if reason else "")
         tag = f"[{result.status}]".ljust(7)
-        lines.append(f"{tag} {check.id} {check.name} ({check.severity})"
+        lines.append(f"{tag} {check.id} {check.name} ({result.severity})"
                      + (f" — {reason}" if reason else ""))
     lines.append(f"Critical: {report.critical} · Warnings: {report.warnings}"
                  + (f" · Check errors: {len(report.errors)}" if report.errors else ""))
@@ -43,7 +43,7 @@ def render_text(report: Report, summary: bool = True) -> str:
 def render_json(report: Report) -> str:
     return json.dumps({
         "findings": [f.as_dict() for f in report.findings],
-        "checks": [{"id": r.check.id, "name": r.check.name, "severity": r.check.severity,
+        "checks": [{"id": r.check.id, "name": r.check.name, "severity": r.severity,
                     "status": r.status, "reason": r.reason, "findings": len(r.findings)}
                    for r in sorted(report.results, key=lambda r: r.check.id)],
         "files": report.files,
@@ -66,7 +66,7 @@ def render_markdown(report: Report) -> str:
                   f"{_cell(f.message)} | {_cell(f.fix)} |" for f in report.findings]
         lines.append("")
     lines += ["| Check | Status | Reason |", "|---|---|---|"]
-    lines += [f"| {r.check.id} {r.check.name} ({r.check.severity}) | {r.status} | "
+    lines += [f"| {r.check.id} {r.check.name} ({r.severity}) | {r.status} | "
               f"{_cell(r.reason)} |" for r in sorted(report.results, key=_sort_key)]
     return "\n".join(lines) + "\n"
 

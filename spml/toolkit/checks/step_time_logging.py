@@ -81,6 +81,7 @@ class StepTimeNotWritten(Check):
     id = "L0-20"
     name = "step-time-not-written"
     severity = "critical"
+    policy = True
     message = "step time is never measured or written to a file"
     fix = "Measure each step with time.perf_counter() and write it (or tokens/s) to the log file"
     condition = "always (training code)"

@@ -108,6 +108,7 @@ class VisualisationNotWired(Check):
     id = "L0-24"
     name = "visualisation-not-wired"
     severity = "critical"
+    policy = True
     message = "visualisation tool is not initialised, never logged to, or logged every step"
     fix = "Initialise the tracker once, log metrics to it, and only every N steps"
     condition = "a visualisation tool is used"

@@ -38,15 +38,18 @@ def test_findings_are_sorted_and_carry_every_field(tmp_path: Path, monkeypatch) 
     monkeypatch.chdir(tmp_path)
     write(tmp_path, "b.py", LOADER.format(comment=""))
     write(tmp_path, "a.py", LOADER.format(comment=""))
-    report = analyse([Path(".")], ValidateConfig(select=["L0-06"]))
-    assert [f.path for f in report.findings] == ["a.py", "a.py", "b.py", "b.py"]
+    report = analyse([Path(".")], ValidateConfig(select=["L0-06"], profile="spml"))
+    assert [f.path for f in report.findings] == ["a.py", "b.py"]  # one per DataLoader
     data = json.loads(render_json(report))
     assert set(data["findings"][0]) == {"id", "severity", "path", "line", "col", "message",
                                         "fix"}
     assert data["findings"][0]["severity"] == "critical"
     assert data["findings"][0]["line"] == 4
     assert data["verdict"] == "REQUEST_CHANGES"
-    assert data["critical"] == 4
+    assert data["critical"] == 2
+    assert data["findings"][0]["message"] == (
+        "DataLoader loads in the main process (num_workers is 0) and without pin_memory=True "
+        "in a CUDA project")
 
 
 @pytest.mark.parametrize(("comment", "suppressed"), [
@@ -112,7 +115,7 @@ def test_not_applicable_checks_are_reported_not_found(tmp_path: Path) -> None:
     assert [r.status for r in report.results] == ["N/A", "N/A"]
     assert report.findings == []
     assert report.verdict == "APPROVE"
-    assert "[N/A]   L0-06 dataloader-workers (critical) — no DataLoader" in render_text(report)
+    assert "[N/A]   L0-06 dataloader-workers (warning) — no DataLoader" in render_text(report)
 
 
 class Exploding(Check):
@@ -137,9 +140,10 @@ def test_a_crashing_check_is_an_error_not_a_pass(tmp_path: Path) -> None:
 def test_text_and_markdown_summaries(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     write(tmp_path, "train.py", LOADER.format(comment=""))
-    report = analyse([Path("train.py")])
+    report = analyse([Path("train.py")], ValidateConfig(profile="spml"))
     text = render_text(report)
-    first = "train.py:4:10 L0-06 DataLoader loads in the main process (num_workers is 0)"
+    first = ("train.py:4:10 L0-06 DataLoader loads in the main process (num_workers is 0) "
+             "and without pin_memory=True in a CUDA project")
     assert f"{first}\n  fix: Pass" in text
     finding_lines = [line for line in text.splitlines() if line.startswith("train.py:")]
     assert finding_lines == sorted(finding_lines, key=lambda x: tuple(
@@ -174,7 +178,7 @@ def test_imported_local_modules_are_analysed_and_reported_on(tmp_path: Path,
     # DataLoader train.py imports from data.py is reported there: a pre-commit run on a
     # staged train.py must not PASS the loader it uses.
     assert [(f.id, f.path, f.line) for f in report.findings] == [
-        ("L0-06", "data.py", 4), ("L0-06", "data.py", 4), ("L0-19", "train.py", 5)]
+        ("L0-06", "data.py", 4), ("L0-19", "train.py", 5)]
     assert "+ 3 they import" in render_text(report)
 
 
@@ -200,3 +204,24 @@ def test_encoding_cookie_bom_and_self_named_base_class(tmp_path: Path) -> None:
     report = analyse([tmp_path])
     assert len(report.files) == 3
     assert not report.errors
+
+
+def test_the_default_profile_makes_policy_checks_warnings(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "train.py", LOADER.format(comment=""))
+    default = analyse([Path("train.py")], ValidateConfig(select=["L0-06"]))
+    assert {f.severity for f in default.findings} == {"warning"}
+    assert (default.critical, default.verdict) == (0, "COMMENT")
+    assert "(warning)" in render_text(default)
+    spml = analyse([Path("train.py")], ValidateConfig(select=["L0-06"], profile="spml"))
+    assert {f.severity for f in spml.findings} == {"critical"}
+    assert spml.verdict == "REQUEST_CHANGES"
+
+
+def test_policy_checks_are_exactly_the_mandatory_practices() -> None:
+    policy = {c.id for c in CHECKS if c.policy}
+    assert policy == {"L0-03", "L0-06", "L0-19", "L0-20", "L0-24"}
+    assert all(c.severity_in("spml") == c.severity for c in CHECKS)
+    critical_by_default = {c.id for c in CHECKS if c.severity_in("default") == "critical"}
+    assert critical_by_default == {"L0-01", "L0-02", "L0-04", "L0-05", "L0-27", "L0-28",
+                                   "L0-32"}
