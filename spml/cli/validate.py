@@ -44,6 +44,8 @@ def static(
     ignore: Annotated[list[str] | None, typer.Option(help="Skip these ids.")] = None,
     config: Annotated[Path | None, typer.Option(help="pyproject.toml to read.")] = None,
     summary: Annotated[bool, typer.Option(help="Print the per-check summary.")] = True,
+    exclude: Annotated[list[str] | None, typer.Option(
+        help="Skip files or folders matching this glob (repeatable).")] = None,
     profile: Annotated[Profile | None, typer.Option(
         help="default (critical = a correctness defect) or spml (SPML's mandatory practices "
         "are critical too); overrides the config.")] = None,
@@ -54,7 +56,8 @@ def static(
     from spml.toolkit.checks.report import render_json, render_text
 
     report = guarded(lambda: validate_static(paths, _ids(select), _ids(ignore), config,
-                                             profile.value if profile else None))
+                                             profile.value if profile else None,
+                                             exclude or []))
     text = (render_json(report) if output_format is Format.json
             else render_text(report, summary=summary))
     typer.echo(text, nl=False)

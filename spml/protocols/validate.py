@@ -72,6 +72,9 @@ class ValidateConfig(BaseModel):
     select: list[str] = Field(default_factory=lambda: ["ALL"],
                               description="Check ids to run ('ALL' for every check).")
     ignore: list[str] = Field(default_factory=list, description="Check ids never to run.")
+    exclude: list[str] = Field(
+        default_factory=list, description="Globs of files or folders (relative to an analysed "
+        "folder, or a name) never analysed, e.g. 'legacy/' or '*_py2.py'.")
     per_file_ignores: dict[str, list[str]] = Field(
         default_factory=dict, alias="per-file-ignores",
         description="Glob (relative to the config file) -> check ids ignored in matching files.")

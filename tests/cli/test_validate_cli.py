@@ -62,7 +62,7 @@ def test_explain_prints_the_doc_and_list_shows_every_check() -> None:
     assert result.output.startswith(
         "L0-06 dataloader-workers (warning (default profile), critical (spml profile))")
     assert "## Use instead" in result.output
-    assert runner.invoke(app, ["validate", "explain", "L0-00"]).exit_code == 2
+    assert runner.invoke(app, ["validate", "explain", "L0-99"]).exit_code == 2
     listing = runner.invoke(app, ["validate", "list"], terminal_width=200).output
     assert all(check.id in listing for check in CHECKS)
     row = next(line for line in listing.splitlines() if "L0-06" in line)
@@ -230,3 +230,29 @@ def test_runtime_settings_edge_cases(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(
         '[tool.spml.validate.runtime]\nentry = "m:f"\nmax-steps = 7\n')
     assert load_runtime_settings(tmp_path, {"max_steps": 9}).max_steps == 9
+
+
+def test_one_unparsable_file_is_a_finding_and_the_rest_is_analysed(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(BAD)
+    (tmp_path / "legacy").mkdir()
+    (tmp_path / "legacy" / "old.py").write_text("print 'py2'\n")
+    result = runner.invoke(app, ["validate", "static", str(tmp_path), "--format", "json",
+                                 "--profile", "spml"])
+    assert result.exit_code == 1  # train.py was still analysed: its L0-06 finding counts
+    data = json.loads(result.output)
+    by_id = {f["id"]: f for f in data["findings"]}
+    assert by_id["L0-00"]["severity"] == "warning"
+    assert by_id["L0-00"]["path"].endswith("legacy/old.py")
+    assert "L0-06" in by_id
+    skipped = runner.invoke(app, ["validate", "static", str(tmp_path), "--format", "json",
+                                  "--exclude", "legacy/"])
+    assert "L0-00" not in {f["id"] for f in json.loads(skipped.output)["findings"]}
+    (tmp_path / "pyproject.toml").write_text('[tool.spml.validate]\nexclude = ["old.py"]\n')
+    configured = runner.invoke(app, ["validate", "static", str(tmp_path), "--format", "json"])
+    assert "L0-00" not in {f["id"] for f in json.loads(configured.output)["findings"]}
+    # When no file parses, nothing was analysed: that is an error, not a pass.
+    (tmp_path / "train.py").write_text("def f(:\n")
+    (tmp_path / "pyproject.toml").unlink()
+    nothing = runner.invoke(app, ["validate", "static", str(tmp_path)])
+    assert nothing.exit_code == 2
+    assert "no file under the given paths parses" in " ".join(nothing.output.split())

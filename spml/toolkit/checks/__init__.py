@@ -37,11 +37,13 @@ from spml.toolkit.checks.slow_fallbacks import SlowFallback
 from spml.toolkit.checks.step_order import StepBeforeBackward
 from spml.toolkit.checks.step_time_logging import StepTimeNotWritten
 from spml.toolkit.checks.torch_load import UnsafeTorchLoad
+from spml.toolkit.checks.unparsable import UnparsableFile
 from spml.toolkit.checks.visualisation import VisualisationNotWired
 from spml.toolkit.checks.vocab_embedding import VocabEmbeddingMismatch
 from spml.toolkit.checks.zero_grad import ZeroGradMisplaced
 
 CHECKS: tuple[type[Check], ...] = (
+    UnparsableFile,
     DeviceMismatch,
     MixedPrecisionMisuse,
     AttentionWithoutSdpa,

@@ -78,7 +78,7 @@ def analyse(paths: Iterable[Path], config: ValidateConfig | None = None,
     """Parse every file under ``paths`` once and run the configured checks on the whole."""
     config = config or ValidateConfig()
     started = time.perf_counter()
-    project = Project.load(paths)
+    project = Project.load(paths, config.exclude)
     facts = Facts(project, config)
     results = [_run_one(check(), facts, config, config_dir)
                for check in selected_checks(config.select, config.ignore)]
@@ -97,9 +97,10 @@ def _run_one(check: Check, facts: Facts, config: ValidateConfig,
         # Findings in imported local modules are reported too: the named files run that code
         # (a pre-commit run on a staged train.py must not PASS a bug in its model.py).
         severity = check.severity_in(profile)
+        unparsed = {u.display for u in facts.project.unparsable}
         findings = sorted({replace(f, severity=severity) for f in check.run(facts)
-                           if f.path in by_path
-                           and not _suppressed(f, by_path[f.path], config, config_dir)})
+                           if f.path in unparsed or (f.path in by_path and not _suppressed(
+                               f, by_path[f.path], config, config_dir))})
     except SpmlError:
         raise
     except Exception as exc:  # noqa: BLE001 - a check's own bug must not hide the others
@@ -124,7 +125,8 @@ def _suppressed(finding: Finding, source: SourceFile | None, config: ValidateCon
 
 def validate_static(paths: Sequence[Path], select: Sequence[str] | None = None,  # noqa: PLR0913
                     ignore: Sequence[str] | None = None,
-                    config_file: Path | None = None, profile: str | None = None) -> Report:
+                    config_file: Path | None = None, profile: str | None = None,
+                    exclude: Sequence[str] = ()) -> Report:
     """``spml validate static``: the config from ``config_file`` or the nearest
     pyproject.toml above the first path, then the command line's select/ignore on top."""
     from spml.toolkit.checks.config import find_pyproject, load_config
@@ -134,6 +136,8 @@ def validate_static(paths: Sequence[Path], select: Sequence[str] | None = None, 
     updates: dict[str, object] = {}
     if profile:
         updates["profile"] = profile
+    if exclude:
+        updates["exclude"] = [*config.exclude, *exclude]
     if select:
         updates["select"] = [s.strip().upper() for s in select]
     if ignore:

@@ -8,10 +8,11 @@ imports its model from ``model.py`` is analysed as one program.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import os
 import re
 import tokenize
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +26,20 @@ MODULE_BASES = ("torch.nn.Module", "nn.Module", "Module", "torch.nn.modules.modu
 
 class SourceError(SpmlError, ValueError):
     """A file cannot be read or parsed; the message names it and the line."""
+
+    def __init__(self, message: str, line: int = 1, col: int = 1, detail: str = "") -> None:
+        super().__init__(message)
+        self.line, self.col, self.detail = line, col, detail or message
+
+
+@dataclass(frozen=True)
+class UnparsableFile:
+    """A named file that could not be read or parsed (reported as L0-00, the rest analysed)."""
+
+    display: str
+    line: int
+    col: int
+    detail: str
 
 
 def dotted(node: ast.AST) -> str | None:
@@ -60,14 +75,17 @@ class SourceFile:
             with tokenize.open(path) as handle:  # PEP 263 coding cookies and BOMs, as Python
                 text = handle.read()
         except (OSError, UnicodeDecodeError, SyntaxError) as exc:
-            raise SourceError(f"{path}: cannot read: {exc}") from None
+            raise SourceError(f"{path}: cannot read: {exc}", detail=f"cannot read: {exc}") \
+                from None
         try:
             tree = ast.parse(text, filename=str(path))
         except SyntaxError as exc:
-            raise SourceError(f"{path}:{exc.lineno or 1}:{exc.offset or 1}: syntax error: "
-                              f"{exc.msg}; L0 needs code that parses") from None
+            line, col = exc.lineno or 1, exc.offset or 1
+            raise SourceError(f"{path}:{line}:{col}: syntax error: {exc.msg}; L0 needs code "
+                              "that parses", line, col, f"syntax error: {exc.msg}") from None
         except (RecursionError, MemoryError, ValueError) as exc:  # nesting Python rejects too
-            raise SourceError(f"{path}: cannot parse: {type(exc).__name__}: {exc}") from None
+            detail = f"cannot parse: {type(exc).__name__}: {exc}"
+            raise SourceError(f"{path}: {detail}", detail=detail) from None
         rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
         module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
         source = cls(path, _display(path), text, tree, module)
@@ -143,9 +161,10 @@ def _is_test_file(name: str) -> bool:
     return name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py"
 
 
-def collect_files(paths: Iterable[Path]) -> list[Path]:
+def collect_files(paths: Iterable[Path], exclude: Sequence[str] = ()) -> list[Path]:
     """Every ``.py`` file under the given files/directories, sorted; folders skip virtual
-    environments, hidden and build folders, and pytest files."""
+    environments, hidden and build folders, pytest files, and paths matching an ``exclude``
+    glob (relative to the folder given, or a file or folder name)."""
     found: set[Path] = set()
     for path in paths:
         if not path.exists():
@@ -154,32 +173,60 @@ def collect_files(paths: Iterable[Path]) -> list[Path]:
             found.add(path.resolve())
             continue
         for dirpath, dirnames, filenames in os.walk(path):
+            rel = Path(dirpath).relative_to(path)
             # Virtual environments by their marker file, whatever the folder is called.
             dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".")
-                           and not Path(dirpath, d, "pyvenv.cfg").exists()]
+                           and not Path(dirpath, d, "pyvenv.cfg").exists()
+                           and not excluded(rel / d, exclude)]
             found.update(Path(dirpath, f).resolve() for f in filenames
-                         if f.endswith(".py") and not _is_test_file(f))
+                         if f.endswith(".py") and not _is_test_file(f)
+                         and not excluded(rel / f, exclude))
     return sorted(found)
+
+
+def excluded(rel: Path, globs: Sequence[str]) -> bool:
+    """Whether ``rel`` (relative to an analysed folder) matches an exclude glob."""
+    text = rel.as_posix()
+    return any(fnmatch.fnmatch(text, g) or fnmatch.fnmatch(rel.name, g)
+               or fnmatch.fnmatch(text, g.rstrip("/") + "/*") for g in globs)
 
 
 class Project:
     """Every file of the analysed project plus the indices checks share."""
 
-    def __init__(self, files: list[SourceFile], root: Path) -> None:
+    def __init__(self, files: list[SourceFile], root: Path,
+                 unparsable: list[UnparsableFile] | None = None) -> None:
         self.files = files
         self.root = root
+        self.unparsable = unparsable or []
         self.by_module = {f.module: f for f in files}
         self._call_names: dict[int, str | None] = {}
 
     @classmethod
-    def load(cls, paths: Iterable[Path]) -> Project:
+    def load(cls, paths: Iterable[Path], exclude: Sequence[str] = ()) -> Project:
         """The given files (and folders' files), plus the local modules they import, so
-        ``spml validate static train.py`` still sees the model class in ``model.py``."""
-        targets = collect_files(paths)
+        ``spml validate static train.py`` still sees the model class in ``model.py``.
+
+        A file that does not parse is kept aside (`unparsable`, reported as L0-00) and the
+        rest is analysed; only when no file parses is that an error.
+        """
+        targets = collect_files(paths, exclude)
         if not targets:
             raise SourceError("no Python files found under the given paths")
         root = Path(os.path.commonpath([f.parent for f in targets]))
-        sources = {f: SourceFile.load(f, root) for f in targets}
+        sources: dict[Path, SourceFile] = {}
+        unparsable = []
+        for target in targets:
+            try:
+                sources[target] = SourceFile.load(target, root)
+            except SourceError as exc:
+                if len(targets) == 1:
+                    raise
+                unparsable.append(UnparsableFile(_display(target), exc.line, exc.col,
+                                                 exc.detail))
+        if not sources:
+            raise SourceError("no file under the given paths parses: " + "; ".join(
+                f"{u.display}: {u.detail}" for u in unparsable))
         queue = list(sources.values())
         while queue and len(sources) < MAX_CONTEXT_FILES:
             for path in local_imports(queue.pop(), root):
@@ -190,7 +237,7 @@ class Project:
                         continue  # an unparsable helper module only costs context
                     sources[path].context = True
                     queue.append(sources[path])
-        return cls(sorted(sources.values(), key=lambda s: s.path), root)
+        return cls(sorted(sources.values(), key=lambda s: s.path), root, unparsable)
 
     @property
     def targets(self) -> list[SourceFile]:
