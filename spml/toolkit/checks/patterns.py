@@ -161,6 +161,11 @@ class Facts:
     # ---- devices ------------------------------------------------------------------------
     @cached_property
     def uses_cuda(self) -> bool:
+        """CUDA (or any accelerator through `torch.accelerator`, as current pytorch/examples
+        pick their device) is in use."""
+        for source, call in self.project.calls:
+            if (self.project.call_name(source, call) or "").startswith("torch.accelerator."):
+                return True
         for _source, node in self.project.walk():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) \
                     and node.value.split(":")[0] == "cuda":
