@@ -6,7 +6,14 @@ import ast
 from collections.abc import Iterator
 
 from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, not_applicable
-from spml.toolkit.checks._optim import Event, exclusive, loop_events, same_object, step_loops
+from spml.toolkit.checks._optim import (
+    Event,
+    Ref,
+    exclusive,
+    loop_events,
+    same_object,
+    step_loops,
+)
 from spml.toolkit.checks.patterns import Facts
 from spml.toolkit.checks.project import SourceFile, dotted
 
@@ -21,7 +28,10 @@ class ZeroGradMisplaced(Check):
     - ``zero_grad()`` (or ``p.grad = None``) that runs after ``backward()`` and before the
       ``optimizer.step()`` that should use those gradients;
     - a step loop that calls ``optimizer.step()`` but never clears gradients, neither in the
-      loop nor in a function it calls.
+      loop nor in a function it calls;
+    - with several optimizers (a GAN), an optimizer whose gradients nothing clears: neither
+      its own ``zero_grad()`` nor that of the module it was built from (``netD.zero_grad()``
+      does not clear ``netG``).
 
     Clearing at the top of the iteration, or right after the step (also under a
     gradient-accumulation condition, as nanoGPT does), is correct and not flagged.
@@ -76,6 +86,10 @@ class ZeroGradMisplaced(Check):
                                        "optimizer.step(); the step never sees them")
             if not zeros and not _clears_elsewhere(facts, source, loop, events):
                 yield self.finding(source, loop)
+            for step in _uncleared_steps(facts, events) if zeros else []:
+                yield self.finding(step.source, step.node, (
+                    f"{step.ref.label}'s gradients are never cleared in the loop (another "
+                    "optimizer's or model's zero_grad() does not clear them); they accumulate"))
 
 
 def _leaves_iteration(zero: Event, loop: ast.AST) -> bool:
@@ -131,3 +145,41 @@ def _clears_elsewhere(facts: Facts, source: SourceFile, loop: ast.AST,
                     e.kind == "zero" for e in loop_events(facts, source, parent)):
                 return True
     return False
+
+
+def _uncleared_steps(facts: Facts, events: list[Event]) -> list[Event]:
+    """With several optimizers (a GAN), each one's gradients must be cleared: by its own
+    ``zero_grad()`` or the ``zero_grad()`` of the module whose parameters it was built from."""
+    steps: list[Event] = []
+    for event in events:
+        if event.kind == "step" and event.ref is not None and event.ref.kind == "opt" and \
+                not any(same_object(event.ref, s.ref) for s in steps):
+            steps.append(event)
+    zeros = [e for e in events if e.kind == "zero"]
+    if len(steps) < 2 or any(z.ref is None for z in zeros):  # p.grad.zero_(): clears all
+        return []
+    out = []
+    for step in steps:
+        owners = _parameter_owners(facts, step.ref)
+        cleared = any(same_object(z.ref, step.ref) or (z.ref.kind != "opt" and z.ref.label in
+                                                        owners) for z in zeros if z.ref)
+        if owners and not cleared:  # an optimizer built we cannot tell from what: no claim
+            out.append(step)
+    return out
+
+
+def _parameter_owners(facts: Facts, ref: Ref | None) -> set[str]:
+    """The modules an optimizer was built from: ``Adam(netG.parameters())`` -> {"netG"}."""
+    if ref is None or not ref.concrete:
+        return set()
+    wanted = {key[1] for key in ref.keys if key[0] == "call"}
+    owners = set()
+    for _source, call in facts.project.calls:
+        if id(call) not in wanted:
+            continue
+        first = call.args[0] if call.args else next(
+            (k.value for k in call.keywords if k.arg == "params"), None)
+        if isinstance(first, ast.Call) and isinstance(first.func, ast.Attribute) and \
+                first.func.attr == "parameters" and (name := dotted(first.func.value)):
+            owners.add(name)
+    return owners

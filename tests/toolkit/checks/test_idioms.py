@@ -40,3 +40,28 @@ def test_torch_accelerator_counts_as_gpu_use(tmp_path: Path) -> None:
     assert _findings(tmp_path, good, "L0-01") == []
     report = analyse([tmp_path / "train.py"], ValidateConfig(select=["L0-01"]))
     assert report.results[0].status == "PASS"  # applied (CUDA in use), not N/A
+
+
+GAN = """import torch
+from torch import nn, optim
+
+netD, netG = nn.Linear(4, 1), nn.Linear(2, 4)
+optimizerD = optim.Adam(netD.parameters(), lr=2e-4)
+optimizerG = optim.Adam(netG.parameters(), lr=2e-4)
+for real in loader:
+    netD.zero_grad()
+    errD = netD(real).mean() - netD(netG(noise).detach()).mean()
+    errD.backward()
+    optimizerD.step()
+    {clear_g}
+    errG = -netD(netG(noise)).mean()
+    errG.backward()
+    optimizerG.step()
+"""
+
+
+def test_zero_grad_is_checked_per_optimizer(tmp_path: Path) -> None:
+    # DCGAN with netG.zero_grad() deleted: netD's clearing does not clear the generator.
+    assert _findings(tmp_path, GAN.format(clear_g="pass"), "L0-27") == [("L0-27", 15)]
+    for clear in ("netG.zero_grad()", "optimizerG.zero_grad()"):
+        assert _findings(tmp_path, GAN.format(clear_g=clear), "L0-27") == []
