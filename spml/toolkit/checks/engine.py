@@ -16,7 +16,11 @@ from spml.toolkit.checks._base import Check, Finding
 from spml.toolkit.checks.patterns import Facts
 from spml.toolkit.checks.project import Project, SourceFile
 
-Status = Literal["PASS", "FAIL", "N/A", "ERROR"]
+# UNCHECKED: the check looks at the training loop and none was found; nothing was checked,
+# which is neither a pass nor a finding.
+Status = Literal["PASS", "FAIL", "N/A", "UNCHECKED", "ERROR"]
+NO_LOOP = ("no training loop found: no loop runs backward(), directly or through a function "
+           "of the project it calls")
 
 
 @dataclass
@@ -40,6 +44,12 @@ class Report:
     results: list[CheckResult]
     elapsed_s: float
     context_files: int = 0  # local modules read because the analysed files import them
+    training_loop: bool = True
+
+    @property
+    def unchecked(self) -> list[CheckResult]:
+        """Checks that could not run because no training loop was found."""
+        return [r for r in self.results if r.status == "UNCHECKED"]
 
     @property
     def findings(self) -> list[Finding]:
@@ -62,7 +72,7 @@ class Report:
         """SPML's review verdict: a critical finding blocks, warnings only comment."""
         if self.critical or self.errors:
             return "REQUEST_CHANGES"
-        return "COMMENT" if self.warnings else "APPROVE"
+        return "COMMENT" if self.warnings or self.unchecked else "APPROVE"
 
 
 def selected_checks(select: Sequence[str], ignore: Sequence[str]) -> list[type[Check]]:
@@ -82,8 +92,20 @@ def analyse(paths: Iterable[Path], config: ValidateConfig | None = None,
     facts = Facts(project, config)
     results = [_run_one(check(), facts, config, config_dir)
                for check in selected_checks(config.select, config.ignore)]
+    has_loop = bool(facts.training_loops)
+    if not has_loop:
+        results = [_unchecked(r) for r in results]
     return Report([f.display for f in project.targets], project.line_count, results,
-                  time.perf_counter() - started, len(project.files) - len(project.targets))
+                  time.perf_counter() - started, len(project.files) - len(project.targets),
+                  has_loop)
+
+
+def _unchecked(result: CheckResult) -> CheckResult:
+    """A check N/A only for want of a training loop did not check anything: say so."""
+    if result.status == "N/A" and ("training loop" in result.reason
+                                    or "backward()" in result.reason):
+        return replace(result, status="UNCHECKED", reason=NO_LOOP)
+    return result
 
 
 def _run_one(check: Check, facts: Facts, config: ValidateConfig,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from spml.toolkit.checks.engine import CheckResult, Report
+from spml.toolkit.checks.engine import NO_LOOP, CheckResult, Report
 
-ORDER = {"ERROR": 0, "FAIL": 1, "PASS": 2, "N/A": 3}
+ORDER = {"ERROR": 0, "FAIL": 1, "UNCHECKED": 2, "PASS": 3, "N/A": 4}
 
 
 def _sort_key(result: CheckResult) -> tuple[int, int, str]:
@@ -25,8 +25,13 @@ def summary_lines(report: Report) -> list[str]:
             count = len(result.findings)
             reason = f"{count} finding{'s' * (count != 1)}" + (f"; {reason}" if reason else "")
         tag = f"[{result.status}]".ljust(7)
+        if result.status == "UNCHECKED":
+            reason = "could not run: no training loop found"
         lines.append(f"{tag} {check.id} {check.name} ({result.severity})"
                      + (f" — {reason}" if reason else ""))
+    if report.unchecked:
+        lines.append(f"Not checked: {NO_LOOP}; {len(report.unchecked)} checks could not run ("
+                     + ", ".join(r.check.id for r in report.unchecked) + ")")
     lines.append(f"Critical: {report.critical} · Warnings: {report.warnings}"
                  + (f" · Check errors: {len(report.errors)}" if report.errors else ""))
     lines.append(f"Verdict: {report.verdict}")
@@ -46,6 +51,8 @@ def render_json(report: Report) -> str:
         "checks": [{"id": r.check.id, "name": r.check.name, "severity": r.severity,
                     "status": r.status, "reason": r.reason, "findings": len(r.findings)}
                    for r in sorted(report.results, key=lambda r: r.check.id)],
+        "training_loop": report.training_loop,
+        "unchecked": [r.check.id for r in report.unchecked],
         "files": report.files,
         "lines": report.lines,
         "elapsed_s": round(report.elapsed_s, 4),

@@ -112,10 +112,18 @@ def test_virtualenvs_and_hidden_folders_are_skipped(tmp_path: Path) -> None:
 def test_not_applicable_checks_are_reported_not_found(tmp_path: Path) -> None:
     path = write(tmp_path, "util.py", "def add(a, b):\n    return a + b\n")
     report = analyse([path], ValidateConfig(select=["L0-06", "L0-19"]))
-    assert [r.status for r in report.results] == ["N/A", "N/A"]
+    # No DataLoader: L0-06 does not apply. No training loop: L0-19 checked nothing, which is
+    # said as such (UNCHECKED), never read as a pass.
+    assert [r.status for r in report.results] == ["N/A", "UNCHECKED"]
     assert report.findings == []
-    assert report.verdict == "APPROVE"
-    assert "[N/A]   L0-06 dataloader-workers (warning) — no DataLoader" in render_text(report)
+    assert (report.training_loop, report.verdict) == (False, "COMMENT")
+    text = render_text(report)
+    assert "[N/A]   L0-06 dataloader-workers (warning) — no DataLoader" in text
+    assert "[UNCHECKED] L0-19 loss-not-written (warning) — could not run" in text
+    assert "1 checks could not run (L0-19)" in text
+    data = json.loads(render_json(report))
+    assert (data["training_loop"], data["unchecked"]) == (False, ["L0-19"])
+    assert [c["status"] for c in data["checks"]] == ["N/A", "UNCHECKED"]
 
 
 class Exploding(Check):
@@ -151,7 +159,8 @@ def test_text_and_markdown_summaries(tmp_path: Path, monkeypatch) -> None:
     lines = text.splitlines()
     summary = lines[lines.index(next(x for x in lines if x.startswith("ML Static"))):]
     statuses = [line.split()[0] for line in summary[1:len(CHECKS) + 1]]
-    assert statuses == sorted(statuses, key=["[ERROR]", "[FAIL]", "[PASS]", "[N/A]"].index)
+    assert statuses == sorted(statuses, key=["[ERROR]", "[FAIL]", "[UNCHECKED]", "[PASS]",
+                                             "[N/A]"].index)
     assert summary[-1] == "Verdict: REQUEST_CHANGES"
     markdown = render_markdown(report)
     assert markdown.startswith("# L0 static checks: REQUEST_CHANGES")
