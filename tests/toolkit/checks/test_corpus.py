@@ -2,9 +2,10 @@
 
 ``tests/fixtures/projects/corpus/<project>/clean/`` holds unmodified files of a public,
 permissively licensed training project (``<project>/SOURCE.md``: upstream URL, commit, licence).
-``<project>/bugs/<name>/`` is a copy of ``clean/`` with ONE edit that plants a correctness bug;
-its one-line ``BUG.md`` reads ``<check id> <path>:<line>[-<line>] — <what was changed>``, the
-place being where the default profile should report the bug.
+``<project>/bugs/<name>/bug.patch`` is ONE edit of ``clean/`` that plants a correctness bug (the
+test applies it to a copy of ``clean/``); its one-line ``BUG.md`` reads ``<check id>
+<path>:<line>[-<line>] — <what was changed>``, the place where the default profile should
+report the bug.
 
 * Clean projects: the default profile's critical findings are pinned (today none: every
   project is believed correct and the analyser agrees; a false positive would be listed here
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import difflib
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,7 +31,7 @@ from spml.toolkit.checks.engine import Report, analyse
 CORPUS = Path(__file__).parents[2] / "fixtures" / "projects" / "corpus"
 PROJECTS = sorted(p.name for p in CORPUS.iterdir() if (p / "clean").is_dir())
 BUGS = sorted(f"{b.parent.parent.name}/{b.name}" for b in CORPUS.glob("*/bugs/*")
-              if b.is_dir())
+              if (b / "bug.patch").is_file())
 
 # Critical findings (default profile) on each clean project, as "path:line ID". All reviewed
 # by reading the code; a false positive would carry a "# FP: <reason>" comment.
@@ -85,6 +88,15 @@ def bug_dir(bug: str) -> Path:
     return CORPUS / project / "bugs" / name
 
 
+def buggy_copy(bug: str, tmp_path: Path) -> Path:
+    """``clean/`` with the bug's patch applied, in a fresh folder."""
+    copy = tmp_path / bug.replace("/", "-")
+    shutil.copytree(CORPUS / bug.partition("/")[0] / "clean", copy)
+    subprocess.run(["git", "apply", "--unsafe-paths", str(bug_dir(bug) / "bug.patch")],
+                   cwd=copy, check=True, capture_output=True)
+    return copy
+
+
 def run(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Report:
     monkeypatch.chdir(folder)  # finding paths relative to the project, as in BUG.md
     report = analyse([Path(".")], ValidateConfig(profile="default"))
@@ -115,8 +127,8 @@ def test_clean_project_critical_findings_are_pinned(project: str, monkeypatch) -
 
 
 @pytest.mark.parametrize("bug", BUGS)
-def test_bug_copy_is_one_edit_of_clean(bug: str) -> None:
-    clean, copy = CORPUS / bug.partition("/")[0] / "clean", bug_dir(bug)
+def test_bug_copy_is_one_edit_of_clean(bug: str, tmp_path: Path) -> None:
+    clean, copy = CORPUS / bug.partition("/")[0] / "clean", buggy_copy(bug, tmp_path)
     files = {p.relative_to(clean) for p in clean.rglob("*.py")}
     assert {p.relative_to(copy) for p in copy.rglob("*.py")} == files
     changed = [f for f in files if (clean / f).read_text() != (copy / f).read_text()]
@@ -130,12 +142,12 @@ def test_bug_copy_is_one_edit_of_clean(bug: str) -> None:
 
 @pytest.mark.parametrize("bug", [pytest.param(b, marks=pytest.mark.xfail(
     strict=True, reason=MISSED[b])) if b in MISSED else b for b in BUGS])
-def test_planted_bug_is_reported_as_critical(bug: str, monkeypatch) -> None:
+def test_planted_bug_is_reported_as_critical(bug: str, monkeypatch, tmp_path: Path) -> None:
     match = BUG_LINE.match((bug_dir(bug) / "BUG.md").read_text())
     assert match, "BUG.md must start with '<id> <path>:<line>[-<line>] '"
     check_id, path, first, last = match.group(1), match.group(2), int(match.group(3)), \
         int(match.group(4) or match.group(3))
-    report = run(bug_dir(bug), monkeypatch)
+    report = run(buggy_copy(bug, tmp_path), monkeypatch)
     same_id = [f for f in report.findings if f.id == check_id]
     hits = [f for f in same_id if f.severity == "critical" and f.path == path
             and first <= f.line <= last]
