@@ -15,17 +15,12 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from spml.tasks.loop import _session
+from spml.toolkit.loop.kind import kind_named
 from spml.toolkit.loop.ledger import read_ledger
 from spml.toolkit.loop.summary import LoopSummary, render_summary
 
 EXPERIENCES_KEY = "autoresearch-experiences"
 SUMMARY_KEY = "autoresearch-summary"
-
-
-def artifact_key(kind: str, what: str) -> str:
-    """`autoresearch-experiences`, `iteration-summary`, ..."""
-    prefix = "autoresearch" if kind == "autoresearch" else "iteration"
-    return f"{prefix}-{what}"
 
 
 @task(name="publish-experiences", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -37,7 +32,7 @@ def publish_experiences(experiment_dir: str, progress_id: UUID | None,
     assert ledger is not None
     rows = [_typed(dict(zip(ledger.columns, r.cells(ledger.columns), strict=True)), r.round,
                    r.result) for r in ledger.rows]
-    create_table_artifact(key=artifact_key(kind, "experiences"), table=rows,
+    create_table_artifact(key=session.kind.artifact_key("experiences"), table=rows,
                           description=f"experiences.md of {session.experiment.exp_dir}")
     if progress_id is not None and ledger.max_rounds > 0:
         done = min(ledger.rounds_done, ledger.max_rounds)
@@ -55,9 +50,8 @@ def _typed(cells: dict[str, object], round_no: int, result: float | None) -> dic
 @task(name="create-progress", cache_policy=NO_CACHE)
 def start_progress(experiment_dir: str, kind: str = "autoresearch") -> UUID:
     """A progress artifact for the loop (0..100 % of max rounds)."""
-    title = "Auto Research" if kind == "autoresearch" else "ml-iteration"
-    return create_progress_artifact(progress=0.0, description=f"{title} rounds in "
-                                    f"{experiment_dir}")
+    return create_progress_artifact(progress=0.0, description=f"{kind_named(kind).title} "
+                                    f"rounds in {experiment_dir}")
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -67,7 +61,7 @@ def publish_summary(experiment_dir: str, summary: LoopSummary,
     session = _session(experiment_dir, kind)
     ledger = read_ledger(session.experiment)
     assert ledger is not None
-    create_markdown_artifact(key=artifact_key(kind, "summary"),
+    create_markdown_artifact(key=session.kind.artifact_key("summary"),
                              markdown=render_summary(summary, ledger, session.kind.title),
                              description=summary.headline())
 
@@ -85,6 +79,6 @@ def publish_review(experiment_dir: str, round_no: int, kind: str) -> None:
     table = [{"Dimension": column, "Review": cell} for column, cell in row.extra.items()]
     table += [{"Dimension": "Verdict", "Review": row.verdict},
               {"Dimension": "Rationale", "Review": row.insight}]
-    create_table_artifact(key=artifact_key(kind, "review"), table=table,
+    create_table_artifact(key=session.kind.artifact_key("review"), table=table,
                           description=f"round {round_no} of {session.experiment.exp_dir}: "
                           f"{row.verdict}")

@@ -19,12 +19,12 @@ from pathlib import Path
 import git
 
 from spml.errors import GitStateError, SpmlError
+from spml.toolkit.loop.kind import KINDS
 
 STATE_DIRNAME = ".spml"
 LEDGER_FILENAME = "experiences.md"
 # The loop kind (stage) each protocol file starts; its state lives in `.spml/<stage>/`.
-STAGE_OF_PROTOCOL = {"autoresearch-protocol.md": "autoresearch",
-                     "iteration-protocol.md": "ml-iteration"}
+STAGE_OF_PROTOCOL = {k.protocol_filename: k.name for k in KINDS.values()}
 
 
 class LoopAlreadyRunning(SpmlError, RuntimeError):

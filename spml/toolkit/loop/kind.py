@@ -40,10 +40,11 @@ class LoopKind:
     implicit_fixed: tuple[str, ...] = ()        # locked although not listed in fixed.files
     variable_prefix: str = "spml"               # Prefect Variables spml-note-<experiment> ...
 
-    def artifact_key(self, what: str, experiment_name: str) -> str:
-        """A Prefect artifact key (lower-case letters, digits, dashes) for one experiment."""
-        return f"{self.artifact_prefix}-{what}-{experiment_name}".replace(".", "-").replace(
-            "_", "-")
+    def artifact_key(self, what: str, experiment_name: str = "") -> str:
+        """A Prefect artifact key (lower-case letters, digits, dashes): `iteration-review`, or
+        with an experiment's name, one key per experiment."""
+        key = f"{self.artifact_prefix}-{what}" + (f"-{experiment_name}" if experiment_name else "")
+        return key.replace(".", "-").replace("_", "-")
 
 
 def _autoresearch_policy(p: autoresearch.AutoresearchProtocol) -> Policy:
