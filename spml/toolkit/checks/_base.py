@@ -34,14 +34,23 @@ class Finding:
     message: str
     severity: Severity = "warning"
     fix: str = ""
+    # Where the cause continues when the finding sits at a call site: the helper that
+    # really prints or writes (``prints in ProgressMeter.display (main.py:500)``).
+    note: str = ""
 
     def as_dict(self) -> dict[str, object]:
-        return {"id": self.id, "severity": self.severity, "path": self.path, "line": self.line,
-                "col": self.col, "message": self.message, "fix": self.fix}
+        data: dict[str, object] = {
+            "id": self.id, "severity": self.severity, "path": self.path, "line": self.line,
+            "col": self.col, "message": self.message, "fix": self.fix}
+        if self.note:  # only when there is one: the common case keeps its seven keys
+            data["note"] = self.note
+        return data
 
     def text(self) -> str:
-        head = f"{self.path}:{self.line}:{self.col} {self.id} {self.message}"
-        return f"{head}\n  fix: {self.fix}" if self.fix else head
+        lines = [f"{self.path}:{self.line}:{self.col} {self.id} {self.message}"]
+        lines += [f"  note: {self.note}"] if self.note else []
+        lines += [f"  fix: {self.fix}"] if self.fix else []
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -88,12 +97,12 @@ class Check:
         raise NotImplementedError
 
     def finding(self, source: SourceFile, node: ast.AST, message: str | None = None,
-                fix: str | None = None) -> Finding:
+                fix: str | None = None, note: str = "") -> Finding:
         """A finding at ``node`` in ``source`` with this check's id and severity."""
         return Finding(path=source.display, line=getattr(node, "lineno", 1),
                        col=getattr(node, "col_offset", 0) + 1, id=self.id,
                        message=message or self.message, severity=self.severity,
-                       fix=self.fix if fix is None else fix)
+                       fix=self.fix if fix is None else fix, note=note)
 
     @classmethod
     def doc(cls) -> str:

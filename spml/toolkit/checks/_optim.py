@@ -13,6 +13,7 @@ import ast
 import weakref
 from dataclasses import dataclass, field
 
+from spml.toolkit.checks._local_optim import local_optimizer_class
 from spml.toolkit.checks.flow import SCOPES, Binding, Origin, element_for
 from spml.toolkit.checks.patterns import Facts, is_optimizer_name, is_scheduler_name
 from spml.toolkit.checks.project import SourceFile, dotted
@@ -69,6 +70,14 @@ def kind_of_call(name: str | None) -> str | None:
     if name and name.rsplit(".", 1)[-1] in SCALERS:
         return "scaler"
     return None
+
+
+def kind_of(facts: Facts, source: SourceFile, call: ast.Call) -> str | None:
+    """``kind_of_call`` for a construction, counting the project's own optimizer classes."""
+    kind = kind_of_call(facts.project.call_name(source, call))
+    if kind is None and local_optimizer_class(facts, source, call) is not None:
+        return "opt"
+    return kind
 
 
 def _kind_by_name(name: str) -> str:
@@ -140,7 +149,7 @@ def constructions(facts: Facts, source: SourceFile, value: ast.AST) -> list[tupl
                                                                                  ast.Call]]:
     """The optimizer/scheduler/scaler constructions behind an expression's value."""
     calls = facts.flow.producing_calls(Origin(source, value, "value"))
-    return [(s, c) for s, c in calls if kind_of_call(facts.project.call_name(s, c))]
+    return [(s, c) for s, c in calls if kind_of(facts, s, c)]
 
 
 def ref_of(facts: Facts, source: SourceFile, expr: ast.AST,
@@ -175,7 +184,7 @@ def ref_of(facts: Facts, source: SourceFile, expr: ast.AST,
 
 
 def _concrete(facts: Facts, made: list[tuple[SourceFile, ast.Call]], label: str) -> Ref:
-    kinds = {kind_of_call(facts.project.call_name(s, c)) for s, c in made}
+    kinds = {kind_of(facts, s, c) for s, c in made}
     kind = kinds.pop() if len(kinds) == 1 else "other"
     return Ref(kind or "other", frozenset(("call", id(c)) for _, c in made), True, label,
                tuple(sorted({f"{s.path.name}:{c.lineno}" for s, c in made})))
@@ -362,68 +371,6 @@ def _until(source: SourceFile, node: ast.AST, stop: ast.AST):
         if parent is stop or isinstance(parent, SCOPES):
             return
         yield parent
-
-
-# ---- freezing ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Freeze:
-    """A place that sets ``requires_grad``: ``receiver`` is the module (or tensor) whose
-    parameters it sets (None: unknown); ``frozen`` False means unfrozen, None unknown;
-    ``conditional`` when it sits under an ``if`` inside the parameter loop."""
-
-    source: SourceFile
-    node: ast.AST
-    receiver: ast.AST | None
-    frozen: bool | None
-    conditional: bool = False
-
-
-def freezes(facts: Facts) -> list[Freeze]:
-    """Every ``requires_grad`` assignment, ``requires_grad_()`` and ``freeze()`` call."""
-    out = []
-    for source, node in facts.project.walk():
-        if isinstance(node, ast.Assign):
-            out += [_freeze(source, node, t.value, _bool(node.value)) for t in node.targets
-                    if isinstance(t, ast.Attribute) and t.attr == "requires_grad"]
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            attr = node.func.attr
-            if attr == "requires_grad_":
-                arg = node.args[0] if node.args else next(
-                    (k.value for k in node.keywords if k.arg == "requires_grad"), None)
-                out.append(_freeze(source, node, node.func.value,
-                                   True if arg is None else _bool(arg)))
-            elif attr in ("freeze", "unfreeze") and not _is_config(node.func.value):
-                holder = node.args[0] if node.args else node.func.value
-                out.append(_freeze(source, node, holder, attr == "freeze"))
-    return out
-
-
-def _is_config(expr: ast.AST) -> bool:
-    """``cfg.freeze()`` (yacs, detectron2) makes a config read-only; it freezes no weights."""
-    return any(w in (dotted(expr) or "").lower() for w in ("cfg", "conf"))
-
-
-def _bool(expr: ast.AST) -> bool | None:
-    return expr.value if isinstance(expr, ast.Constant) and isinstance(expr.value, bool) else None
-
-
-def _freeze(source: SourceFile, node: ast.AST, holder: ast.AST, frozen: bool | None) -> Freeze:
-    """Finds the module behind ``p`` in ``for p in model.x.parameters(): p.requires_grad``."""
-    if not isinstance(holder, ast.Name):
-        return Freeze(source, node, holder if dotted(holder) else None, frozen)
-    conditional = False
-    for parent in source.ancestors(node):
-        if isinstance(parent, SCOPES):
-            break
-        conditional |= isinstance(parent, ast.If)
-        if isinstance(parent, ast.For | ast.comprehension) and holder.id in {
-                n.id for n in ast.walk(parent.target) if isinstance(n, ast.Name)}:
-            it = parent.iter
-            if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) \
-                    and it.func.attr in PARAM_METHODS and dotted(it.func.value):
-                return Freeze(source, node, it.func.value, frozen, conditional)
-            return Freeze(source, node, None, frozen, conditional)
-    return Freeze(source, node, holder, frozen)
 
 
 # ---- parameters bound at call sites -------------------------------------------------------

@@ -23,9 +23,11 @@ class ConsoleWithoutMetrics(Check):
     Follows the loss from ``backward()`` (through ``.item()``, meters, dicts, f-strings and
     the project's own functions) to something that reaches the terminal: ``print``, a
     ``logging`` call (its default handler writes to stderr), tqdm's ``set_postfix`` /
-    ``set_description`` / ``tqdm.write``, ``accelerator.print`` or rich's
-    ``console.print``. A training loop whose console shows only a bare progress bar, or
-    nothing, is a finding at ``backward()``.
+    ``set_description`` / ``tqdm.write``, ``accelerator.print``, rich's
+    ``console.print``, or a ``MetricLogger``-style meter the loss was put in
+    (``metric_logger.update(loss=...)``) that prints itself (``log_every``). A logging call
+    counts only when the loss is in its message. A training loop whose console shows only a
+    bare progress bar, or nothing, is a finding at ``backward()``.
 
     ## Why is this bad?
     The console is where a person watching the run sees it go wrong: a loss that is NaN,

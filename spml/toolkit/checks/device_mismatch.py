@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, not_applicable
 from spml.toolkit.checks._devices import base_name, chain_moves, is_move, keyword, origins
@@ -16,6 +16,11 @@ from spml.toolkit.checks.project import SourceFile
 WRAPPERS = frozenset({"torch.compile", "torch.nn.DataParallel", "torch.nn.parallel.DataParallel",
                       "torch.nn.parallel.DistributedDataParallel",
                       "torch.nn.parallel.distributed.DistributedDataParallel", "torch.jit.script"})
+# Wrappers that copy their inputs to the module's device themselves (DataParallel scatters
+# them; DistributedDataParallel does when given ``device_ids``).
+SCATTERING = frozenset({"torch.nn.DataParallel", "torch.nn.parallel.DataParallel"})
+DDP = frozenset({"torch.nn.parallel.DistributedDataParallel",
+                 "torch.nn.parallel.distributed.DistributedDataParallel"})
 # Iterables that hand out the elements of their first argument.
 ITER_WRAPPERS = frozenset({"enumerate", "iter", "tqdm", "tqdm.tqdm", "tqdm.auto.tqdm"})
 FUNCTIONAL_LOSSES = frozenset({
@@ -27,12 +32,17 @@ MOVED, UNMOVED = "moved", "unmoved"
 
 @dataclass(frozen=True)
 class Made:
-    """A module object: the constructor call that built it and whether it was moved there."""
+    """A module object: the constructor call that built it and whether it was moved there.
+    ``known`` is False for a library call of unknown class (``models.__dict__[arch]()``,
+    ``timm.create_model(...)``): only a move of it is evidence that it is a model on the
+    device. ``scatters`` when a DataParallel-like wrapper moves its inputs itself."""
 
     source: SourceFile
     ctor: ast.Call
     name: str
     moved: bool
+    known: bool = True
+    scatters: bool = False
 
 
 class DeviceMismatch(Check):
@@ -43,8 +53,12 @@ class DeviceMismatch(Check):
     a ``torch.nn`` layer) back to where the model was built, and each batch argument back to
     the loop over a ``DataLoader`` it came from. It flags a batch (or a loss target) that is
     never moved with ``.to(device)`` / ``.cuda()`` while the model was, and a model that is
-    never moved while its batches are. Values whose origin it cannot see (function
-    parameters without a visible caller, library wrappers, config objects) are trusted.
+    never moved while its batches are. A library model of unknown class (torchvision's
+    ``models.__dict__[arch]()``, ``timm.create_model(...)``) counts once it is moved to the
+    device, and is trusted otherwise. ``DataParallel`` (and ``DistributedDataParallel`` with
+    ``device_ids``) copies the batches itself, so only the loss targets must be moved. Values
+    whose origin it cannot see (function parameters without a visible caller, library
+    wrappers, config objects) are trusted.
 
     ## Why is this bad?
     A model on the GPU called with CPU tensors fails at the first step with "Expected all
@@ -96,9 +110,10 @@ class DeviceMismatch(Check):
             moved = {m.moved or id(m.ctor) in moved_ids or _moves_itself(facts, m) for m in made}
             if moved == {True}:
                 moved_scopes.add(id(source.scope_of(call)))
-                if not _moves_inputs(facts, made):
+                if not _moves_inputs(facts, made) and not any(m.scatters for m in made):
                     yield from self._unmoved_inputs(facts, source, call, "batch")
-            elif moved == {False} and _only_called(facts, source, call.func):
+            elif moved == {False} and all(m.known for m in made) \
+                    and _only_called(facts, source, call.func):
                 yield from self._model_left_behind(facts, source, call)
         yield from self._loss_targets(facts, moved_scopes)
 
@@ -165,20 +180,24 @@ def _resolve_module(facts: Facts, source: SourceFile, expr: ast.AST,
                     depth: int = 4) -> list[Made] | None:
     """The module constructions ``expr`` can hold, or None when any origin is unknown."""
     out: list[Made] = []
+    seen: set[tuple[int, bool, bool]] = set()
     for origin in origins(facts, source, expr):
         made = _made(facts, origin, depth) if origin.kind == "value" else None
         if not made:
             return None
-        out.extend(m for m in made if all(m.ctor is not o.ctor or m.moved != o.moved
-                                          for o in out))
+        for m in made:
+            if (id(m.ctor), m.moved, m.scatters) not in seen:
+                seen.add((id(m.ctor), m.moved, m.scatters))
+                out.append(m)
     return out or None
 
 
 def _made(facts: Facts, origin: Origin, depth: int) -> list[Made] | None:
-    source, node, moved = origin.source, origin.node, False
+    source, node, moved, scatters = origin.source, origin.node, False, False
     while isinstance(node, ast.Call):
         name = facts.project.call_name(source, node) or ""
         if name in WRAPPERS and node.args:
+            scatters = scatters or _scatters(node, name)
             node = node.args[0]
         elif isinstance(node.func, ast.Attribute) and node.func.attr in CHAINABLE:
             moved = moved or is_move(source, node)
@@ -187,18 +206,32 @@ def _made(facts: Facts, origin: Origin, depth: int) -> list[Made] | None:
             break
     if dotted(node) is not None and depth:
         inner = _resolve_module(facts, source, node, depth - 1)
-        return [Made(m.source, m.ctor, m.name, m.moved or moved) for m in inner or []] or None
+        return _wrapped(inner or [], moved, scatters) or None
     if not isinstance(node, ast.Call):
         return None
     name = facts.project.call_name(source, node) or ""
-    if _is_module_ctor(facts, name):
+    if _is_module_ctor(facts, name) or facts.flow.callee(source, node) is None:
         on_device = moved or keyword(node, "device") is not None or _built_on_device(source, node)
-        return [Made(source, node, name, on_device)]
+        return [Made(source, node, name, on_device, _is_module_ctor(facts, name), scatters)]
     returned = facts.flow.returns_of(source, node) if depth else []
     made = [_made(facts, Origin(src, value, "value"), depth - 1) for src, value in returned]
     if not made or any(m is None for m in made):
         return None
-    return [Made(m.source, m.ctor, m.name, m.moved or moved) for ms in made for m in ms or []]
+    return _wrapped([m for ms in made for m in ms or []], moved, scatters)
+
+
+def _wrapped(made: list[Made], moved: bool, scatters: bool) -> list[Made]:
+    """``made`` seen through the moves and wrappers applied to it on the way out."""
+    return [replace(m, moved=m.moved or moved, scatters=m.scatters or scatters) for m in made]
+
+
+def _scatters(call: ast.Call, name: str) -> bool:
+    """``DataParallel(model)``, or ``DistributedDataParallel(model, device_ids=[...])``."""
+    if name in SCATTERING:
+        return True
+    ids = keyword(call, "device_ids") or (call.args[1] if len(call.args) > 1 else None)
+    return name in DDP and ids is not None and not (isinstance(ids, ast.Constant)
+                                                   and ids.value is None)
 
 
 def _built_on_device(source: SourceFile, node: ast.AST) -> bool:

@@ -122,6 +122,9 @@ class Flow:
         self._bindings: dict[int, dict[str, list[Binding]]] = {}
         self._resolving: set[int] = set()
         self._callees: dict[int, tuple[SourceFile, ast.FunctionDef] | None] = {}
+        self._defs: dict[int, dict[str, list[ast.FunctionDef]]] = {}
+        self._callers: dict[int, list[tuple[SourceFile, ast.Call]]] | None = None
+        self._tainted: dict[tuple[int, frozenset[str]], frozenset[str]] = {}
 
     def bindings(self, scope: ast.AST) -> dict[str, list[Binding]]:
         key = id(scope)
@@ -238,7 +241,7 @@ class Flow:
                 ) -> tuple[SourceFile, ast.FunctionDef] | None:
         func = call.func
         if isinstance(func, ast.Name):
-            return self._function(source, func.id)
+            return self._nested(source, call, func.id) or self._function(source, func.id)
         if isinstance(func, ast.Attribute):
             owner = dotted(func.value)
             if owner and self.project.local_class(source.canonical(func.value)):
@@ -254,6 +257,30 @@ class Flow:
                     if found:
                         return found
         return None
+
+    def _nested(self, source: SourceFile, call: ast.Call, name: str
+                ) -> tuple[SourceFile, ast.FunctionDef] | None:
+        """A function defined inside an enclosing function of the call (timm's ``def
+        _backward(loss)`` in the loop body): it shadows any module-level one, as in Python.
+        Of several defs in one scope, the last one above the call (else the first)."""
+        scope = source.scope_of(call)
+        while scope is not source.tree:
+            defs = self._local_defs(scope).get(name)
+            if defs:
+                above = [f for f in defs if f.lineno < call.lineno]
+                return source, (above or defs)[-1 if above else 0]
+            scope = source.scope_of(scope)
+        return None
+
+    def _local_defs(self, scope: ast.AST) -> dict[str, list[ast.FunctionDef]]:
+        key = id(scope)
+        if key not in self._defs:
+            table: dict[str, list[ast.FunctionDef]] = {}
+            for node in scope_nodes(scope):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    table.setdefault(node.name, []).append(node)
+            self._defs[key] = table
+        return self._defs[key]
 
     def _function(self, source: SourceFile, name: str
                   ) -> tuple[SourceFile, ast.FunctionDef] | None:
@@ -278,6 +305,17 @@ class Flow:
                           if self.project.local_class(b)), None)
         return None
 
+    def callers(self, func: ast.AST) -> list[tuple[SourceFile, ast.Call]]:
+        """The project's calls that run ``func`` (the table is built once per analysis)."""
+        if self._callers is None:
+            table: dict[int, list[tuple[SourceFile, ast.Call]]] = {}
+            for source, call in self.project.calls:
+                target = self.callee(source, call)
+                if target is not None:
+                    table.setdefault(id(target[1]), []).append((source, call))
+            self._callers = table
+        return self._callers.get(id(func), [])
+
     def returns_of(self, source: SourceFile, call: ast.Call) -> list[tuple[SourceFile, ast.AST]]:
         """The expressions a local function/method returns (resolved in its own file)."""
         found = self.callee(source, call)
@@ -288,18 +326,28 @@ class Flow:
                 if isinstance(n, ast.Return) and n.value is not None]
 
     # ---- forward taint ---------------------------------------------------------------
-    def tainted(self, scope: ast.AST, seed: Callable[[ast.AST], bool],
+    def tainted(self, scope: ast.AST, seed: Callable[[ast.AST], bool] | None,
                 names: frozenset[str] = frozenset()) -> set[str]:
         """Names in ``scope`` whose value derives from a node matching ``seed`` (or from
-        ``names``): assignments, ``x.append(v)``, ``d[k] = v``, ``meter.update(v)``."""
+        ``names``): assignments, ``x.append(v)``, ``d[k] = v``, ``meter.update(v)``.
+        Without a seed the answer depends on ``names`` only and is kept: the loss checks
+        follow the same loss through the same scopes."""
+        if seed is None:
+            key = (id(scope), names)
+            if key not in self._tainted:
+                self._tainted[key] = frozenset(self._taint(scope, None, names))
+            return set(self._tainted[key])
+        return self._taint(scope, seed, names)
+
+    def _taint(self, scope: ast.AST, seed: Callable[[ast.AST], bool] | None,
+               names: frozenset[str]) -> set[str]:
         tainted = set(names)
         moves: list[tuple[list[str], frozenset[str]]] = []
-        for node in scope_nodes(scope):
-            for target, value in _flows(node):
-                if any(seed(n) for n in ast.walk(value)):
-                    tainted.update(target_names(target))
-                else:
-                    moves.append((target_names(target), names_read(value)))
+        for targets, value in _scope_flows(scope):
+            if seed is not None and any(seed(n) for n in ast.walk(value)):
+                tainted.update(targets)
+            else:
+                moves.append((targets, names_read(value)))
         changed = True
         while changed:  # to a fixpoint: values flow through any number of assignments
             changed = False
@@ -319,6 +367,16 @@ WRAPPERS = frozenset({"torch.compile", "torch.nn.parallel.DistributedDataParalle
                       "torch.distributed.fsdp.FullyShardedDataParallel",
                       "torch.nn.parallel.distributed.DistributedDataParallel"})
 SINK_METHODS = frozenset({"append", "extend", "update", "add", "put", "insert"})
+
+
+def _scope_flows(scope: ast.AST) -> tuple[tuple[list[str], ast.AST], ...]:
+    """(names bound, value) for every flow in ``scope``, kept on the node like its walk."""
+    cached = getattr(scope, "_spml_flows", None)
+    if cached is None:
+        cached = tuple((target_names(target), value) for node in scope_nodes(scope)
+                       for target, value in _flows(node))
+        scope._spml_flows = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def _flows(node: ast.AST) -> Iterator[tuple[ast.AST, ast.AST]]:
@@ -348,6 +406,15 @@ def names_read(expr: ast.AST) -> frozenset[str]:
                            for name in [dotted(node)] if name)
         expr._spml_names_read = cached  # type: ignore[attr-defined]
     return cached
+
+
+def maximal_names(expr: ast.AST) -> list[ast.AST]:
+    """The longest dotted names read in ``expr`` (``self.loss``, not also ``self``)."""
+    if dotted(expr):
+        return [expr]
+    inner = {id(n.value) for n in ast.walk(expr) if isinstance(n, ast.Attribute)}
+    return [n for n in ast.walk(expr) if isinstance(n, ast.Name | ast.Attribute)
+            and dotted(n) and id(n) not in inner]
 
 
 def mentions(expr: ast.AST, names: set[str] | frozenset[str]) -> bool:

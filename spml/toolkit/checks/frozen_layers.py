@@ -7,9 +7,11 @@ import ast
 from collections.abc import Iterator
 
 from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, not_applicable
-from spml.toolkit.checks._optim import Freeze, callers_of, freezes
+from spml.toolkit.checks._freezing import Freeze, freezes
+from spml.toolkit.checks._local_optim import optimizer_builds
+from spml.toolkit.checks._optim import callers_of
+from spml.toolkit.checks._params import Part, traced_builds
 from spml.toolkit.checks.flow import scope_nodes, target_names
-from spml.toolkit.checks.optimizer_coverage import ParamResolver, Part, optimizer_params
 from spml.toolkit.checks.patterns import Facts
 from spml.toolkit.checks.project import SourceFile, dotted
 
@@ -73,7 +75,7 @@ class FrozenLayers(Check):
     condition = "fine-tuning (frozen parameters)"
 
     def applicability(self, facts: Facts) -> Applicability:
-        if any(f.frozen is not True for f in freezes(facts)):
+        if any(f.requires_grad is not True for f in freezes(facts)):
             return APPLIES
         return not_applicable("no parameter is frozen")
 
@@ -81,7 +83,7 @@ class FrozenLayers(Check):
         all_freezes = freezes(facts)
         built = _built(facts)
         for freeze in all_freezes:
-            if freeze.frozen is False and _freezes_whole(freeze, built) \
+            if freeze.requires_grad is False and _freezes_whole(freeze, built) \
                     and not _may_train_again(facts, freeze, all_freezes):
                 name = dotted(freeze.receiver)
                 yield self.finding(freeze.source, freeze.node,
@@ -90,21 +92,15 @@ class FrozenLayers(Check):
                                    "trainable head) before building the optimizer")
             stale = _stale_filter(facts, freeze, built)
             if stale:
-                yield self.finding(freeze.source, freeze.node, stale, None if not freeze.frozen
-                                   else "Add the unfrozen parameters with "
-                                   "optimizer.add_param_group(...) or rebuild the optimizer")
+                fix = None if not freeze.requires_grad else "Add the unfrozen parameters " \
+                    "with optimizer.add_param_group(...) or rebuild the optimizer"
+                yield self.finding(freeze.source, freeze.node, stale, fix)
 
 
 def _built(facts: Facts) -> list[tuple[ast.Call, list[Part]]]:
     """Optimizer constructions whose parameters can be traced, with their parts."""
-    resolver = ParamResolver(facts)
-    out = []
-    for source, call in facts.optimizer_constructions:
-        params = optimizer_params(call)
-        parts = resolver.parts(source, params) if params is not None else None
-        if parts:
-            out.append((call, parts))
-    return out
+    return [(call, parts) for _, call, parts in traced_builds(facts, optimizer_builds(facts))
+            if parts]
 
 
 def _freezes_whole(freeze: Freeze, built: list[tuple[ast.Call, list[Part]]]) -> bool:
@@ -122,7 +118,7 @@ def _may_train_again(facts: Facts, freeze: Freeze, all_freezes: list[Freeze]) ->
     """Anything that could make some parameter trainable again: an unfreeze anywhere, a
     new submodule assigned on the model, the model rebound, an adapter library."""
     name = dotted(freeze.receiver)
-    if any(f.frozen is not False and _may_reach(facts, f, name) for f in all_freezes):
+    if any(f.requires_grad is not False and _may_reach(facts, f, name) for f in all_freezes):
         return True
     for source, node in facts.project.walk():
         if isinstance(node, ast.Call) and any(
@@ -168,7 +164,7 @@ def _stale_filter(facts: Facts, freeze: Freeze,
     """Freezing or unfreezing after a requires_grad-filtered optimizer over the same model,
     in the same scope, with no optimizer built or param group added after it."""
     name = dotted(freeze.receiver) if freeze.receiver is not None else None
-    if name is None or freeze.frozen is None:
+    if name is None or freeze.requires_grad is None:
         return None
     scope = freeze.source.scope_of(freeze.node)
     line = freeze.node.lineno
@@ -179,7 +175,7 @@ def _stale_filter(facts: Facts, freeze: Freeze,
         return None
     if _rebuilt_after(facts, freeze.source, scope, line, earlier):
         return None
-    if freeze.frozen:
+    if freeze.requires_grad:
         return (f"`{name[:30]}` is unfrozen after the optimizer kept only trainable "
                 "parameters; it never trains")
     return (f"`{name[:30]}` is frozen after the optimizer's requires_grad filter ran; "
@@ -193,7 +189,7 @@ def _rebuilt_after(facts: Facts, source: SourceFile, scope: ast.AST, line: int,
     if facts.project.method_calls("add_param_group"):
         return True
     names = {n for call in earlier for n in _assigned_names(source, call)}
-    made = {id(c) for _, c in facts.optimizer_constructions}
+    made = {id(c) for _, c in optimizer_builds(facts)}
     for node in scope_nodes(scope):
         if getattr(node, "lineno", 0) <= line:
             continue

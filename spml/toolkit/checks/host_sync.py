@@ -126,7 +126,8 @@ def _tensor_names(facts: Facts, source: SourceFile, scope: ast.AST) -> set[str]:
     tensors: set[str] = set()
     for src, call in facts.backward_calls:
         if src is source and src.scope_of(call) is scope:
-            tensors.update(n for n in (dotted(e) for e in loss_expressions(src, call)) if n)
+            tensors.update(n for e in loss_expressions(src, call, facts)
+                           if (n := dotted(e)))
     nodes = list(scope_nodes(scope))
     changed = True
     while changed:

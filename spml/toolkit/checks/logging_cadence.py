@@ -15,6 +15,7 @@ from spml.toolkit.checks.console_metrics import console_sink
 from spml.toolkit.checks.flow import scope_nodes
 from spml.toolkit.checks.patterns import CONSOLE_SINK_METHODS, Facts, TrainingLoop, is_cadence_test
 from spml.toolkit.checks.project import SourceFile
+from spml.toolkit.checks.sinks import helper_note
 
 LOOPS = (ast.For, ast.While, ast.AsyncFor)
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
@@ -84,12 +85,15 @@ class LoggingEveryStep(Check):
         return APPLIES
 
     def run(self, facts: Facts) -> Iterator[Finding]:
-        for site_source, site, _, target in every_step_calls(facts, _is_log_line(facts)):
+        for site_source, site, target_source, target in every_step_calls(
+                facts, _is_log_line(facts)):
             verb = "runs" if site is target else "logs"
             why = "gated only by a rank/flag check" if switched(site_source, site) \
                 else "no step % N or time gate"
+            note = "" if site is target else helper_note(target_source, target)
             yield self.finding(site_source, site,
-                               f"{_label(site)} {verb} on every training step ({why})")
+                               f"{_label(site)} {verb} on every training step ({why})",
+                               note=note)
 
 
 def every_step_loop(facts: Facts, source: SourceFile, node: ast.AST) -> TrainingLoop | None:
@@ -177,18 +181,26 @@ def _always_made(facts: Facts, source: SourceFile, call: ast.Call, predicate: Pr
     callee_source, func = target
     found: list[tuple[SourceFile, ast.Call]] = []
     for node in scope_nodes(func):
-        if isinstance(node, ast.Call) and _unconditional(callee_source, node, func):
+        if isinstance(node, ast.Call) and _unconditional(facts, callee_source, node, func):
             found += _always_made(facts, callee_source, node, predicate, depth - 1)
     return found
 
 
-def _unconditional(source: SourceFile, node: ast.AST, func: ast.AST) -> bool:
+def _unconditional(facts: Facts, source: SourceFile, node: ast.AST, func: ast.AST) -> bool:
+    """``node`` runs on every call of ``func``: no gate between them but a process or tool
+    switch (nanochat's ``print0`` prints under ``if ddp_rank == 0:``, as the loop would)."""
+    child = node
     for parent in source.ancestors(node):
         if parent is func:
             return True
+        if isinstance(parent, ast.If | ast.IfExp) and child is not parent.test \
+                and _is_switch(facts, source, parent.test):
+            child = parent
+            continue
         if isinstance(parent, ast.If | ast.IfExp | ast.ExceptHandler | ast.match_case
                       | ast.BoolOp | ast.comprehension):
             return False
+        child = parent
     return False
 
 

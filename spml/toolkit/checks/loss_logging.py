@@ -6,10 +6,10 @@ import ast
 from collections.abc import Iterator
 
 from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, not_applicable
-from spml.toolkit.checks.flow import dotted
-from spml.toolkit.checks.patterns import Facts
+from spml.toolkit.checks.flow import dotted, maximal_names
+from spml.toolkit.checks.patterns import BACKWARD_OWNERS, Facts
 from spml.toolkit.checks.project import SourceFile
-from spml.toolkit.checks.sinks import reached_calls
+from spml.toolkit.checks.sinks import reached_calls, site_of
 
 
 class LossNotWritten(Check):
@@ -20,9 +20,12 @@ class LossNotWritten(Check):
     through assignments (``lossf = loss.item()``), containers (``losses.append(...)``),
     f-strings and calls of the project's own functions, and looks for a write to a file:
     ``f.write``, ``print(..., file=f)``, ``json.dump``, ``csv`` writers, ``logging`` with a
-    ``FileHandler``, TensorBoard ``add_scalar``, ``wandb.log``, ``mlflow.log_metric``.
-    A loss that is only printed is a finding at the print; a loss never recorded at all is a
-    finding at ``backward()``.
+    ``FileHandler``, TensorBoard ``add_scalar``, ``wandb.log``, ``mlflow.log_metric``,
+    ``accelerator.log`` and well-known library helpers (timm's ``update_summary``). A loss
+    that reaches ``backward()`` as a parameter (timm's ``_backward(loss)`` closure) is
+    followed from what the callers pass. A loss that is only printed is a finding at the
+    print, or at the call of the project's helper that prints it (``print0(...)``, with the
+    helper's print as a note); a loss never recorded at all is a finding at ``backward()``.
 
     ## Why is this bad?
     Console output is lost with the terminal, the job scheduler's log rotation or a crash.
@@ -59,13 +62,14 @@ class LossNotWritten(Check):
     def run(self, facts: Facts) -> Iterator[Finding]:
         for source, scope, call, names in backward_losses(facts):
             sinks = reached_calls(facts, source, scope, facts.sink_kind, names)
-            if any(kind == "file" for _, _, kind in sinks):
+            if any(sink.kind == "file" for sink in sinks):
                 continue
-            console = [(s, c) for s, c, kind in sinks if kind == "console"]
+            console = [sink for sink in sinks if sink.kind == "console"]
             if console:
-                where, node = console[0]
+                # At the call in the training code (``print0(...)``), not in the helper.
+                where, node, note = site_of(console[0])
                 yield self.finding(where, node, "loss is only printed to the console, "
-                                   "never written to a file")
+                                   "never written to a file", note=note)
             else:
                 yield self.finding(source, call)
 
@@ -80,31 +84,31 @@ def backward_losses(facts: Facts
         if id(scope) in seen:
             continue
         seen.add(id(scope))
-        names = frozenset(n for n in (dotted(x) for x in loss_expressions(source, call)) if n)
+        names = frozenset(n for x in loss_expressions(source, call, facts)
+                          if (n := dotted(x)))
         if names:
             yield source, scope, call, names
 
 
-def loss_expressions(source: SourceFile, call: ast.Call) -> list[ast.AST]:
+def loss_expressions(source: SourceFile, call: ast.Call,
+                     facts: Facts | None = None) -> list[ast.AST]:
     """The loss operand of a backward call: ``loss``, ``scaler.scale(loss)`` -> ``loss``,
-    ``accelerator.backward(loss)`` -> ``loss``, ``(a + b).backward()`` -> ``a``, ``b``."""
+    ``accelerator.backward(loss)`` -> ``loss``, ``(a + b).backward()`` -> ``a``, ``b``.
+    With ``facts``, ``acc.backward(loss)`` is known by where ``acc`` comes from too."""
     assert isinstance(call.func, ast.Attribute)
     receiver = call.func.value
     if isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute) \
             and receiver.func.attr == "scale" and receiver.args:
         receiver = receiver.args[0]
-    if not _is_tensor_receiver(source, receiver) and call.args:
+    if call.args and (not _is_tensor_receiver(source, receiver)
+                      or _backward_owner(facts, source, receiver)):
         receiver = call.args[0]
     return maximal_names(receiver)
 
 
-def maximal_names(expr: ast.AST) -> list[ast.AST]:
-    """The longest dotted names read in ``expr`` (``self.loss``, not also ``self``)."""
-    if dotted(expr):
-        return [expr]
-    inner = {id(n.value) for n in ast.walk(expr) if isinstance(n, ast.Attribute)}
-    return [n for n in ast.walk(expr) if isinstance(n, ast.Name | ast.Attribute)
-            and dotted(n) and id(n) not in inner]
+def _backward_owner(facts: Facts | None, source: SourceFile, receiver: ast.AST) -> bool:
+    return facts is not None and dotted(receiver) is not None and any(
+        name in BACKWARD_OWNERS for _, name in facts.flow.origin_calls(source, receiver))
 
 
 def _is_tensor_receiver(source: SourceFile, receiver: ast.AST) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
+from spml.toolkit.checks._amp_enabled import enabled_at_fp16, may_run_fp16
 from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, not_applicable
 from spml.toolkit.checks._devices import (
     AUTOCAST,
@@ -33,6 +34,9 @@ class MixedPrecisionMisuse(Check):
 
     - fp16 autocast (``torch.autocast("cuda")``, ``dtype=torch.float16``,
       ``torch.cuda.amp.autocast()``) in a project that never creates a ``GradScaler``;
+    - a ``GradScaler`` switched on only for another precision
+      (``enabled=(dtype == "bfloat16")``) while autocast can run in fp16: it is off
+      exactly when it is needed;
     - a ``GradScaler`` whose loss never goes through ``scaler.scale(loss).backward()``, whose
       optimizer steps directly instead of through ``scaler.step(optimizer)``, or which never
       calls ``scaler.update()``;
@@ -40,7 +44,8 @@ class MixedPrecisionMisuse(Check):
     - a module cast to fp16 with ``.half()`` / ``.to(torch.float16)`` and then trained.
 
     bf16 autocast needs no scaler and is not flagged; a dtype chosen at run time (nanoGPT's
-    ``ptdtype`` with ``GradScaler(enabled=(dtype == "float16"))``) is trusted.
+    ``ptdtype`` with ``GradScaler(enabled=(dtype == "float16"))``) is trusted, and so is an
+    ``enabled=`` flag whose value cannot be read (``enabled=use_amp``, ``enabled=args.fp16``).
 
     ## Why is this bad?
     fp16 has a narrow range: without loss scaling, small gradients flush to zero and the
@@ -95,9 +100,22 @@ class MixedPrecisionMisuse(Check):
                 yield self.finding(cast.source, cast.call, "fp16 autocast without a "
                                    "GradScaler: small gradients underflow to zero")
         if scalers:
+            yield from self._scaler_off_for_fp16(facts, scalers)
             yield from self._scaler_use(facts, scalers)
         yield from self._backward_under_autocast(facts)
         yield from self._half_weights(facts)
+
+    def _scaler_off_for_fp16(self, facts: Facts, scalers: list[tuple[SourceFile, ast.Call]]
+                             ) -> Iterator[Finding]:
+        fp16_files = {c.source.display for c in autocasts(facts) if may_run_fp16(facts, c)}
+        for source, call in scalers:
+            enabled = keyword(call, "enabled")
+            if enabled is None or not _related_files(facts, source) & fp16_files:
+                continue
+            if enabled_at_fp16(facts, source, enabled) is False:
+                yield self.finding(source, call, "GradScaler is enabled only when "
+                                   f"`{_short(enabled)}`: it is off when autocast runs in "
+                                   "fp16, and small gradients underflow to zero")
 
     def _scaler_use(self, facts: Facts, scalers: list[tuple[SourceFile, ast.Call]]
                     ) -> Iterator[Finding]:
@@ -231,8 +249,8 @@ def _optimizer_steps(scope: ast.AST) -> list[ast.Call]:
             and "opt" in (dotted(n.func.value) or "").rsplit(".", 1)[-1].lower()]
 
 
-def _short(call: ast.Call) -> str:
-    text = ast.unparse(call)
+def _short(node: ast.AST) -> str:
+    text = ast.unparse(node)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -7,29 +7,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, not_applicable
-from spml.toolkit.checks._optim import (
-    PARAM_METHODS,
-    Freeze,
-    call_site_args,
-    freezes,
-    visible_bindings,
+from spml.toolkit.checks._freezing import Freeze, freezes
+from spml.toolkit.checks._local_optim import optimizer_builds
+from spml.toolkit.checks._module_shape import (
+    Shape,
+    bears_params,
+    model_makers,
+    module_shapes,
+    run_without_grad,
+    ties,
 )
-from spml.toolkit.checks.flow import CHAINABLE, Origin, element_for, scope_nodes
+from spml.toolkit.checks._optim import visible_bindings
+from spml.toolkit.checks._params import Part, traced_builds
+from spml.toolkit.checks.flow import SCOPES, Origin, element_for, scope_nodes
 from spml.toolkit.checks.patterns import Facts
 from spml.toolkit.checks.project import SourceFile, dotted
 
-PARAM_LAYERS = frozenset({
-    "Linear", "Bilinear", "LazyLinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
-    "ConvTranspose2d", "ConvTranspose3d", "LazyConv1d", "LazyConv2d", "LazyConv3d",
-    "Embedding", "EmbeddingBag", "LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm1d",
-    "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LSTM", "GRU", "RNN", "LSTMCell",
-    "GRUCell", "RNNCell", "MultiheadAttention", "Transformer", "TransformerEncoder",
-    "TransformerDecoder", "TransformerEncoderLayer", "TransformerDecoderLayer", "PReLU"})
-CONTAINERS = frozenset({"ModuleList", "Sequential", "ModuleDict", "ParameterList",
-                        "ParameterDict"})
-PRETRAINED = ("torchvision.models.", "timm.create_model")
 # Submodules updated without the optimizer (EMA/target copies, teachers): not a finding.
 NOT_OPTIMIZED = ("ema", "target", "teacher", "momentum", "frozen", "shadow", "old_")
+# The classifier heads of library models (torchvision, timm, transformers): an optimizer
+# that takes only these takes a strict part of the model, whatever its architecture.
+HEADS = frozenset({"fc", "classifier", "head", "heads", "lm_head", "score", "last_linear"})
+NO_GRAD = ("no_grad", "inference_mode")
 
 
 class OptimizerMissesParameters(Check):
@@ -37,12 +36,20 @@ class OptimizerMissesParameters(Check):
 
     ## What it does
     Follows each optimizer's ``params`` argument (``model.parameters()``, a list of
-    ``model.sub.parameters()``, ``[{"params": ...}, ...]`` groups, ``filter``/comprehension
-    over ``requires_grad``, through variables) to the model object and its ``nn.Module``
-    class, reads the submodules and ``nn.Parameter``s its ``__init__`` always creates, and
-    flags the ones no optimizer receives and the project never freezes. Also flags a
-    submodule assigned to the model (``model.head = nn.Linear(...)``) after the optimizer
-    was built from ``model.parameters()``.
+    ``model.sub.parameters()``, ``model[1:].parameters()`` of an ``nn.Sequential``,
+    ``[{"params": ...}, ...]`` groups, ``filter``/comprehension over ``requires_grad``,
+    through variables) to the model object and what made it, reads the submodules and
+    ``nn.Parameter``s it has (its local ``nn.Module`` class's ``__init__``, in any branch;
+    the layers listed in ``nn.Sequential(...)``) and flags the ones no optimizer receives
+    and the project never freezes. A weight tied under a condition (``if tie_weights:``)
+    counts as covered only when the optimizer takes it itself. When the model may be one of
+    several classes, it is flagged only if the optimizer misses parameters for each of
+    them. For a library model (torchvision, timm, transformers), whose submodules are not
+    listed, it flags an optimizer that gets only the classifier head (``model.fc``) while
+    the whole model runs with gradients in training and nothing in the project is frozen.
+    Also flags a submodule assigned to the model (``model.head = nn.Linear(...)``) after
+    the optimizer was built from ``model.parameters()``. The project's own
+    ``torch.optim.Optimizer`` subclasses count as optimizers.
 
     ``model.parameters()``, comprehensions that keep every trainable parameter and
     nanoGPT-style groups built from ``named_parameters()`` are fine. When any optimizer's
@@ -84,25 +91,18 @@ class OptimizerMissesParameters(Check):
     condition = "always (an optimizer is built)"
 
     def applicability(self, facts: Facts) -> Applicability:
-        if facts.optimizer_constructions:
+        if optimizer_builds(facts):
             return APPLIES
         return not_applicable("no optimizer is built")
 
     def run(self, facts: Facts) -> Iterator[Finding]:
         if facts.project.method_calls("add_param_group"):
             return  # groups added later: the construction does not tell the whole story
-        resolver = ParamResolver(facts)
-        built, unknown = [], False
-        for source, call in facts.optimizer_constructions:
-            params = optimizer_params(call)
-            parts = resolver.parts(source, params) if params is not None else None
-            if parts is None:
-                unknown = True
-            else:
-                built.append((source, call, parts))
+        traced = traced_builds(facts, optimizer_builds(facts))
+        built = [(s, c, parts) for s, c, parts in traced if parts is not None]
         for source, call, parts in built:
             yield from self._late_assignments(facts, source, call, parts)
-        if not unknown:
+        if len(built) == len(traced):  # one untraced optimizer may hold the rest
             yield from self._missing(facts, built)
 
     def _missing(self, facts: Facts, built: list) -> Iterator[Finding]:
@@ -113,13 +113,12 @@ class OptimizerMissesParameters(Check):
         for cover in coverage.values():
             if cover.everything:
                 continue
-            attrs = module_attrs(facts, cover.source, cover.cls)
-            tied = _tied(cover.cls) | _run_without_grad(cover.cls)
-            missing = [a for a in attrs if a not in cover.attrs and a not in tied
-                       and not frozen.covers(cover.base, a) and not _by_design(a)]
-            if missing:
+            misses = [(shape, _shape_missing(facts, cover, shape, frozen))
+                      for shape in cover.shapes]
+            # Whichever class the model turns out to have, parameters are missed.
+            if misses and all(missing for _, missing in misses):
                 where, call = cover.first
-                yield self.finding(where, call, _missing_message(cover.base, missing))
+                yield self.finding(where, call, _message(cover.base, misses))
 
     def _late_assignments(self, facts: Facts, source: SourceFile, call: ast.Call,
                           parts: list[Part]) -> Iterator[Finding]:
@@ -128,7 +127,7 @@ class OptimizerMissesParameters(Check):
         bases = {dotted(p.base) for p in parts if p.source is source} - {None, "self"}
         end = call.end_lineno or call.lineno
         later = [n for n in scope_nodes(scope) if getattr(n, "lineno", 0) > end]
-        made = {id(c) for _, c in facts.optimizer_constructions}
+        made = {id(c) for _, c in optimizer_builds(facts)}
         rebuilt = [n.lineno for n in later if id(n) in made]
         for node in later:
             if not isinstance(node, ast.Assign) or len(node.targets) != 1:
@@ -145,11 +144,11 @@ class OptimizerMissesParameters(Check):
 
 @dataclass
 class _Cover:
-    """What the optimizers take from one module object."""
+    """What the optimizers take from one module object (which may have several shapes)."""
 
     base: str
-    source: SourceFile
-    cls: ast.ClassDef
+    key: tuple
+    shapes: list[Shape]
     first: tuple[SourceFile, ast.Call]
     attrs: set[str] = field(default_factory=set)
     everything: bool = False
@@ -161,17 +160,70 @@ def _coverage(facts: Facts, built: list) -> dict[tuple, _Cover] | None:
     out: dict[tuple, _Cover] = {}
     for source, call, parts in built:
         for part in parts:
-            found = module_of(facts, part)
+            found = module_shapes(facts, part.source, part.base)
             if found is None:
                 return None
-            key, cls_source, cls = found
-            cover = out.setdefault(key, _Cover(dotted(part.base) or "model", cls_source, cls,
+            key, shapes = found
+            cover = out.setdefault(key, _Cover(dotted(part.base) or "model", key, shapes,
                                                (source, call)))
             if part.attr is None:
                 cover.everything = True
             else:
                 cover.attrs.add(part.attr)
     return out
+
+
+def _shape_missing(facts: Facts, cover: _Cover, shape: Shape, frozen: _Frozen) -> list[str]:
+    """The children of ``shape`` the optimizers miss (``["*"]``: the rest of a library
+    model); empty when nothing is missed or it cannot be told."""
+    covered: set[str] = set()
+    for attr in cover.attrs:
+        names = shape.expand(attr)
+        if names is None:
+            return []  # an index into something that is not a listed container
+        covered |= names
+    if shape.library:
+        head_only = covered and covered <= HEADS and not frozen.attrs
+        return ["*"] if head_only and _trained_whole(facts, cover.key) else []
+    tied = ties(shape.cls) if shape.cls is not None else []
+    # A tied weight is covered through its partner only when the tie is always made.
+    covered |= {a for a, b, conditional in tied if not conditional and b in covered}
+    covered |= {b for a, b, conditional in tied if not conditional and a in covered}
+    skipped = run_without_grad(shape.cls) if shape.cls is not None else set()
+    return [a for a in shape.attrs if a not in covered and a not in skipped
+            and not frozen.covers(cover.base, a) and not _by_design(a)]
+
+
+def _trained_whole(facts: Facts, key: tuple) -> bool:
+    """The object runs as a whole (``model(x)``) with gradients where the project trains
+    (a step loop, or a function that calls backward): not only its head gets gradients,
+    as in a linear probe that runs the backbone under ``no_grad`` or piecewise."""
+    makers = key[1] if key[0] == "call" else frozenset()
+    scopes = {id(lp.loop): (lp.source, lp.loop) for lp in facts.training_loops}
+    for source, call in facts.backward_calls:
+        scope = source.scope_of(call)
+        scopes.setdefault(id(scope), (source, scope))
+    for source, scope in scopes.values():
+        for node in scope_nodes(scope):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and not _without_grad(source, node):
+                found = model_makers(facts, source, node.func)
+                if found and makers & {id(c) for _, c in found}:
+                    return True
+    return False
+
+
+def _without_grad(source: SourceFile, node: ast.AST) -> bool:
+    """``node`` runs under ``with torch.no_grad()`` or in a ``@torch.no_grad()`` function."""
+    for parent in source.ancestors(node):
+        exprs = [i.context_expr for i in parent.items] if isinstance(parent, ast.With) \
+            else getattr(parent, "decorator_list", [])
+        if any((dotted(e.func if isinstance(e, ast.Call) else e) or "").endswith(NO_GRAD)
+               for e in exprs):
+            return True
+        if isinstance(parent, SCOPES):
+            return False
+    return False
 
 
 class _Frozen:
@@ -182,7 +234,7 @@ class _Frozen:
         self.roots: set[str] = set()
         self.everything = False
         for freeze in freezes(facts):
-            if freeze.frozen is not True:
+            if freeze.requires_grad is not True:
                 self._add(facts, freeze, bases)
 
     def _add(self, facts: Facts, freeze: Freeze, bases: set[str | None]) -> None:
@@ -212,267 +264,40 @@ def _by_design(attr: str) -> bool:
     return any(word in attr.lower() for word in NOT_OPTIMIZED)
 
 
-def _run_without_grad(cls: ast.ClassDef) -> set[str]:
-    """Submodules the model's own code runs under ``torch.no_grad()``/``inference_mode()``
-    or whose output it detaches (a linear probe): no gradient reaches them by design."""
-    out: set[str] = set()
-    for node in ast.walk(cls):
-        blocks = [node] if isinstance(node, ast.With) and any(
-            ((dotted(item.context_expr.func) if isinstance(item.context_expr, ast.Call)
-              else None) or "").endswith(("no_grad", "inference_mode"))
-            for item in node.items) else []
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and node.func.attr == "detach":
-            blocks.append(node.func.value)
-        for block in blocks:
-            out.update(sub.func.attr for sub in ast.walk(block) if isinstance(sub, ast.Call)
-                       and isinstance(sub.func, ast.Attribute)
-                       and dotted(sub.func.value) == "self")
-    return out
+# ---- messages ------------------------------------------------------------------------------
+def _message(base: str, misses: list[tuple[Shape, list[str]]]) -> str:
+    if len(misses) == 1:
+        shape, missing = misses[0]
+        if missing == ["*"]:
+            return _library_message(base, shape)
+        return _fitted("optimizer misses trainable parameters of ",
+                       [_child(base, a) for a in missing], f"submodules of `{base[:20]}`")
+    # One model, several possible classes: what each would miss ("... or ...").
+    groups = [", ".join("the rest" if a == "*" else _child(base, a) for a in missing)
+              + f" ({shape.label})" for shape, missing in misses]
+    text = "optimizer misses " + " or ".join(groups)
+    if len(text) <= 100:
+        return text
+    return _fitted(f"optimizer misses parameters of `{base[:20]}` as ",
+                   [shape.label for shape, _ in misses], "classes")
 
 
-def _tied(cls: ast.ClassDef) -> set[str]:
-    """Submodules sharing a weight (``self.lm_head.weight = self.wte.weight``)."""
-    out: set[str] = set()
-    for node in ast.walk(cls):
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            sides = [dotted(node.targets[0]) or "", dotted(node.value) or ""]
-            if all(s.startswith("self.") and s.count(".") >= 2 for s in sides):
-                out |= {s.split(".")[1] for s in sides}
-    return out
+def _child(base: str, attr: str) -> str:
+    """``model.head``; ``model[0]`` for an ``nn.Sequential``'s numbered child."""
+    return f"`{base}[{attr}]`" if attr.isdigit() else f"`{base}.{attr}`"
 
 
-def _missing_message(base: str, missing: list[str]) -> str:
-    names = [f"`{base}.{a}`" for a in missing]
-    head = "optimizer misses trainable parameters of "
+def _library_message(base: str, shape: Shape) -> str:
+    text = (f"optimizer only gets the head of `{base}` ({shape.label}); the rest trains "
+            "but is never updated")
+    return text if len(text) <= 100 else "optimizer only gets the head of a " + shape.label
+
+
+def _fitted(head: str, names: list[str], unit: str) -> str:
+    """``head`` and as many of ``names`` as fit in 100 characters (``and N more``)."""
     for shown in range(len(names), 0, -1):
         rest = len(names) - shown
         text = head + ", ".join(names[:shown]) + (f" and {rest} more" if rest else "")
         if len(text) <= 100:
             return text
-    return f"optimizer misses trainable parameters of {len(names)} submodules of `{base[:20]}`"
-
-
-# ---- which parameters an optimizer holds ---------------------------------------------------
-MUTATORS = frozenset({"append", "extend", "insert", "add", "update", "add_param_group"})
-
-
-@dataclass(frozen=True)
-class Part:
-    """Parameters of one module object: all of ``base`` (``attr`` None) or of its submodule
-    ``base.attr``; ``filtered`` when they went through a ``requires_grad`` filter."""
-
-    source: SourceFile
-    base: ast.AST
-    attr: str | None
-    filtered: bool = False
-
-
-def optimizer_params(call: ast.Call) -> ast.AST | None:
-    """The params argument of an optimizer construction (first positional or ``params=``)."""
-    if call.args:
-        return None if isinstance(call.args[0], ast.Starred) else call.args[0]
-    return next((k.value for k in call.keywords if k.arg == "params"), None)
-
-
-class ParamResolver:
-    """Resolves a params expression to the module parts it covers; None when unknown."""
-
-    def __init__(self, facts: Facts) -> None:
-        self.facts = facts
-
-    def parts(self, source: SourceFile, expr: ast.AST, filtered: bool = False,
-              depth: int = 8) -> list[Part] | None:
-        if depth == 0:
-            return None
-        if isinstance(expr, ast.Call):
-            return self._call(source, expr, filtered, depth)
-        if isinstance(expr, ast.ListComp | ast.GeneratorExp | ast.SetComp):
-            return self._comprehension(source, expr, filtered, depth)
-        if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add):
-            return self._union(source, [expr.left, expr.right], filtered, depth)
-        if isinstance(expr, ast.List | ast.Tuple):
-            return self._union(source, expr.elts, filtered, depth)
-        if isinstance(expr, ast.Dict):
-            values = [v for k, v in zip(expr.keys, expr.values, strict=True)
-                      if isinstance(k, ast.Constant) and k.value == "params"]
-            return self._union(source, values, filtered, depth) if values else None
-        if isinstance(expr, ast.Starred):
-            return self.parts(source, expr.value, filtered, depth - 1)
-        if dotted(expr) is not None:
-            return self._name(source, expr, filtered, depth)
-        return None
-
-    def _union(self, source: SourceFile, exprs: list[ast.AST], filtered: bool,
-               depth: int) -> list[Part] | None:
-        out: list[Part] = []
-        for expr in exprs:
-            found = self.parts(source, expr, filtered, depth - 1)
-            if found is None:
-                return None
-            out += found
-        return out
-
-    def _call(self, source: SourceFile, call: ast.Call, filtered: bool,
-              depth: int) -> list[Part] | None:
-        func = call.func
-        if isinstance(func, ast.Attribute) and func.attr in PARAM_METHODS:
-            name = dotted(func.value)
-            if name is None or name.count(".") > 1:
-                return None
-            if "." not in name:
-                return [Part(source, func.value, None, filtered)]
-            return [Part(source, func.value.value, name.split(".")[1], filtered)]
-        called = self.facts.project.call_name(source, call)
-        if called in ("list", "tuple", "set", "itertools.chain") and not call.keywords:
-            return self._union(source, call.args, filtered, depth)
-        if called == "filter" and len(call.args) == 2 and _mentions_requires_grad(call.args[0]):
-            return self.parts(source, call.args[1], True, depth - 1)
-        return None
-
-    def _comprehension(self, source: SourceFile, comp: ast.AST, filtered: bool,
-                       depth: int) -> list[Part] | None:
-        if len(comp.generators) != 1 or not isinstance(comp.elt, ast.Name):
-            return None
-        gen = comp.generators[0]
-        names = [n.id for n in ast.walk(gen.target) if isinstance(n, ast.Name)]
-        if not names or comp.elt.id != names[-1]:
-            return None
-        if gen.ifs and not all(_mentions_requires_grad(t) for t in gen.ifs):
-            return None  # a selection by name or shape: deliberate, not ours to judge
-        return self.parts(source, gen.iter, filtered or bool(gen.ifs), depth - 1)
-
-    def _name(self, source: SourceFile, expr: ast.AST, filtered: bool,
-              depth: int) -> list[Part] | None:
-        name = dotted(expr)
-        found = visible_bindings(self.facts, source, name, expr)
-        if not found and name.count(".") == 1 and isinstance(expr, ast.Attribute):
-            return [Part(source, expr.value, expr.attr, filtered)]  # model.cls_token
-        if not found or any(b.kind != "assign" for b in found):
-            return None
-        if _mutated(source, source.scope_of(found[0].node), name):
-            return None
-        return self._union(source, [element_for(b) for b in found], filtered, depth)
-
-
-def _mentions_requires_grad(node: ast.AST) -> bool:
-    return any(isinstance(n, ast.Attribute) and n.attr == "requires_grad" for n in ast.walk(node))
-
-
-def _mutated(source: SourceFile, scope: ast.AST, name: str) -> bool:
-    """True when a list/dict of parameters grows after it was bound (append, +=, [k]=)."""
-    for node in scope_nodes(scope):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and node.func.attr in MUTATORS and dotted(node.func.value) == name:
-            return True
-        if isinstance(node, ast.AugAssign) and dotted(node.target) == name:
-            return True
-        if isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Subscript) and dotted(t.value) == name for t in node.targets):
-            return True
-    return False
-
-
-# ---- module objects and their parameter-bearing attributes ---------------------------------
-def module_of(facts: Facts, part: Part) -> tuple[tuple, SourceFile, ast.ClassDef] | None:
-    """Identity and local ``nn.Module`` class of the object a part's ``base`` names."""
-    name = dotted(part.base)
-    if name == "self":
-        cls = part.source.class_of(part.base)
-        if cls is None or not facts.project.is_module_class(cls.name):
-            return None
-        return ("self", id(cls)), part.source, cls
-    if name is None or "." in name:
-        return None
-    calls = _makers(facts, part.source, part.base)
-    made = {(id(c), facts.project.call_name(s, c)) for s, c in calls or []}
-    if len(made) != 1:
-        return None
-    ((key, class_name),) = made
-    found = facts.project.local_class(class_name)
-    if found is None or not facts.project.is_module_class(class_name):
-        return None
-    return ("call", key), found[0], found[1]
-
-
-def _makers(facts: Facts, source: SourceFile, expr: ast.AST,
-            depth: int = 2) -> list[tuple[SourceFile, ast.Call]] | None:
-    """The calls that made the object ``expr`` names; a function parameter is followed to
-    the arguments of the function's call sites. None when some binding is unknown."""
-    calls: list[tuple[SourceFile, ast.Call]] = []
-    for binding in visible_bindings(facts, source, dotted(expr) or "", expr):
-        if binding.kind == "assign":
-            value = element_for(binding)
-            calls += facts.flow.producing_calls(Origin(source, value, "value"))
-            continue
-        sites = call_site_args(facts, source, binding.node) if binding.kind == "param" \
-            and depth else None
-        if not sites:
-            return None
-        for site_source, arg in sites:
-            found = _makers(facts, site_source, arg, depth - 1) if dotted(arg) else \
-                facts.flow.producing_calls(Origin(site_source, arg, "value"))
-            if found is None:
-                return None
-            calls += found
-    return calls
-
-
-def module_attrs(facts: Facts, source: SourceFile, cls: ast.ClassDef,
-                 seen: frozenset[str] = frozenset()) -> dict[str, ast.stmt]:
-    """Attributes with parameters that ``__init__`` (or a local base's) always sets:
-    ``self.head = nn.Linear(...)``, ``self.blocks = nn.ModuleList(...)``, a local module."""
-    if cls.name in seen:
-        return {}
-    seen = seen | {cls.name}
-    out: dict[str, ast.stmt] = {}
-    for base in cls.bases:
-        found = facts.project.local_class(source.canonical(base))
-        if found is not None:
-            out.update(module_attrs(facts, found[0], found[1], seen))
-    init = next((n for n in cls.body if isinstance(n, ast.FunctionDef)
-                 and n.name == "__init__"), None)
-    for stmt in init.body if init else []:
-        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
-            else getattr(stmt, "target", None) if isinstance(stmt, ast.AnnAssign) else None
-        if isinstance(target, ast.Attribute) and dotted(target.value) == "self":
-            if stmt.value is not None and bears_params(facts, source, stmt.value, seen):
-                out[target.attr] = stmt
-            else:
-                out.pop(target.attr, None)
-    return out
-
-
-def bears_params(facts: Facts, source: SourceFile, value: ast.AST,
-                 seen: frozenset[str] = frozenset()) -> bool:
-    """True when ``value`` certainly builds something with trainable parameters."""
-    while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
-            and value.func.attr in CHAINABLE:
-        value = value.func.value  # nn.Linear(...).to(device)
-    if not isinstance(value, ast.Call):
-        return False
-    name = facts.project.call_name(source, value) or ""
-    last = name.rsplit(".", 1)[-1]
-    if name in ("torch.nn.Parameter", "torch.nn.parameter.Parameter"):
-        return not _keyword_false(value, "requires_grad")
-    if name.startswith("torch.nn."):
-        if last in CONTAINERS:
-            return any(bears_params(facts, source, c, seen) for c in ast.walk(value)
-                       if isinstance(c, ast.Call) and c is not value)
-        return last in PARAM_LAYERS and not (_keyword_false(value, "affine")
-                                             or _keyword_false(value, "elementwise_affine"))
-    if name.startswith(PRETRAINED) or name.endswith(".from_pretrained"):
-        return True
-    found = facts.project.local_class(name)
-    if found is None or not facts.project.is_module_class(name):
-        return False
-    src, cls = found
-    layers = {(src.canonical(b) or "").rsplit(".", 1)[-1] for b in cls.bases}
-    return bool(layers & PARAM_LAYERS) or bool(module_attrs(facts, src, cls, seen))
-
-
-def _keyword_false(call: ast.Call, name: str) -> bool:
-    return any(k.arg == name and isinstance(k.value, ast.Constant) and k.value.value is False
-               for k in call.keywords)
-
-
+    return f"optimizer misses trainable parameters of {len(names)} {unit}"

@@ -30,6 +30,36 @@ FILE_SINK_METHODS = frozenset({"write", "writelines", "writerow", "writerows", "
                                "write_text", "to_csv", "to_json", "log"})
 CONSOLE_SINK_METHODS = frozenset({"set_postfix", "set_postfix_str", "set_description"})
 NOT_SINKS = frozenset({"math", "numpy", "np", "torch", "cmath", "scipy.special"})
+# Well-known library helpers that record the values passed to them, by canonical name.
+# timm's update_summary appends the epoch's train/eval metrics to summary.csv (and logs
+# them to W&B with log_wandb=True).
+HELPER_SINKS: dict[str, str] = {
+    "timm.utils.update_summary": "file",
+    "timm.utils.summary.update_summary": "file",
+}
+# Methods of objects built by well-known library classes, as "<class>.<method>": found
+# by where the object comes from, not by what the variable is called (``acc.log(...)``).
+CLASS_SINKS: dict[str, str] = {
+    "accelerate.Accelerator.log": "file",  # every tracker init_trackers started
+    "accelerate.accelerator.Accelerator.log": "file",
+    "accelerate.Accelerator.print": "console",  # print on the main process only
+    "accelerate.accelerator.Accelerator.print": "console",
+    "lightning.Fabric.log": "file",  # the loggers the Fabric was given
+    "lightning.Fabric.log_dict": "file",
+    "lightning.fabric.Fabric.log": "file",
+    "lightning.fabric.Fabric.log_dict": "file",
+    "lightning.Fabric.print": "console",
+    "lightning.fabric.Fabric.print": "console",
+}
+CLASS_SINK_METHODS = frozenset(key.rsplit(".", 1)[1] for key in CLASS_SINKS)
+# Objects whose ``backward(loss)`` backpropagates its argument, by the call that makes them
+# (whatever the variable is called): Accelerate, Lightning Fabric, a DeepSpeed engine.
+BACKWARD_OWNERS = frozenset({"accelerate.Accelerator", "accelerate.accelerator.Accelerator",
+                             "lightning.Fabric", "lightning.fabric.Fabric",
+                             "lightning_fabric.Fabric", "deepspeed.initialize"})
+# Meters that print every value they hold (torchvision references' MetricLogger, copied by
+# DETR, DeiT, MAE, DINO): ``for batch in metric_logger.log_every(loader, 10): ...``.
+METER_PRINT_METHODS = frozenset({"log_every"})
 LOG_LEVELS = frozenset({"info", "debug", "warning", "error", "critical", "log", "exception"})
 
 
@@ -91,8 +121,10 @@ class Facts:
     @cached_property
     def training_loops(self) -> list[TrainingLoop]:
         """The step loops: innermost loops that run ``backward()`` directly or by calling a
-        local step function; for a gradient-accumulation micro-loop, also the loop around it
-        (that one runs once per optimizer step)."""
+        local step function (a module function, a method, or a function defined in the
+        enclosing function or the loop body itself, as timm's ``_backward`` closure); for a
+        gradient-accumulation micro-loop, also the loop around it (that one runs once per
+        optimizer step)."""
         step_funcs = self._step_functions()
         found: dict[int, TrainingLoop] = {}
         for source, node in self.project.walk():
@@ -202,10 +234,22 @@ class Facts:
             return "file"
         if name in FILE_SINKS:
             return "file"
+        if name in HELPER_SINKS:
+            return HELPER_SINKS[name]
         if not isinstance(func, ast.Attribute):
             return None
-        return _method_sink_kind(source.canonical(func.value) or "", func.attr,
-                                 self.logging_to_file)
+        return self._class_sink_kind(source, func) or _method_sink_kind(
+            source.canonical(func.value) or "", func.attr, self.logging_to_file)
+
+    def _class_sink_kind(self, source: SourceFile, func: ast.Attribute) -> str | None:
+        """The kind of ``obj.method(...)`` when ``obj`` was built by a class in CLASS_SINKS."""
+        if func.attr not in CLASS_SINK_METHODS:
+            return None
+        for _, made in self.flow.origin_calls(source, func.value):
+            kind = CLASS_SINKS.get(f"{made}.{func.attr}")
+            if kind:
+                return kind
+        return None
 
 
 def _method_sink_kind(owner: str, method: str, logging_to_file: bool) -> str | None:
@@ -217,7 +261,7 @@ def _method_sink_kind(owner: str, method: str, logging_to_file: bool) -> str | N
         return "console"  # tqdm.write, rich console.log/print, pbar.write
     if method in LOG_LEVELS and ("log" in owner.lower() or owner == "logging"):
         return "file" if logging_to_file else "console"
-    if method in CONSOLE_SINK_METHODS:
+    if method in CONSOLE_SINK_METHODS or method in METER_PRINT_METHODS:
         return "console"
     return "file" if method in FILE_SINK_METHODS else None
 

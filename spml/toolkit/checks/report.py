@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from spml.toolkit.checks._base import Finding
 from spml.toolkit.checks.engine import NO_LOOP, CheckResult, Report
 
 ORDER = {"ERROR": 0, "FAIL": 1, "UNCHECKED": 2, "PASS": 3, "N/A": 4}
@@ -62,6 +63,11 @@ def render_json(report: Report) -> str:
     }, indent=2) + "\n"
 
 
+def _problem(finding: Finding) -> str:
+    """The message, and the note saying where the cause continues (a helper), if any."""
+    return f"{finding.message} ({finding.note})" if finding.note else finding.message
+
+
 def render_markdown(report: Report) -> str:
     """The report for a Prefect markdown artifact: verdict, findings table, check table."""
     lines = [f"# L0 static checks: {report.verdict}", "",
@@ -70,7 +76,7 @@ def render_markdown(report: Report) -> str:
     if report.findings:
         lines += ["| Where | Check | Severity | Problem | Fix |", "|---|---|---|---|---|"]
         lines += [f"| `{f.path}:{f.line}:{f.col}` | {f.id} | {f.severity} | "
-                  f"{_cell(f.message)} | {_cell(f.fix)} |" for f in report.findings]
+                  f"{_cell(_problem(f))} | {_cell(f.fix)} |" for f in report.findings]
         lines.append("")
     lines += ["| Check | Status | Reason |", "|---|---|---|"]
     lines += [f"| {r.check.id} {r.check.name} ({r.severity}) | {r.status} | "

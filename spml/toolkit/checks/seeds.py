@@ -9,10 +9,20 @@ from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, no
 from spml.toolkit.checks.patterns import Facts
 from spml.toolkit.checks.project import SourceFile
 
+ALL_RNGS = frozenset({"torch", "numpy", "random"})
 # Seed every RNG at once (torch, numpy's global RNG and Python's ``random``).
 SEED_ALL_ROOTS = ("lightning", "pytorch_lightning", "lightning_fabric", "transformers",
                   "accelerate")
 SEED_ALL_NAMES = frozenset({"seed_everything", "set_seed", "enable_full_determinism"})
+# Other libraries' seeding helpers, by canonical name, and the RNGs each one seeds (read
+# from their source): timm's random_seed(seed, rank) seeds torch, numpy and random.
+SEED_HELPERS: dict[str, frozenset[str]] = {
+    "timm.utils.random_seed": ALL_RNGS,
+    "timm.utils.random.random_seed": ALL_RNGS,
+    "mmengine.runner.set_random_seed": ALL_RNGS,
+    "mmengine.runner.utils.set_random_seed": ALL_RNGS,
+    "detectron2.utils.env.seed_all_rng": ALL_RNGS,
+}
 TORCH_SEEDS = frozenset({"torch.manual_seed", "torch.random.manual_seed", "torch.cuda.manual_seed",
                          "torch.cuda.manual_seed_all"})
 NUMPY_SEEDS = frozenset({"numpy.random.seed"})
@@ -36,7 +46,9 @@ class MissingSeeds(Check):
     draws from Python's (``random.shuffle``, ``random.randint``, ...).
     ``seed_everything`` (Lightning), ``transformers.set_seed``, ``accelerate.utils.set_seed``
     and a Hugging Face ``Trainer`` (which seeds from ``TrainingArguments.seed``) seed all
-    three. A numpy ``default_rng()`` built without a seed is flagged on its own. Any seed
+    three, and so do timm's ``utils.random_seed``, mmengine's ``set_random_seed`` and
+    detectron2's ``seed_all_rng``. A seed call in a project helper counts wherever it is.
+    A numpy ``default_rng()`` built without a seed is flagged on its own. Any seed
     expression counts (``torch.manual_seed(1337 + rank)``).
 
     ## Why is this bad?
@@ -123,7 +135,9 @@ def _seeded(facts: Facts) -> set[str]:
         attr = call.func.attr if isinstance(call.func, ast.Attribute) else ""
         if (last in SEED_ALL_NAMES and name.split(".")[0] in SEED_ALL_ROOTS) \
                 or attr == "seed_everything" or _hf_trainer(name):
-            seeded |= {"torch", "numpy", "random"}
+            seeded |= ALL_RNGS
+        elif name in SEED_HELPERS:
+            seeded |= SEED_HELPERS[name]
         elif name in TORCH_SEEDS or attr == "manual_seed":
             seeded.add("torch")
         elif name in NUMPY_SEEDS:

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterator
 
 from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, not_applicable
-from spml.toolkit.checks._optim import Event, exclusive, loop_events, step_loops
+from spml.toolkit.checks._optim import (
+    Event,
+    exclusive,
+    loop_events,
+    ref_of,
+    same_object,
+    step_loops,
+)
+from spml.toolkit.checks.flow import SCOPES, scope_nodes
 from spml.toolkit.checks.patterns import Facts
+from spml.toolkit.checks.project import SourceFile
+
+JUMPS = (ast.Continue, ast.Break, ast.Return, ast.Raise)
 
 
 class StepBeforeBackward(Check):
@@ -16,9 +28,13 @@ class StepBeforeBackward(Check):
     Reads one iteration of every step loop in execution order (following calls into the
     project's own step functions) and flags an ``optimizer.step()`` or
     ``scaler.step(optimizer)`` that runs unconditionally before any ``backward()`` of the
-    same iteration. Gradient accumulation (several ``backward()`` calls in a micro-step
-    loop, then one step) is the correct order and is not flagged; neither is a step under a
-    condition, nor ``optimizer.step(closure)`` (the closure runs backward itself).
+    same iteration. A step under a condition (``if step % accum == 0:``) is flagged too
+    when it runs before the iteration's backward and no step follows that backward. Gradient
+    accumulation (several ``backward()`` calls in a micro-step loop, then one step) is the
+    correct order and is not flagged; neither is ``optimizer.step(closure)`` (the closure
+    runs backward itself), a conditional step whose block leaves the iteration
+    (``continue``), nor a deferred step at the top of the iteration when the same optimizer
+    steps again after the loop (the last accumulated window is flushed there).
 
     ## Why is this bad?
     The step applies whatever gradients are in ``.grad`` at that moment: the previous
@@ -62,15 +78,61 @@ class StepBeforeBackward(Check):
         for source, loop in step_loops(facts):
             events = loop_events(facts, source, loop)
             for step in (e for e in events if e.kind == "step"):
-                if _before_backward(events, step):
+                if _before_backward(events, step) if not step.guards else \
+                        _guarded_before_backward(facts, source, loop, events, step):
                     yield self.finding(step.source, step.node)
 
 
 def _before_backward(events: list[Event], step: Event) -> bool:
     """An unconditional step with no backward before it and one after it."""
-    if step.guards or step.closure:
+    if step.closure:
         return False
     at = events.index(step)
     if any(e.kind == "backward" and not exclusive(e, step) for e in events[:at]):
         return False
     return any(e.kind == "backward" for e in events[at + 1:])
+
+
+def _guarded_before_backward(facts: Facts, source: SourceFile, loop: ast.AST,
+                             events: list[Event], step: Event) -> bool:
+    """A conditional step (``if i % accum == 0: opt.step()``) that runs before the
+    iteration's backward with no step after it: when the condition holds, the step applies
+    the gradients of earlier iterations and this iteration's go to the next window."""
+    if not _before_backward(events, step) or _leaves_iteration(step, loop):
+        return False
+    at = events.index(step)
+    # the first backward that can follow the step (one in the step's `else:` cannot)
+    backward = next((i for i, e in enumerate(events) if i > at and e.kind == "backward"
+                     and not exclusive(e, step)), None)
+    if backward is None or any(e.kind == "step" and same_object(e.ref, step.ref)
+                               for e in events[backward:]):
+        return False
+    return not _steps_after(facts, source, loop, step)
+
+
+def _leaves_iteration(step: Event, loop: ast.AST) -> bool:
+    """The step's block ends the iteration (``continue``/``break``/``raise``, or ``return``
+    in the loop's own function) before the backward can run."""
+    parents = step.source.parents
+    jumps: list[ast.stmt] = []
+    child, node = step.node, parents.get(step.node)
+    while node is not None and node is not loop and not isinstance(node, SCOPES):
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(node, field, None)
+            if isinstance(block, list) and child in block:
+                jumps += [s for s in block[block.index(child) + 1:] if isinstance(s, JUMPS)]
+        child, node = node, parents.get(node)
+    return any(node is loop or not isinstance(j, ast.Return) for j in jumps)
+
+
+def _steps_after(facts: Facts, source: SourceFile, loop: ast.AST, step: Event) -> bool:
+    """The same optimizer steps after the loop: a deferred step that flushes the last
+    accumulated window there."""
+    end = loop.end_lineno or loop.lineno
+    for node in scope_nodes(source.scope_of(loop)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "step" and node.lineno > end:
+            receiver = node.args[0] if node.args else node.func.value
+            if same_object(ref_of(facts, source, receiver), step.ref):
+                return True
+    return False

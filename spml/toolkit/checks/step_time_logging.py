@@ -19,7 +19,7 @@ from spml.toolkit.checks.patterns import (
     string_constants,
 )
 from spml.toolkit.checks.project import SourceFile, dotted
-from spml.toolkit.checks.sinks import Seed, Sink, reached_calls
+from spml.toolkit.checks.sinks import Seed, Sink, reached_calls, site_of
 
 # Timer objects: CUDA events' elapsed_time, Megatron/fvcore-style timers.
 TIMER_METHODS = frozenset({"elapsed_time", "elapsed", "elapsed_ms", "elapsed_seconds", "toc",
@@ -100,14 +100,16 @@ class StepTimeNotWritten(Check):
                     seed(n) and not isinstance(source.parents.get(n), ast.Compare)
                     for n in scope_nodes(scope))
                 sinks += reached_calls(facts, source, scope, facts.sink_kind, seed=seed)
-            if any(kind == "file" for _, _, kind in sinks) or _labelled_write(facts, loop):
+            if any(sink.kind == "file" for sink in sinks) or _labelled_write(facts, loop):
                 continue
-            console = sorted(((s, c) for s, c, kind in sinks if kind == "console"),
-                             key=lambda sc: (not _inside(sc, loop), sc[0].display, sc[1].lineno))
+            # Reported at the call in the training code (``progress.display(i)``), not in
+            # the helper that prints; those inside the step loop first.
+            console = sorted((site_of(sink) for sink in sinks if sink.kind == "console"),
+                             key=lambda s: (not _inside(s[:2], loop), s[0].display, s[1].lineno))
             if console:
-                where, node = console[0]
+                where, node, note = console[0]
                 yield self.finding(where, node, "step time is only printed to the console, "
-                                   "never written to a file")
+                                   "never written to a file", note=note)
             elif measured:
                 yield self.finding(loop.source, loop.loop,
                                    "step time is measured but never written to a file")

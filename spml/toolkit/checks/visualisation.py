@@ -11,6 +11,7 @@ from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, no
 from spml.toolkit.checks.logging_cadence import every_step_calls, switched
 from spml.toolkit.checks.patterns import Facts
 from spml.toolkit.checks.project import SourceFile
+from spml.toolkit.checks.sinks import helper_note
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Tool:
     run_methods: frozenset[str] = frozenset()  # methods that log, on what an init returned
     init_text: str = ""
     log_text: str = ""
+    # Library helpers that log to the tool, with the keyword that turns that on ("": always).
+    helpers: tuple[tuple[str, str], ...] = ()
 
 
 TB_METHODS = frozenset({"add_scalar", "add_scalars", "add_histogram", "add_image", "add_images",
@@ -32,7 +35,10 @@ TB_METHODS = frozenset({"add_scalar", "add_scalars", "add_histogram", "add_image
                         "add_audio", "add_video", "add_mesh", "add_custom_scalars", "add_graph"})
 TOOLS = (
     Tool("W&B", ("wandb",), ("wandb.init",), ("wandb.log", "wandb.run.log"),
-         run_methods=frozenset({"log"}), init_text="wandb.init", log_text="wandb.log"),
+         run_methods=frozenset({"log"}), init_text="wandb.init", log_text="wandb.log",
+         # timm's update_summary(..., log_wandb=True) calls wandb.log with the epoch metrics
+         helpers=(("timm.utils.update_summary", "log_wandb"),
+                  ("timm.utils.summary.update_summary", "log_wandb"))),
     Tool("TensorBoard", ("torch.utils.tensorboard", "tensorboardX"), ("SummaryWriter",),
          methods=TB_METHODS, init_text="SummaryWriter(...)", log_text="add_scalar"),
     Tool("MLflow", ("mlflow",), ("mlflow.start_run", "mlflow.autolog", "mlflow.pytorch.autolog",
@@ -70,6 +76,8 @@ class VisualisationNotWired(Check):
     ``SummaryWriter(...)``, ``mlflow.start_run``, ``aim.Run``), an initialisation with no
     log call (``wandb.log``, ``writer.add_scalar``, ``mlflow.log_metric``, ``run.track``),
     and a log call that runs on every training step without a ``step % N`` or time gate.
+    Library helpers that log to a tool count as log calls (timm's
+    ``update_summary(..., log_wandb=...)`` for W&B).
     Initialising under a flag (``if args.wandb: wandb.init(...)``) is fine, and so is
     handing the tracker to Accelerate, Lightning or the transformers ``Trainer``.
 
@@ -151,7 +159,9 @@ class VisualisationNotWired(Check):
             yield self.finding(site_source, site,
                                f"`{ast.unparse(site.func)[-30:]}()` logs to {tool.label} on "
                                f"every training step ({why})",
-                               "Log to the tracker every N steps (if step % log_every == 0)")
+                               "Log to the tracker every N steps (if step % log_every == 0)",
+                               note="" if site is target else helper_note(target_source,
+                                                                          target))
 
 
 def _imported(facts: Facts) -> dict[Tool, tuple[SourceFile, ast.stmt]]:
@@ -188,6 +198,8 @@ def _is_log(facts: Facts, tool: Tool, source: SourceFile, call: ast.Call,
     object (``writer.add_scalar``), or ``log`` on what its init returned (``run.log``).
     Not ``sure``: also ``log`` on an object whose origin is unknown (``self.run.log``)."""
     name = facts.project.call_name(source, call) or ""
+    if _helper_logs(tool, name, call):
+        return True
     if _matches(name, tool.logs) or not isinstance(call.func, ast.Attribute):
         return _matches(name, tool.logs)
     if call.func.attr in tool.methods:
@@ -195,4 +207,17 @@ def _is_log(facts: Facts, tool: Tool, source: SourceFile, call: ast.Call,
     if call.func.attr in tool.run_methods and not name.startswith(NOT_RUNS):
         made = [n for _, n in facts.flow.origin_calls(source, call.func.value)]
         return any(_matches(n, tool.inits) for n in made) or (not sure and not made)
+    return False
+
+
+def _helper_logs(tool: Tool, name: str, call: ast.Call) -> bool:
+    """A library helper that logs to ``tool``, with its switch keyword not set to a
+    constant false (``update_summary(..., log_wandb=args.log_wandb)`` counts)."""
+    for helper, keyword in tool.helpers:
+        if name != helper:
+            continue
+        if not keyword:
+            return True
+        value = next((k.value for k in call.keywords if k.arg == keyword), None)
+        return value is not None and not (isinstance(value, ast.Constant) and not value.value)
     return False

@@ -130,9 +130,10 @@ def _wipes_before_step(events: list[Event], zero: Event) -> bool:
 
 def _clears_elsewhere(facts: Facts, source: SourceFile, loop: ast.AST,
                       events: list[Event]) -> bool:
-    """A clearing we cannot place: in a closure defined in the loop, in a helper whose name
-    says so but whose body we cannot follow, or in an enclosing loop when every step is
-    conditional (one step per outer iteration)."""
+    """A clearing we cannot place: in a closure defined in the loop but not called there
+    (``optimizer.step(closure)``; a closure the loop calls is read where it is called), in a
+    helper whose name says so but whose body we cannot follow, or in an enclosing loop when
+    every step is conditional (one step per outer iteration)."""
     for node in ast.walk(loop):
         name = (dotted(node.func) or "").rsplit(".", 1)[-1].lower() \
             if isinstance(node, ast.Call) else ""
