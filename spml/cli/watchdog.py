@@ -21,15 +21,23 @@ def run(
     checkpoint_glob: Annotated[str | None, typer.Option(help="Checkpoint glob.")] = None,
     log_file: Annotated[str | None, typer.Option(help="Training log file.")] = None,
     eval_command: Annotated[str | None, typer.Option(help="Eval ({checkpoint}).")] = None,
+    checkpoint_check: Annotated[str | None, typer.Option(
+        help="Completeness check before a resume ({checkpoint}; exit 0 = complete); "
+        "replaces the built-in verification.")] = None,
+    checkpoint_interval: Annotated[int | None, typer.Option(
+        help="Steps between checkpoints: warn when the glob matches nothing after them.")] = None,
     hang_timeout: Annotated[float | None, typer.Option(help="Seconds of silence.")] = None,
-    startup_grace: Annotated[float | None, typer.Option(help="Grace seconds.")] = None,
-    restart_delay: Annotated[float | None, typer.Option(help="Backoff base seconds.")] = None,
+    startup_grace: Annotated[float | None, typer.Option(
+        help="Seconds after a launch when silence is no hang (0 = none).")] = None,
+    restart_delay: Annotated[float | None, typer.Option(
+        help="Backoff base seconds (0 = restart at once).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Supervise the run; exit 0 when training finished, 1 on a code failure or crash loop."""
     quiet_prefect(verbose)
     overrides = {"train_command": train_command, "checkpoint_glob": checkpoint_glob,
                  "log_file": log_file, "eval_command": eval_command,
+                 "checkpoint_check": checkpoint_check, "checkpoint_interval": checkpoint_interval,
                  "hang_timeout": hang_timeout, "startup_grace": startup_grace,
                  "restart_delay": restart_delay}
     guarded(lambda: _run(experiment_dir.resolve(), overrides))

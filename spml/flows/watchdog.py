@@ -2,7 +2,8 @@
 
 The training attempt is one task whose retries are the restart policy: environment failures
 (host OOM kill, preemption, NCCL timeout, hardware error, disk full, hang) are retried from the
-newest complete checkpoint; code failures and crash loops stop the flow with a diagnosis in
+newest checkpoint that verifies, for as long as training progresses between them; code failures
+and crash loops (the same failure without progress) stop the flow with a diagnosis in
 `experiment-context.md`.
 """
 

@@ -87,28 +87,46 @@ class WatchdogSettings(_Section):
     log_file: str = Field(description="Training log, relative to the experiment directory.")
     eval_command: str | None = Field(default=None, min_length=1, description="Evaluation "
                                      "of a new checkpoint; '{checkpoint}' is its path.")
+    checkpoint_check: str | None = Field(
+        default=None, min_length=1, description="Completeness check of a checkpoint before a "
+        "restart resumes from it ('{checkpoint}' is its path; exit 0 = complete); replaces "
+        "the built-in verification.")
+    checkpoint_check_timeout: PositiveDuration = Field(
+        default=300, description="Time limit of one checkpoint_check run; over it = not "
+        "complete.")
+    checkpoint_interval: int | None = Field(
+        default=None, ge=1, description="Steps between checkpoints, if known: a glob that "
+        "still matches nothing after this many steps is warned about.")
     hang_timeout: PositiveDuration = Field(default=600, description="Seconds without a new "
                                            "log line before a live run counts as hung.")
-    startup_grace: PositiveDuration = Field(default=900, description="Seconds after a launch "
-                                            "during which silence is never a hang.")
+    startup_grace: NonNegativeDuration = Field(default=900, description="Seconds after a "
+                                               "launch during which silence is never a hang "
+                                               "(0 = no grace).")
     restart_delay: NonNegativeDuration = Field(default=30, description="Base of the "
                                                "exponential restart backoff (0 = at once).")
     restart_cap: PositiveDuration = Field(default=600, description="Longest restart delay.")
-    max_restarts: int = Field(default=10, ge=0, description="Environment restarts per run.")
-    max_restarts_per_hour: int = Field(default=3, ge=0, description="Environment restarts in "
-                                       "any 60-minute window; more is a crash loop.")
+    max_restarts: int | None = Field(default=None, ge=0, description="Environment restarts "
+                                     "per run; null/omitted = no limit, 0 = never restart.")
+    max_restarts_per_hour: int | None = Field(
+        default=None, ge=0, description="Environment restarts in any 60-minute window; "
+        "null/omitted = no limit (a progressing run is never given up).")
+    max_no_progress: int | None = Field(
+        default=None, ge=1, description="Consecutive failed attempts without progress, "
+        "whatever their causes, that stop the run; null/omitted = off (the same failure "
+        "without progress twice always stops it).")
     poll_interval: PositiveDuration = Field(
         default=1, description="Seconds between checks; a hang is killed within "
         "hang_timeout + about one poll interval.")
     checkpoint_stable: PositiveDuration = Field(default=5, description="Seconds a checkpoint's "
-                                                "size and mtime must stay unchanged.")
+                                                "size and mtime must stay unchanged, while "
+                                                "training runs, before it is evaluated.")
     total_steps: int | None = Field(default=None, ge=1, description="Planned steps "
                                     "(progress, plateau window).")
     baseline: BaselineSpec | None = Field(default=None, description="Healthy-run reference.")
 
     _paths = field_validator("checkpoint_glob", "log_file")(_relative)
 
-    @field_validator("eval_command")
+    @field_validator("eval_command", "checkpoint_check")
     @classmethod
     def _known_placeholders(cls, command: str | None) -> str | None:
         if command is None:

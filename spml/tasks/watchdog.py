@@ -17,9 +17,12 @@ from prefect.cache_policies import NO_CACHE
 from spml.errors import EnvironmentFailure, TrainingStopped
 from spml.protocols.watchdog import WatchdogSettings, load_watchdog_settings
 from spml.toolkit.watchdog.evaluator import read_evaluations
-from spml.toolkit.watchdog.supervise import AttemptReport, WatchdogState, supervise_once
+from spml.toolkit.watchdog.state import WatchdogState
+from spml.toolkit.watchdog.supervise import AttemptReport, supervise_once
 
-MAX_TASK_RETRIES = 1000  # the real budget is the crash-loop guard's (RestartPolicy)
+# The real budget is the crash-loop guard's (RestartPolicy), unlimited by default for a run
+# that keeps progressing; this only keeps Prefect's own counter out of the way.
+MAX_TASK_RETRIES = 100_000
 
 
 def only_environment_failures(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect hook

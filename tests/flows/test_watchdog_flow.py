@@ -15,6 +15,9 @@ from spml.flows.watchdog import watchdog_flow
 from spml.toolkit.watchdog.supervise import WatchdogState
 
 TRAINER = Path(__file__).parents[1] / "fixtures" / "watchdog" / "fake_trainer.py"
+ATOMIC = Path(__file__).parents[1] / "fixtures" / "watchdog" / "atomic_trainer.py"
+ISSUE_11 = {"total": 100, "every": 10, "step_s": 0.005, "format": "json",
+            "faults": {"25": "kill", "45": "hang", "65": "nccl", "85": "enospc"}}
 
 
 def experiment(tmp_path: Path, plan: dict, **settings: object) -> Path:
@@ -25,8 +28,7 @@ def experiment(tmp_path: Path, plan: dict, **settings: object) -> Path:
     fields = {"train_command": f"{sys.executable} fake_trainer.py plan.json",
               "checkpoint_glob": "ckpt/step_*.json", "log_file": "train.log",
               "hang_timeout": 1.5, "startup_grace": 1, "poll_interval": 0.05,
-              "checkpoint_stable": 0.05, "restart_delay": 0, "max_restarts_per_hour": 10,
-              "total_steps": 30, **settings}
+              "checkpoint_stable": 0.05, "restart_delay": 0, "total_steps": 30, **settings}
     (exp / "watchdog.yaml").write_text(yaml.safe_dump(fields))
     return exp
 
@@ -142,3 +144,73 @@ def test_a_new_watchdog_run_gets_a_fresh_restart_budget(tmp_path) -> None:
     (exp / "plan.json").write_text(json.dumps({"faults": {"3": "early_die"}}))
     watchdog_flow(str(exp))
     assert len(resumes(exp)) == 4
+
+
+# --- issue 11: progress-based restarts, verified resumes, a mistyped glob --------------------
+
+
+def atomic_experiment(tmp_path: Path, plan: dict, **settings: object) -> Path:
+    """The atomic trainer (temp file + os.replace, no marker) with the default checkpoint
+    settings a new user would keep (checkpoint_stable 5 s, no restart budgets)."""
+    exp = tmp_path / "atomic"
+    exp.mkdir(parents=True)
+    shutil.copy(ATOMIC, exp / "atomic_trainer.py")
+    (exp / "plan.json").write_text(json.dumps(plan))
+    fields = {"train_command": f"{sys.executable} atomic_trainer.py plan.json",
+              "checkpoint_glob": "ckpt/step_*.json", "log_file": "train.log",
+              "hang_timeout": 1, "poll_interval": 0.05, "total_steps": plan.get("total", 100),
+              **settings}
+    (exp / "watchdog.yaml").write_text(yaml.safe_dump(fields))
+    return exp
+
+
+def test_four_different_faults_in_a_minute_resume_from_the_newest_checkpoint_each_time(
+        tmp_path, prefect_api_url) -> None:
+    import os
+    import subprocess
+
+    exp = atomic_experiment(tmp_path, ISSUE_11)
+    done = subprocess.run(
+        [sys.executable, "-m", "spml", "watchdog", "run", str(exp), "--restart-delay", "0",
+         "--startup-grace", "0"], env={**os.environ, "PREFECT_API_URL": prefect_api_url},
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Each fault hit after a checkpoint that was renamed into place moments before.
+    assert resumes(exp) == [0, 20, 40, 60, 80]
+    history = WatchdogState(exp).history()
+    assert [r.diagnosis.signature for r in history] == [
+        "signal:9", "hang", "nccl:SeqNum=42:ALLREDUCE", "enospc"]
+    assert [r.diagnosis.kind for r in history] == ["environment"] * 4
+    assert [r.checkpoint_step for r in history] == [20, 40, 60, 80]
+    context = (exp / "experiment-context.md").read_text()
+    assert "- state: completed" in context.splitlines()
+    for step in (20, 40, 60, 80):
+        assert f"ckpt/step_{step:06d}.json (step {step}; JSON parses)" in context
+    assert "max_restarts_per_hour" not in context
+
+
+def test_the_same_fault_at_the_same_place_is_still_a_crash_loop(tmp_path) -> None:
+    plan = {"total": 40, "every": 10, "faults": {"25": "kill"}, "repeat": True}
+    exp = atomic_experiment(tmp_path, plan, restart_delay=0)
+    with pytest.raises(TrainingStopped, match="the same failure 'signal:9' ended 2 attempts"):
+        watchdog_flow(str(exp))
+    assert resumes(exp) == [0, 20]  # one restart, then the guard
+    lines = (exp / "experiment-context.md").read_text().splitlines()
+    assert "- state: stopped_crash_loop" in lines
+
+
+def test_a_mistyped_glob_is_warned_about_and_a_restart_from_scratch_called_out(tmp_path) -> None:
+    plan = {"total": 40, "every": 10, "step_s": 0.01, "faults": {"25": "kill"}}
+    exp = atomic_experiment(tmp_path, plan, restart_delay=0, checkpoint_glob="checkpoints/*.json",
+                            checkpoint_interval=10)
+    watchdog_flow(str(exp))
+    assert resumes(exp) == [0, 0]  # nothing matched: the progress is lost, but not silently
+    context = (exp / "experiment-context.md").read_text()
+    warning = next(line for line in context.splitlines() if line.startswith("- Warning: "))
+    assert warning.startswith("- Warning: restart from SCRATCH after reaching step 24: "
+                              "checkpoint_glob 'checkpoints/*.json' matches nothing although "
+                              "training reached step 24; files that look like checkpoints: "
+                              "ckpt/step_000020.json, ckpt/step_000010.json")
+    alerts = context.split("## Alerts", 1)[1]
+    assert "checkpoints: checkpoint_glob 'checkpoints/*.json' matches nothing after " in alerts
+    assert "- Restart from: none" in context

@@ -32,12 +32,39 @@ def test_defaults() -> None:
 
     assert (settings.hang_timeout, settings.startup_grace, settings.restart_delay) == (
         600, 900, 30)
+    # Issue 11: no restart budgets by default; a run that keeps progressing is never given up.
     assert (settings.restart_cap, settings.max_restarts, settings.max_restarts_per_hour) == (
-        600, 10, 3)
+        600, None, None)
     assert (settings.poll_interval, settings.checkpoint_stable) == (1, 5)
     assert settings.eval_command is None
+    assert settings.checkpoint_check is None
+    assert settings.checkpoint_check_timeout == 300
+    assert settings.checkpoint_interval is None
+    assert settings.max_no_progress is None
     assert settings.total_steps is None
     assert settings.baseline is None
+
+
+def test_zero_startup_grace_and_restart_delay_mean_none_and_budgets_may_be_off() -> None:
+    settings = WatchdogSettings.model_validate(
+        {**REQUIRED, "startup_grace": 0, "restart_delay": 0, "max_restarts": None,
+         "max_restarts_per_hour": 0, "checkpoint_check": "python check.py {checkpoint}",
+         "checkpoint_interval": 100})
+
+    assert (settings.startup_grace, settings.restart_delay) == (0, 0)
+    assert (settings.max_restarts, settings.max_restarts_per_hour) == (None, 0)
+    assert settings.checkpoint_check == "python check.py {checkpoint}"
+
+
+def test_zero_startup_grace_from_the_command_line(tmp_path: Path) -> None:
+    settings = load_watchdog_settings(tmp_path, {**REQUIRED, "startup_grace": 0.0,
+                                                 "restart_delay": 0.0})
+    assert (settings.startup_grace, settings.restart_delay) == (0, 0)
+
+
+def test_checkpoint_check_placeholders_are_validated() -> None:
+    with pytest.raises(ValidationError, match="placeholder {checkpoint}"):
+        WatchdogSettings.model_validate({**REQUIRED, "checkpoint_check": "check {path}"})
 
 
 def test_durations_accept_unit_strings_and_restart_delay_may_be_zero() -> None:
@@ -51,6 +78,8 @@ def test_durations_accept_unit_strings_and_restart_delay_may_be_zero() -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("hang_timeout", 0), ("restart_delay", -1), ("max_restarts", -1), ("total_steps", 0),
+    ("startup_grace", -1), ("max_restarts_per_hour", -1), ("checkpoint_interval", 0),
+    ("checkpoint_check_timeout", 0), ("checkpoint_check", ""), ("max_no_progress", 0),
     ("max_restarts", "3"), ("poll_interval", True), ("log_file", "/var/log/train.log"),
     ("checkpoint_glob", "../other/*.pt"), ("train_command", ""), ("frequency", 3),
 ])

@@ -13,6 +13,8 @@ from spml.toolkit.watchdog.policy import (
     RestartPolicy,
     decide_restart,
 )
+from spml.toolkit.watchdog.resume import ResumeChoice, choose_resume
+from spml.toolkit.watchdog.verify import Verdict, verify_checkpoint
 
 __all__ = [
     "AttemptEnd",
@@ -21,7 +23,11 @@ __all__ = [
     "FailureKind",
     "RestartDecision",
     "RestartPolicy",
+    "ResumeChoice",
+    "Verdict",
+    "choose_resume",
     "classify",
     "decide_restart",
     "read_oom_evidence",
+    "verify_checkpoint",
 ]

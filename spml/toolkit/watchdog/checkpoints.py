@@ -1,4 +1,8 @@
-"""Find the newest COMPLETE checkpoint of a running training job, without touching any.
+"""Find the newest COMPLETE checkpoint of a RUNNING training job, without touching any.
+
+This is the rule while the writer lives (it decides when an asynchronous evaluation may
+start). After the writer died, timing proves nothing; a restart verifies checkpoints by their
+structure instead (`spml.toolkit.watchdog.resume`, `spml.toolkit.watchdog.verify`).
 
 A checkpoint is a file or a directory matching a glob under the checkpoint directory. It is
 complete when
@@ -173,6 +177,10 @@ class CheckpointTracker:
                 found.append(Checkpoint(path, step_from_path(path, self.base_dir),
                                         signature[0], signature[1]))
         return found
+
+    def newest_first(self) -> list[Checkpoint]:
+        """Every candidate as it is now, ordered as in :meth:`newest_complete`."""
+        return sorted(self.measure_all(), key=_recency, reverse=True)
 
     def is_marked(self, path: Path) -> bool:
         """Whether a completeness marker vouches for ``path``."""

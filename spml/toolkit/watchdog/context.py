@@ -64,14 +64,41 @@ class ContextFile:
         body = [f"- {key}: {_one_line(value)}" for key, value in values.items()]
         self._edit(lambda doc: doc.replace_section(STATUS, body))
 
-    def add_diagnosis(self, step: int | None, symptom: str, classification: str,
-                      evidence: Sequence[str], action: str, checkpoint: str | None) -> int:
-        """Append ``### Issue #N — step S``; returns N (one more than the highest so far)."""
+    def update_status(self, **fields: object) -> None:
+        """Change some fields of the status section, keeping the others (and the state)."""
+        current = self.read_status()
+        state = current.pop("state", "running")
+        current.pop("updated", None)
+        self.set_status(state if state in STATES else "running", **{**current, **fields})
+
+    def add_diagnosis(self, step: int | None, symptom: str, classification: str,  # noqa: PLR0913
+                      evidence: Sequence[str], action: str, checkpoint: str | None, *,
+                      restart_from: str | None = None, skipped: Sequence[str] = (),
+                      warning: str | None = None) -> int:
+        """Append ``### Issue #N — step S``; returns N (one more than the highest so far).
+
+        Args:
+            step: Last logged step of the failed attempt.
+            symptom: The diagnosis's cause.
+            classification: ``environment`` or ``code``.
+            evidence: The lines or facts behind it.
+            action: What the watchdog does next.
+            checkpoint: The checkpoint the failed attempt had resumed from.
+            restart_from: The checkpoint the restart resumes from (only when restarting).
+            skipped: Newer checkpoints that failed verification, each with its reason.
+            warning: Something the reader must not miss (a restart from scratch).
+        """
         evidence_rows = [f"  - {_indent(item, 4)}" for item in evidence] or ["  - none"]
         bullets = [f"- Time: {self._now()}", f"- Symptom: {_indent(symptom)}",
                    f"- Classification: {_indent(classification)}", "- Evidence:",
                    *evidence_rows, f"- Action: {_indent(action)}",
                    f"- Checkpoint: {_indent(checkpoint or 'none')}"]
+        if restart_from is not None:
+            bullets.append(f"- Restart from: {_indent(restart_from)}")
+        if skipped:
+            bullets += ["- Skipped checkpoints:", *(f"  - {_indent(s, 4)}" for s in skipped)]
+        if warning:
+            bullets.append(f"- Warning: {_indent(warning)}")
         return self._append_entry(DIAGNOSES, _ISSUE, "Issue", f"step {_step(step)}", bullets)
 
     def add_evaluation(self, step: int | None, summary: str, duration_s: float,

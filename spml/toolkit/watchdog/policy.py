@@ -1,10 +1,22 @@
 """Restart policy of the watchdog: a pure decision over the attempts of one training run.
 
-A code failure never restarts. An environment failure restarts after a capped exponential
-backoff with jitter, unless a budget is spent or the run is crash-looping; the backoff step
-resets after a healthy attempt. Defaults and anchors: shared/spec/toolkit-and-watchdog-notes.md
-§5.7 and §5.9 (Kubernetes back-off with reset-after-stability, NVIDIA resiliency-ext
-``max_no_progress_restarts``, pytorch#60910 on retrying failures before the first step).
+A code failure never restarts. An environment failure restarts, after a capped exponential
+backoff with jitter, for as long as training progresses between failures: progress is a
+higher logged step than any failure before, or a newer (higher-step) checkpoint to resume
+from. There is no retry limit by default: a night of preemptions that each cost a few steps
+must not end the run. The crash-loop guard stops only
+
+* the same failure signature repeating without progress in between (``max_same_signature``
+  attempts of one stretch without progress, other failures in between included; default 2),
+  and
+* repeated failures before the first logged step (``max_early_failures``, default 2;
+  pytorch#60910: a restart of a startup failure makes no sense).
+
+Budgets exist as options, all off (``None``) by default: ``max_restarts`` (whole run),
+``max_restarts_per_hour`` and ``max_no_progress`` (consecutive attempts without progress,
+whatever their signatures; NVIDIA resiliency-ext's ``max_no_progress_restarts``). ``0`` means
+"no restarts" for the two budgets. The backoff step resets after a healthy attempt (Kubernetes
+reset-after-stability). Anchors: shared/spec/toolkit-and-watchdog-notes.md §5.7 and §5.9.
 
 Example:
     >>> from spml.toolkit.watchdog.classify import Diagnosis
@@ -33,29 +45,29 @@ _MAX_DOUBLINGS = 64  # 2**64 * any sane base is far past any cap; avoids float o
 class RestartPolicy:
     """Backoff and crash-loop limits (notes §5.9); every count is per training run.
 
-    Raises:
-        ValueError: A delay or count is negative, a "max_*" loop guard is below 1, or
-            ``jitter`` is outside ``[0, 1)``.
+    A ``None`` budget is off. Raises:
+        ValueError: A delay or count is negative, a loop guard is below 1, or ``jitter`` is
+            outside ``[0, 1)``.
     """
 
     base_delay_s: float = 30.0  # first delay; doubles per consecutive environment failure
     cap_s: float = 600.0  # the doubling stops here (before jitter)
     jitter: float = 0.2  # delay is scaled by a uniform factor in [1 - jitter, 1 + jitter]
-    max_restarts_per_hour: int = 3  # failures ending within one hour (the latest included)
-    max_restarts: int = 10  # restarts over the whole run
-    max_no_progress: int = 3  # consecutive attempts that did not get past the step before
+    max_restarts_per_hour: int | None = None  # failures ending within one hour (latest included)
+    max_restarts: int | None = None  # restarts over the whole run
+    max_no_progress: int | None = None  # consecutive attempts without progress, any signature
     max_early_failures: int = 2  # failures before their first logged step (stop at the 2nd)
     healthy_reset_s: float = 1800.0  # an attempt that ran this long ...
     healthy_reset_steps: int = 1  # ... and advanced this many steps resets the backoff
-    max_same_signature: int = 2  # same failure this many times in a row without progress
+    max_same_signature: int = 2  # same failure this many times in one stall (no progress)
 
     def __post_init__(self) -> None:
         guards = {"max_no_progress", "max_early_failures", "max_same_signature"}
         for field in fields(self):
             value, floor = getattr(self, field.name), 1 if field.name in guards else 0
-            if field.name != "jitter" and value < floor:
+            if field.name != "jitter" and value is not None and value < floor:
                 raise ValueError(f"{field.name} must be >= {floor}, got {value!r} "
-                                 "(RestartPolicy). Use a non-negative delay or count.")
+                                 "(RestartPolicy; a budget may be None = off).")
         if not 0 <= self.jitter < 1:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r} (RestartPolicy). "
                              "Use e.g. 0.2 for +/-20 %.")
@@ -70,6 +82,9 @@ class AttemptRecord:
     started_step: int | None  # step it resumed from (None = fresh start)
     last_step: int | None  # last step seen in its log (None = failed before any step)
     diagnosis: Diagnosis
+    # Step of the newest verified checkpoint when it ended, i.e. where the next attempt
+    # resumes (None: none, or a step-less name such as last.pt).
+    checkpoint_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -114,8 +129,9 @@ def decide_restart(
     k = len(_since_healthy(policy, history)) - 1
     delay = min(policy.base_delay_s * 2.0 ** min(k, _MAX_DOUBLINGS), policy.cap_s)
     delay *= 1.0 + (rng or random.Random()).uniform(-policy.jitter, policy.jitter)
-    reason = (f"environment failure ({last.cause}): restart {len(history)} of at most "
-              f"{policy.max_restarts} in {delay:.1f}s (backoff step {k})")
+    limit = "" if policy.max_restarts is None else f" of at most {policy.max_restarts}"
+    reason = (f"environment failure ({last.cause}): restart {len(history)}{limit} in "
+              f"{delay:.1f}s (backoff step {k})")
     logger.info("restart decision: %s", reason)
     return RestartDecision(True, delay, reason)
 
@@ -125,12 +141,14 @@ def decide_restart(
 
 def _total_budget(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> str | None:
     done = len(history) - 1
-    if done < policy.max_restarts:
+    if policy.max_restarts is None or done < policy.max_restarts:
         return None
     return f"the restart budget is spent: {done} restarts made, max_restarts={policy.max_restarts}"
 
 
 def _hourly_budget(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> str | None:
+    if policy.max_restarts_per_hour is None:
+        return None
     now = history[-1].ended_at
     recent = sum(1 for record in history if record.ended_at >= now - _HOUR_S)
     if recent <= policy.max_restarts_per_hour:
@@ -148,22 +166,34 @@ def _early_failures(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> 
 
 
 def _same_signature(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> str | None:
-    count, tail = policy.max_same_signature, history[-policy.max_same_signature :]
-    signature = history[-1].diagnosis.signature
-    if len(tail) < count or any(r.diagnosis.signature != signature for r in tail):
+    """The latest failure's signature ended ``max_same_signature`` attempts of the stretch
+    without progress it closes; other failures in between do not hide the repeat (A, B, A
+    with no progress is a loop as much as A, A)."""
+    count, signature = policy.max_same_signature, history[-1].diagnosis.signature
+    stalled = _stalled_stretch(history)
+    repeats = sum(1 for record in stalled if record.diagnosis.signature == signature)
+    if repeats < count:
         return None
-    if any(_advanced(record, previous) for previous, record in zip(tail, tail[1:], strict=False)):
-        return None
-    return (f"the same failure {signature!r} ended {count} attempts in a row with no step "
-            f"progress between them (max_same_signature={count}): likely a code or hardware "
-            "fault")
+    return (f"the same failure {signature!r} ended {repeats} attempts with no progress "
+            f"between them (no higher logged step, no newer checkpoint; max_same_signature="
+            f"{count}): likely a code or hardware fault")
+
+
+def _stalled_stretch(history: Sequence[AttemptRecord]) -> Sequence[AttemptRecord]:
+    """The latest attempts after the last one that progressed (that one included: its
+    failure is where the stall began)."""
+    start = 0
+    for i in range(1, len(history)):
+        if _advanced(history[i], history[:i]):
+            start = i
+    return history[start:]
 
 
 def _no_progress(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> str | None:
     count = policy.max_no_progress
-    if len(history) < count:
+    if count is None or len(history) < count:
         return None
-    stalled = [not _advanced(history[i], history[i - 1] if i else None)
+    stalled = [not _advanced(history[i], history[:i])
                for i in range(len(history) - count, len(history))]
     if not all(stalled):
         return None
@@ -185,13 +215,33 @@ def _stop(reason: str) -> RestartDecision:
     return RestartDecision(False, 0.0, reason)
 
 
-def _advanced(record: AttemptRecord, previous: AttemptRecord | None) -> bool:
-    """Whether ``record`` got past both the step it resumed from and the previous attempt."""
+def _advanced(record: AttemptRecord, earlier: Sequence[AttemptRecord]) -> bool:
+    """Whether ``record`` progressed past every attempt before it: it logged a step beyond the
+    step it resumed from and beyond the furthest step logged before, or it left a checkpoint
+    newer than any before.
+
+    The furthest point, not the previous attempt's: failures that alternate between steps 45
+    and 44 are no progress. Only a checkpoint with a higher step counts: a step-less one
+    (``last.pt``) re-saved at every start would otherwise look like progress forever; logged
+    steps judge those runs.
+    """
+    return _logged_further(record, earlier) or _saved_further(record, earlier)
+
+
+def _logged_further(record: AttemptRecord, earlier: Sequence[AttemptRecord]) -> bool:
     if record.last_step is None:
         return False
-    before = previous.last_step if previous is not None else None
-    marks = [step for step in (record.started_step, before) if step is not None]
+    marks = [r.last_step for r in earlier if r.last_step is not None]
+    if record.started_step is not None:
+        marks.append(record.started_step)
     return not marks or record.last_step > max(marks)
+
+
+def _saved_further(record: AttemptRecord, earlier: Sequence[AttemptRecord]) -> bool:
+    if record.checkpoint_step is None:
+        return False
+    before = [r.checkpoint_step for r in earlier if r.checkpoint_step is not None]
+    return not before or record.checkpoint_step > max(before)
 
 
 def _healthy(policy: RestartPolicy, record: AttemptRecord) -> bool:

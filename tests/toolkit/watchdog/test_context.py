@@ -211,3 +211,31 @@ def test_a_section_created_later_goes_before_the_ones_it_precedes(tmp_path: Path
     titles = [line for line in added.splitlines() if line.startswith("## ")]
     assert titles == ["## Watchdog Status", "## Evaluation History", "## Alerts"]
     assert "\n\n\n" not in added
+
+
+def test_a_diagnosis_names_the_restart_checkpoint_what_was_skipped_and_a_warning(
+        tmp_path: Path) -> None:
+    context = _context(tmp_path)
+
+    context.add_diagnosis(45, "hang: no heartbeat", "environment", ["no heartbeat"],
+                          "restart in 0s", "ckpt/step_20.pt",
+                          restart_from="ckpt/step_30.pt (step 30; torch archive: ...)",
+                          skipped=["ckpt/step_40.pt: zip central directory unreadable"],
+                          warning="something to read")
+
+    assert context.path.read_text().endswith(
+        "- Action: restart in 0s\n- Checkpoint: ckpt/step_20.pt\n"
+        "- Restart from: ckpt/step_30.pt (step 30; torch archive: ...)\n"
+        "- Skipped checkpoints:\n  - ckpt/step_40.pt: zip central directory unreadable\n"
+        "- Warning: something to read\n")
+
+
+def test_update_status_keeps_the_other_fields_and_the_state(tmp_path: Path) -> None:
+    context = _context(tmp_path)
+    context.set_status("running", attempt=2, resumed_from="ckpt/step_20.pt")
+
+    context.update_status(checkpoint_warning="glob matches nothing")
+
+    assert context.read_status() == {
+        "state": "running", "attempt": "2", "resumed_from": "ckpt/step_20.pt",
+        "checkpoint_warning": "glob matches nothing", "updated": STAMP}

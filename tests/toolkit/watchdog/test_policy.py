@@ -17,6 +17,7 @@ from spml.toolkit.watchdog.policy import (
 )
 
 NO_JITTER = RestartPolicy(jitter=0.0)
+BUDGETS = RestartPolicy(jitter=0.0, max_restarts=10, max_restarts_per_hour=3, max_no_progress=3)
 PREEMPTED = Diagnosis("environment", "SIGTERM: preemption or external stop", "signal:15", ())
 HOURS = 7200.0  # spacing that keeps attempts out of each other's hourly window
 
@@ -26,8 +27,10 @@ def _diag(signature: str, kind: str = "environment") -> Diagnosis:
 
 
 def _attempt(start: float, started_step: int | None, last_step: int | None, *,
-             minutes: float = 10.0, diagnosis: Diagnosis = PREEMPTED) -> AttemptRecord:
-    return AttemptRecord(start, start + minutes * 60, started_step, last_step, diagnosis)
+             minutes: float = 10.0, diagnosis: Diagnosis = PREEMPTED,
+             checkpoint_step: int | None = None) -> AttemptRecord:
+    return AttemptRecord(start, start + minutes * 60, started_step, last_step, diagnosis,
+                         checkpoint_step)
 
 
 def _progressing(count: int, *, spacing_s: float = HOURS, minutes: float = 10.0,
@@ -51,8 +54,9 @@ def test_module_example_runs() -> None:
 def test_environment_failure_restarts_after_the_base_delay() -> None:
     decision = _decide(_progressing(1))
     assert decision == RestartDecision(True, 30.0, decision.reason)
-    assert "restart 1 of at most 10 in 30.0s (backoff step 0)" in decision.reason
+    assert "restart 1 in 30.0s (backoff step 0)" in decision.reason
     assert "cause of signal:15" in decision.reason
+    assert "restart 1 of at most 10 in 30.0s" in _decide(_progressing(1), BUDGETS).reason
 
 
 def test_backoff_doubles_per_consecutive_failure_up_to_the_cap() -> None:
@@ -108,22 +112,22 @@ def test_code_failure_never_restarts_and_names_the_cause() -> None:
                                "[exc:KeyError@train.py:12]")
 
 
-def test_total_restart_budget() -> None:
-    assert _decide(_progressing(10)).restart
-    decision = _decide(_progressing(11))
+def test_total_restart_budget_when_set() -> None:
+    assert _decide(_progressing(10), BUDGETS).restart
+    decision = _decide(_progressing(11), BUDGETS)
     assert not decision.restart
     assert "10 restarts made, max_restarts=10" in decision.reason
 
 
-def test_hourly_restart_budget() -> None:
-    assert _decide(_progressing(3, spacing_s=900, minutes=5)).restart
-    decision = _decide(_progressing(4, spacing_s=900, minutes=5))
+def test_hourly_restart_budget_when_set() -> None:
+    assert _decide(_progressing(3, spacing_s=900, minutes=5), BUDGETS).restart
+    decision = _decide(_progressing(4, spacing_s=900, minutes=5), BUDGETS)
     assert not decision.restart
     assert "4 failures within the last hour exceed max_restarts_per_hour=3" in decision.reason
 
 
 def test_failures_older_than_an_hour_do_not_count_against_the_hourly_budget() -> None:
-    assert _decide(_progressing(4, spacing_s=1300, minutes=5)).restart
+    assert _decide(_progressing(4, spacing_s=1300, minutes=5), BUDGETS).restart
 
 
 def test_same_signature_twice_without_progress_stops() -> None:
@@ -132,8 +136,9 @@ def test_same_signature_twice_without_progress_stops() -> None:
     again = _attempt(HOURS, 1000, 1400, diagnosis=nccl)  # resumed from 1000, died before 1500
     decision = _decide([first, again])
     assert not decision.restart
-    assert ("the same failure 'nccl:SeqNum=12:ALLREDUCE' ended 2 attempts in a row with no "
-            "step progress between them (max_same_signature=2)") in decision.reason
+    assert ("the same failure 'nccl:SeqNum=12:ALLREDUCE' ended 2 attempts with no "
+            "progress between them (no higher logged step, no newer checkpoint; "
+            "max_same_signature=2)") in decision.reason
 
 
 def test_same_signature_with_progress_or_different_signatures_restarts() -> None:
@@ -143,12 +148,30 @@ def test_same_signature_with_progress_or_different_signatures_restarts() -> None
     assert _decide([first, _attempt(HOURS, 1000, 1400, diagnosis=_diag("hang"))]).restart
 
 
+def test_a_failure_recurring_between_other_failures_without_progress_stops() -> None:
+    # A, B, A with no progress is a loop as much as A, A: the B in between hides nothing.
+    hang, nccl = _diag("hang"), _diag("nccl:SeqNum=12:ALLREDUCE")
+    history = [_attempt(0, 40, 45, diagnosis=hang, checkpoint_step=40),
+               _attempt(60, 40, 44, diagnosis=nccl, checkpoint_step=40)]
+    assert _decide(history).restart  # two different failures: not (yet) a loop
+    history.append(_attempt(120, 40, 45, diagnosis=hang, checkpoint_step=40))
+    decision = _decide(history)
+    assert not decision.restart
+    assert "the same failure 'hang' ended 2 attempts with no progress" in decision.reason
+    # ... but progress in between starts a new stretch: A, (progress) B, A restarts.
+    history[1] = _attempt(60, 40, 55, diagnosis=nccl, checkpoint_step=50)
+    history[2] = _attempt(120, 50, 55, diagnosis=hang, checkpoint_step=50)
+    assert _decide(history).restart
+
+
 def test_consecutive_attempts_without_progress_stop() -> None:
     history = [_attempt(0, None, 1500, diagnosis=_diag("a")),
                _attempt(1 * HOURS, 1000, 1400, diagnosis=_diag("b")),  # not past 1500
                _attempt(2 * HOURS, 1000, 1350, diagnosis=_diag("c"))]  # not past 1400
-    assert _decide(history).restart  # only 2 stalled so far
-    decision = _decide([*history, _attempt(3 * HOURS, 1000, 1000, diagnosis=_diag("d"))])
+    assert _decide(history, BUDGETS).restart  # only 2 stalled so far
+    history.append(_attempt(3 * HOURS, 1000, 1000, diagnosis=_diag("d")))
+    assert _decide(history).restart  # off by default: different failures, not a crash loop
+    decision = _decide(history, BUDGETS)
     assert not decision.restart
     assert "3 consecutive attempts made no step progress (max_no_progress=3" in decision.reason
     assert "furthest step reached: 1500" in decision.reason
@@ -156,7 +179,7 @@ def test_consecutive_attempts_without_progress_stop() -> None:
 
 def test_an_attempt_that_never_got_past_its_resume_step_made_no_progress() -> None:
     history = [_attempt(i * HOURS, 700, 700, diagnosis=_diag(str(i))) for i in range(3)]
-    assert "max_no_progress=3" in _decide(history).reason
+    assert "max_no_progress=3" in _decide(history, BUDGETS).reason
 
 
 def test_second_failure_before_the_first_step_stops() -> None:
@@ -175,7 +198,7 @@ def test_early_failures_count_from_the_last_healthy_attempt() -> None:
 
 
 def test_stop_reason_also_names_the_environment_cause() -> None:
-    decision = _decide(_progressing(11, signature="enospc"))
+    decision = _decide(_progressing(11, signature="enospc"), BUDGETS)
     assert decision.reason.startswith("environment failure (cause of enospc), but the restart ")
 
 
@@ -204,3 +227,66 @@ def test_zero_restart_budget_stops_at_once() -> None:
     decision = _decide(_progressing(1), RestartPolicy(max_restarts=0))
     assert not decision.restart
     assert "0 restarts made, max_restarts=0" in decision.reason
+
+
+# --- the progress rule (issue 11) -------------------------------------------------------------
+
+
+ISSUE_11_FAULTS = ("signal:9", "hang", "nccl:SeqNum=42:ALLREDUCE", "enospc")
+
+
+def test_progressing_environment_failures_restart_without_any_limit_by_default() -> None:
+    # Issue 11: four different faults within minutes, each attempt further than the last.
+    history = [_attempt(i * 60, i * 20 or None, 25 + i * 20, minutes=0.5,
+                        diagnosis=_diag(sig), checkpoint_step=20 + i * 20)
+               for i, sig in enumerate(ISSUE_11_FAULTS)]
+    assert all(_decide(history[: n + 1]).restart for n in range(len(history)))
+    many = _progressing(200, spacing_s=60, minutes=0.5)  # a night of preemptions
+    decision = _decide(many)
+    assert decision.restart
+    assert decision.delay_s == 600.0  # the backoff still grows to its cap
+    assert "of at most" not in decision.reason
+
+
+def test_none_and_zero_budgets() -> None:
+    assert RestartPolicy().max_restarts is None
+    assert RestartPolicy().max_restarts_per_hour is None
+    assert RestartPolicy().max_no_progress is None
+    assert not _decide(_progressing(1), RestartPolicy(max_restarts_per_hour=0)).restart
+
+
+def test_same_failure_without_progress_is_a_crash_loop_by_default() -> None:
+    hang = _diag("hang")
+    first = _attempt(0, 40, 45, diagnosis=hang, checkpoint_step=40)
+    again = _attempt(60, 40, 45, diagnosis=hang, checkpoint_step=40)  # same place, same fault
+    decision = _decide([first, again])
+    assert not decision.restart
+    assert "the same failure 'hang' ended 2 attempts with no progress" in decision.reason
+    assert "no higher logged step, no newer checkpoint" in decision.reason
+
+
+def test_a_newer_checkpoint_is_progress_even_without_a_higher_logged_step() -> None:
+    nccl = _diag("nccl:SeqNum=42:ALLREDUCE")
+    first = _attempt(0, None, 65, diagnosis=nccl, checkpoint_step=60)
+    # Resumed from 60, saved 70 (a logging gap hid the steps), died at the same logged step.
+    again = _attempt(60, 60, 65, diagnosis=nccl, checkpoint_step=70)
+    assert _decide([first, again]).restart
+
+
+def test_a_step_less_checkpoint_is_not_progress() -> None:
+    kill = _diag("signal:9")
+    first = _attempt(0, None, 50, diagnosis=kill)  # last.pt: no step in its name
+    again = _attempt(60, None, 50, diagnosis=kill)
+    assert not _decide([first, again]).restart
+
+
+def test_a_higher_logged_step_is_progress() -> None:
+    kill = _diag("signal:9")
+    first = _attempt(0, None, 50, diagnosis=kill, checkpoint_step=40)
+    again = _attempt(60, 40, 51, diagnosis=kill, checkpoint_step=40)
+    assert _decide([first, again]).restart
+
+
+def test_records_without_a_checkpoint_step_still_load() -> None:
+    record = AttemptRecord(0.0, 1.0, None, 3, PREEMPTED)
+    assert record.checkpoint_step is None
