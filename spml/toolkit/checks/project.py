@@ -167,6 +167,8 @@ def collect_files(paths: Iterable[Path], exclude: Sequence[str] = ()) -> list[Pa
     glob (relative to the folder given, or a file or folder name)."""
     found: set[Path] = set()
     for path in paths:
+        if path.is_symlink() and _real(path) is None:
+            raise SourceError(f"{path}: cannot read: a symlink loop or a dangling link")
         if not path.exists():
             raise SourceError(f"{path}: no such file or directory")
         if path.is_file():
@@ -178,10 +180,19 @@ def collect_files(paths: Iterable[Path], exclude: Sequence[str] = ()) -> list[Pa
             dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".")
                            and not Path(dirpath, d, "pyvenv.cfg").exists()
                            and not excluded(rel / d, exclude)]
-            found.update(Path(dirpath, f).resolve() for f in filenames
-                         if f.endswith(".py") and not _is_test_file(f)
+            found.update(_real(Path(dirpath, f)) or Path(dirpath, f).absolute()
+                         for f in filenames if f.endswith(".py") and not _is_test_file(f)
                          and not excluded(rel / f, exclude))
     return sorted(found)
+
+
+def _real(path: Path) -> Path | None:
+    """The file a path names, or None for a symlink loop or a dangling link (kept as it is in
+    a folder walk, the file then cannot be read and becomes an L0-00 finding of its own)."""
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop before Python 3.13
+        return None
 
 
 def excluded(rel: Path, globs: Sequence[str]) -> bool:

@@ -234,3 +234,17 @@ def test_policy_checks_are_exactly_the_mandatory_practices() -> None:
     critical_by_default = {c.id for c in CHECKS if c.severity_in("default") == "critical"}
     assert critical_by_default == {"L0-01", "L0-02", "L0-04", "L0-05", "L0-27", "L0-28",
                                    "L0-32"}
+
+
+def test_symlink_loops_and_dangling_links_never_crash_the_run(tmp_path: Path) -> None:
+    write(tmp_path, "train.py", "x = 1\n")
+    (tmp_path / "a.py").symlink_to(tmp_path / "b.py")
+    (tmp_path / "b.py").symlink_to(tmp_path / "a.py")
+    (tmp_path / "gone.py").symlink_to(tmp_path / "missing.py")
+    report = analyse([tmp_path])  # the folder: each bad link is an L0-00 finding of its own
+    assert sorted(Path(f.path).name for f in report.findings if f.id == "L0-00") == \
+        ["a.py", "b.py", "gone.py"]
+    assert "train.py" in {Path(f).name for f in report.files}
+    for named in ("a.py", "gone.py"):  # named on the command line: a clear error
+        with pytest.raises(SourceError, match="cannot read: a symlink loop or a dangling link"):
+            validate_static([tmp_path / named])
