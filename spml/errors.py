@@ -18,7 +18,16 @@ class CommandError(SpmlError, RuntimeError):
 
 
 class MetricNotFound(SpmlError, ValueError):
-    """The evaluation output holds no parseable value for the metric."""
+    """The evaluation output holds no parseable value for the metric.
+
+    Attributes:
+        reason: The parser's one-line reason (e.g. ``'score' is mentioned, but never with a
+            numeric value: '0x10' is not a number``), short enough for a ledger cell.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class BaselineFailed(SpmlError, RuntimeError):

@@ -116,6 +116,36 @@ def iteration_experiment(tmp_path: Path, plan: dict[str, dict[str, Any]],
     return exp
 
 
+def toy_repo(tmp_path: Path, plan: dict[str, str], *dirs: str, **protocol: Any) -> list[Path]:
+    """A git repo (`tmp_path/repo`) holding the toy experiment once per name in ``dirs``, all
+    driven by the scripted researcher's ``plan``; returns the experiment dirs."""
+    repo = tmp_path / "repo"
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    exps = []
+    for name in dirs:
+        exp = repo / name
+        exp.mkdir(parents=True)
+        for file in ("train.py", "evaluate.py", "params.yaml"):
+            shutil.copy(FIXTURES / "toy" / file, exp / file)
+        shutil.copy(FIXTURES / "toy" / "gitignore", exp / ".gitignore")
+        write_protocol(exp, toy_protocol(plan_path, **protocol))
+        exps.append(exp)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.name", "Test User")
+    git(repo, "config", "user.email", "test@example.invalid")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "toy experiments")
+    return exps
+
+
+def attempt_ref(exp: Path, round_no: int, protocol: str = "autoresearch-protocol.md") -> str:
+    """The ref holding round ``round_no``'s archived attempt, in the ledger's generation."""
+    from spml.toolkit.loop.experiment import Experiment
+
+    return Experiment.locate(exp, protocol).attempt_ref(round_no)
+
+
 def drive(exp: Path, max_rounds: int | None = None,
           between_rounds: Callable[[int], None] | None = None, kind: str = "autoresearch") -> Any:
     """Run a whole loop with the toolkit alone: the flow's round sequence, without Prefect."""

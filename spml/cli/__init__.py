@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
 
 from spml.cli import autoresearch, iteration, toolkit, validate, watchdog
-from spml.cli._output import console
+from spml.cli._output import SpmlGroup, start_invocation
 from spml.cli.demo import demo
+from spml.errors import SpmlError
 
-app = typer.Typer(help="spml: ML experiment workflows as Prefect flows.", no_args_is_help=True)
+app = typer.Typer(cls=SpmlGroup, no_args_is_help=True)
 app.add_typer(autoresearch.app, name="autoresearch")
 app.add_typer(iteration.app, name="iteration")
 app.add_typer(watchdog.app, name="watchdog")
 app.add_typer(validate.app, name="validate")
 app.add_typer(toolkit.app, name="toolkit")
 app.command()(demo)
+
+
+@app.callback()
+def options(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show the traceback of an error, and Prefect's logs.")] = False,
+            ) -> None:
+    """spml: ML experiment workflows as Prefect flows.
+
+    Exit 0: success. Exit 1: the work ran and failed (a failed baseline or check).
+
+    Exit 2: bad input (protocol, config, arguments, git state), as one message (-v: traceback).
+    """
+    start_invocation(verbose)
 
 
 @app.command()
@@ -28,8 +43,7 @@ def schema(kind: str = typer.Argument("autoresearch", help="autoresearch or iter
     schemas = {"autoresearch": autoresearch_protocol.protocol_json_schema,
                "iteration": iteration_protocol.protocol_json_schema}
     if kind not in schemas:
-        console.print(f"[red]error:[/] kind must be 'autoresearch' or 'iteration', got {kind!r}")
-        raise typer.Exit(2)
+        raise SpmlError(f"kind must be 'autoresearch' or 'iteration', got {kind!r}.")
     typer.echo(json.dumps(schemas[kind](), indent=2))
 
 

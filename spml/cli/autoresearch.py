@@ -6,12 +6,14 @@ from typing import Annotated
 
 import typer
 
-from spml.cli._loop import DirArg, add_loop_commands
-from spml.cli._output import console, guarded
+from spml.cli._loop import DirArg, add_loop_commands, new_directory
+from spml.cli._output import console
+from spml.errors import ProtocolError
 
 app = typer.Typer(help="Auto Research: a protocol-governed metric search loop.",
                   no_args_is_help=True)
 KIND = "autoresearch"
+RESEARCHERS = ("command", "optuna")  # the `researcher.kind`s of the protocol
 
 
 add_loop_commands(app, KIND)
@@ -29,17 +31,21 @@ def create(
     variable: Annotated[str, typer.Option(prompt="Variable files (comma-separated globs)")],
     time_limit: Annotated[str, typer.Option(prompt="Training time limit (e.g. 300, 5min)")],
     max_rounds: Annotated[int, typer.Option(help="Rounds after the baseline.")] = 10,
-    researcher: Annotated[str, typer.Option(help="command or optuna")] = "command",
+    researcher: Annotated[str, typer.Option(
+        help="command (any agent or script) or optuna")] = "command",
     researcher_command: Annotated[str | None, typer.Option(help="Agent command.")] = None,
     params_file: Annotated[str | None, typer.Option(help="Optuna params file.")] = None,
     value_range: Annotated[str, typer.Option("--range", help="What may vary.")] = "",
 ) -> None:
     """Scaffold `autoresearch-protocol.md` from flags (missing ones are prompted for)."""
-    def _create() -> None:
-        from spml.toolkit.loop.scaffold import researcher_settings, write_protocol
+    from spml.toolkit.loop.scaffold import researcher_settings, write_protocol
 
-        exp = experiment_dir.resolve()
-        exp.mkdir(parents=True, exist_ok=True)
+    if researcher not in RESEARCHERS:
+        raise ProtocolError(
+            f"--researcher must be one of {', '.join(RESEARCHERS)}, got {researcher!r}. A coding "
+            "agent (claude, codex, aider, ...) is a command researcher: --researcher command "
+            "--researcher-command 'my-agent --prompt-file {prompt_file}'.")
+    with new_directory(experiment_dir) as exp:
         fields = {
             "research_question": question, "max_rounds": max_rounds, "target": None,
             "baseline": None, "train_command": train_command,
@@ -50,9 +56,7 @@ def create(
             "experiences_window": 5, "acceptance": {"min_delta": 0.0, "repeats": 1},
         }
         path = write_protocol(exp, fields)
-        console.print(f"wrote {path}; commit it, then `spml autoresearch run {experiment_dir}`")
-
-    guarded(_create)
+    console.print(f"wrote {path}; commit it, then `spml autoresearch run {experiment_dir}`")
 
 
 def _split(globs: str) -> list[str]:

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from spml.cli._loop import DirArg, Verbose, add_loop_commands, locate, run_loop
-from spml.cli._output import console, guarded, quiet_prefect
+from spml.cli._loop import DirArg, Verbose, add_loop_commands, locate, new_directory
+from spml.cli._output import console, quiet_prefect
 
 app = typer.Typer(help="ml-iteration: rounds reviewed against typed criteria, a person on the "
                   "loop.", no_args_is_help=True)
@@ -25,14 +25,11 @@ def override(
     verdict: Annotated[str, typer.Option(help="commit or rollback")],
 ) -> None:
     """Reverse a round's verdict; applied when the next round begins (never blocks the loop)."""
-    def _override() -> None:
-        from spml.toolkit.loop.overrides import queue_override
+    from spml.toolkit.loop.overrides import queue_override
 
-        queue_override(locate(experiment_dir, KIND), round_no, verdict)
-        console.print(f"override queued: round {round_no} -> {verdict} (applied when the next "
-                      "round begins)")
-
-    guarded(_override)
+    queue_override(locate(experiment_dir, KIND), round_no, verdict)
+    console.print(f"override queued: round {round_no} -> {verdict} (applied when the next "
+                  "round begins)")
 
 
 @app.command()
@@ -48,45 +45,33 @@ def create(
     max_rounds: Annotated[int, typer.Option(help="Rounds after the baseline.")] = 10,
 ) -> None:
     """Scaffold `iteration-protocol.md` from flags (missing ones are prompted for)."""
-    def _create() -> None:
-        from spml.toolkit.loop.scaffold import write_iteration_protocol
+    from spml.toolkit.loop.scaffold import write_iteration_protocol
 
-        exp = experiment_dir.resolve()
-        exp.mkdir(parents=True, exist_ok=True)
-        fields = {
-            "goal": goal, "max_rounds": max_rounds, "train_command": train_command,
-            "fixed": {"files": [g.strip() for g in fixed.split(",") if g.strip()],
-                      "time_limit": time_limit},
-            "eval": {"command": eval_command},
-            "researcher": {"kind": "command", "command": researcher_command},
-            "review_criteria": {"metrics": [criterion],
-                                "stability": {"no_nan": True, "forbid_patterns": []}},
-        }
+    fields = {
+        "goal": goal, "max_rounds": max_rounds, "train_command": train_command,
+        "fixed": {"files": [g.strip() for g in fixed.split(",") if g.strip()],
+                  "time_limit": time_limit},
+        "eval": {"command": eval_command},
+        "researcher": {"kind": "command", "command": researcher_command},
+        "review_criteria": {"metrics": [criterion],
+                            "stability": {"no_nan": True, "forbid_patterns": []}},
+    }
+    with new_directory(experiment_dir) as exp:
         path = write_iteration_protocol(exp, fields)
-        console.print(f"wrote {path}; add criteria, commit it, then `spml iteration run "
-                      f"{experiment_dir}`")
-
-    guarded(_create)
+    console.print(f"wrote {path}; add criteria, commit it, then `spml iteration run "
+                  f"{experiment_dir}`")
 
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Argument(help="New directory for the demo.")] = Path(
+    directory: Annotated[Path, typer.Argument(
+        help="New directory for the demo (or the one a failed demo left: it resumes).")] = Path(
         "spml-iteration-demo"),
     verbose: Verbose = False,
 ) -> None:
-    """Copy the bundled iteration example into DIR, make it a git repo, and run ml-iteration."""
+    """Copy the bundled iteration example into DIR, make it a git repo, and run ml-iteration
+    (run it again on the same DIR to resume an interrupted or failed demo)."""
     quiet_prefect(verbose)
+    from spml.cli.demo import run_demo
 
-    def _demo() -> None:
-        from spml.toolkit.examples import copy_example
-        from spml.toolkit.loop.kind import ITERATION
-
-        target = copy_example("iteration", directory.resolve())
-        console.print(f"copied the [bold]iteration[/] example to {target} (a new git repo)")
-        run_loop(target, None, KIND)
-        branch = locate(target, KIND).branch(ITERATION.name)
-        console.print(f"inspect: git -C {target} log --oneline {branch}  ·  "
-                      f"cat {target}/experiences.md", highlight=False)
-
-    guarded(_demo)
+    run_demo("iteration", directory, None, KIND)

@@ -6,8 +6,6 @@ from typing import Annotated
 
 import typer
 
-from spml.cli._output import guarded
-
 app = typer.Typer(help="Profiling toolkit: MFU and peak FLOPS.", no_args_is_help=True)
 
 
@@ -29,8 +27,8 @@ def mfu(
     """
     from spml.toolkit.profiling.mfu import format_mfu_report, mfu_for_gpu
 
-    result = guarded(lambda: mfu_for_gpu(flops_per_step, step_time, gpu=gpu, n_gpus=n_gpus,
-                                         dtype=dtype, estimate=estimate))
+    result = mfu_for_gpu(flops_per_step, step_time, gpu=gpu, n_gpus=n_gpus, dtype=dtype,
+                         estimate=estimate)
     typer.echo(format_mfu_report(result))
     if result.mfu is None:
         raise typer.Exit(1)

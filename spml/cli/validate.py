@@ -14,8 +14,8 @@ from spml.cli._output import (
     EXIT_USAGE,
     console,
     err_console,
-    guarded,
     stop_signals_interrupt,
+    use_json_errors,
 )
 
 app = typer.Typer(help="Validation Pyramid: L0 static checks of training code.",
@@ -52,12 +52,12 @@ def static(
 ) -> None:
     """Analyse training code; exit 0 without critical findings, 1 with any, 2 on bad usage
     (or when a check itself failed)."""
+    use_json_errors(output_format is Format.json)
     from spml.toolkit.checks.engine import validate_static
     from spml.toolkit.checks.report import render_json, render_text
 
-    report = guarded(lambda: validate_static(paths, _ids(select), _ids(ignore), config,
-                                             profile.value if profile else None,
-                                             exclude or []))
+    report = validate_static(paths, _ids(select), _ids(ignore), config,
+                             profile.value if profile else None, exclude or [])
     text = (render_json(report) if output_format is Format.json
             else render_text(report, summary=summary))
     typer.echo(text, nl=False)
@@ -87,15 +87,18 @@ def runtime(
     Exit 0 only when every stage passed; 1 on a failed stage or when L0 has a critical
     finding; 2 on a bad or missing configuration.
     """
+    use_json_errors(output_format is Format.json)
     from spml.toolkit.checks.engine import validate_static
     from spml.toolkit.checks.report import render_text
-    from spml.toolkit.runtime.run import load_runtime_settings, run_l1
+    from spml.toolkit.runtime.run import load_runtime_settings, require_entry_module, run_l1
 
     overrides = {"entry": entry, "train_command": train_command, "eval_command": eval_command,
                  "metric": metric, "max_steps": max_steps, "time_limit": time_limit}
-    settings = guarded(lambda: load_runtime_settings(project, overrides))
+    settings = load_runtime_settings(project, overrides)
+    require_entry_module(settings, project, "--entry" if entry else
+                         "[tool.spml.validate.runtime] entry")
     if static:
-        l0 = guarded(lambda: validate_static([project]))
+        l0 = validate_static([project])
         if l0.critical:
             typer.echo(render_text(l0, summary=False), nl=False)
             typer.echo(f"L1 refused: L0 has {l0.critical} critical finding(s); fix them first "
@@ -103,7 +106,7 @@ def runtime(
             raise typer.Exit(EXIT_FAILED)
     try:
         with stop_signals_interrupt():
-            report = guarded(lambda: run_l1(project, settings, log_dir))
+            report = run_l1(project, settings, log_dir)
     except KeyboardInterrupt as exc:
         err_console.print(f"interrupted ({exc or 'Ctrl-C'}): the runs L1 started were stopped")
         raise typer.Exit(130) from None
@@ -117,7 +120,7 @@ def explain(check_id: Annotated[str, typer.Argument(help="A check id, e.g. L0-06
     """Print a check's documentation: what it finds, why, a bad and a good example."""
     from spml.toolkit.checks import check_by_id
 
-    typer.echo(guarded(lambda: check_by_id(check_id)).explain(), nl=False)
+    typer.echo(check_by_id(check_id).explain(), nl=False)
 
 
 @app.command(name="list")

@@ -21,11 +21,11 @@ from spml.toolkit.loop.summary import LoopSummary
 
 
 def run_loop(kind: str, experiment_dir: str, max_rounds: int | None,
-             round_flow: Callable[[str, int], str]) -> LoopSummary:
+             round_flow: Callable[[str, int], str], allow_dirty: bool = False) -> LoopSummary:
     """Run (or resume) a loop of ``kind``; each round is ``round_flow`` (a subflow)."""
     logger = get_run_logger()
     with hold_experiment(experiment_dir, kind_named(kind).protocol_filename):
-        limit = open_experiment(experiment_dir, max_rounds, kind)
+        limit = open_experiment(experiment_dir, max_rounds, kind, allow_dirty)
         crash_stale_runs(experiment_dir, kind)
         progress = start_progress(experiment_dir, kind)
         publish_experiences(experiment_dir, progress, kind)

@@ -23,11 +23,14 @@ def autoresearch_round(experiment_dir: str, round_no: int) -> str:
 
 
 @flow(name="autoresearch")
-def autoresearch_flow(experiment_dir: str, max_rounds: int | None = None) -> LoopSummary:
+def autoresearch_flow(experiment_dir: str, max_rounds: int | None = None,
+                      allow_dirty: bool = False) -> LoopSummary:
     """Run (or resume) the Auto Research loop of the experiment in ``experiment_dir``.
 
     Args:
         experiment_dir: directory holding `autoresearch-protocol.md`, inside a git repository.
         max_rounds: cap on rounds for this run (default: the protocol's `max_rounds`).
+        allow_dirty: run although fixed or variable files have uncommitted changes (the
+            loop runs the committed code; the ignored files are logged).
     """
-    return run_loop("autoresearch", experiment_dir, max_rounds, autoresearch_round)
+    return run_loop("autoresearch", experiment_dir, max_rounds, autoresearch_round, allow_dirty)

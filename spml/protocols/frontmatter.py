@@ -15,6 +15,7 @@ exactly where the bad field is.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,12 +61,33 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
-# Seconds > 0, written as a number or a duration string; the JSON Schema allows both forms.
+# The longest duration a protocol may give. Beyond it a limit no longer limits anything, and
+# `1e400` (read as infinity) or `1e300` would disable the kill or overflow a timer.
+MAX_DURATION_S = 30 * 24 * 3600.0
+
+
+def bounded_duration(value: Any) -> Any:
+    """`parse_duration`, refusing infinity and anything longer than 30 days."""
+    seconds = parse_duration(value)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return seconds  # the type check names it
+    if not math.isfinite(seconds):
+        raise ValueError(f"must be a finite duration, got {value!r} (a number too large for a "
+                         "float reads as infinity); write seconds (3600) or a duration ('1h')")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"must be at most 30 days ({MAX_DURATION_S:.0f} s), got {value!r}; "
+                         "write seconds (3600) or a duration ('1h')")
+    return seconds
+
+
+# Seconds > 0 (at most 30 days), written as a number or a duration string; the JSON Schema
+# allows both forms.
 PositiveDuration = Annotated[
     float,
     Field(gt=0),
-    BeforeValidator(parse_duration),
-    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+    BeforeValidator(bounded_duration),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0,
+                               "maximum": MAX_DURATION_S},
                               {"type": "string", "pattern": _DURATION.pattern}]}),
 ]
 

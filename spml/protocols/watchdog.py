@@ -32,11 +32,12 @@ from pydantic import (
 from spml.errors import ProtocolError
 from spml.protocols.frontmatter import (
     FENCE,
+    MAX_DURATION_S,
     FrontMatter,
     Loc,
     PositiveDuration,
+    bounded_duration,
     format_validation_error,
-    parse_duration,
     parse_yaml_fields,
     read_front_matter,
 )
@@ -45,12 +46,14 @@ CONTEXT_FILENAME = "experiment-context.md"
 SETTINGS_FILENAME = "watchdog.yaml"
 EVAL_PLACEHOLDERS = ("checkpoint",)
 
-# Seconds >= 0, as a number or a duration string (``"30s"``); 0 means "at once".
+# Seconds >= 0 (at most 30 days), as a number or a duration string (``"30s"``); 0 means "at
+# once"; infinity is refused (it would disable what the duration limits).
 NonNegativeDuration = Annotated[
     float,
     Field(ge=0),
-    BeforeValidator(parse_duration),
-    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}]}),
+    BeforeValidator(bounded_duration),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_DURATION_S},
+                              {"type": "string"}]}),
 ]
 
 

@@ -33,9 +33,10 @@ def _session(experiment_dir: str, kind: str) -> LoopSession:
 
 
 @task(name="open-loop", cache_policy=NO_CACHE, retries=0)
-def open_experiment(experiment_dir: str, max_rounds: int | None, kind: str) -> int:
+def open_experiment(experiment_dir: str, max_rounds: int | None, kind: str,
+                    allow_dirty: bool = False) -> int:
     """Validate, prepare the worktree, recover an interrupted round; returns max rounds."""
-    session = open_loop(experiment_dir, max_rounds, kind_named(kind))
+    session = open_loop(experiment_dir, max_rounds, kind_named(kind), allow_dirty)
     get_run_logger().info("loop open on branch %s (worktree %s)", session.workspace.branch,
                           session.workspace.path)
     return session.max_rounds

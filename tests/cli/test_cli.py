@@ -36,8 +36,8 @@ def test_run_outside_git_exits_2(tmp_path: Path) -> None:
 
 def test_note_stop_and_status(toy_experiment) -> None:
     exp = toy_experiment()
-    assert runner.invoke(app, ["autoresearch", "status", str(exp)]).output.startswith(
-        "not started")
+    assert runner.invoke(app, ["autoresearch", "status", str(exp)]).output.splitlines() == [
+        "experiment: exp", "not started"]
     assert runner.invoke(app, ["autoresearch", "note", str(exp), "use x near 3"]).exit_code == 0
     assert runner.invoke(app, ["autoresearch", "stop", str(exp)]).exit_code == 0
     (exp / "experiences.md").write_text(

@@ -66,8 +66,11 @@ def test_notes_and_stop_from_prefect_variables(unique_experiment) -> None:
     from spml.protocols.experiences import parse_experiences
 
     exp = unique_experiment({"default": "good"}, max_rounds=4)
+    name = Experiment.locate(exp, PROTOCOL_FILENAME).name
     note, stop = variable_names(Experiment.locate(exp, PROTOCOL_FILENAME))[:2]
-    assert (note, stop) == (f"spml-note-{exp.name}", f"spml-stop-{exp.name}")  # this test's
+    assert (note, stop) == (f"spml-note-{name}", f"spml-stop-{name}")  # this test's
+    # its directory name, made a unique slug (the "_" of pytest's folder makes it hashed)
+    assert name.startswith(exp.name.lower().replace("_", "-") + "-")
     Variable.set(note, ["from the UI", "second note"], overwrite=True)
     Variable.set(stop, True, overwrite=True)
     summary = autoresearch_flow(str(exp))

@@ -195,6 +195,17 @@ def test_protocol_models_are_frozen(tmp_path: Path) -> None:
      "'5min'"),
     ("  time_limit: 5min", "  time_limit: 0", "fixed.time_limit", "time_limit:",
      "greater than 0"),
+    # An infinite limit would never kill the run; an absurd one overflows the timers.
+    ("  time_limit: 5min", "  time_limit: 1e400", "fixed.time_limit", "time_limit:",
+     "must be a finite duration, got inf (a number too large for a float reads as infinity); "
+     "write seconds (3600) or a duration ('1h')"),
+    ("  time_limit: 5min", "  time_limit: .inf", "fixed.time_limit", "time_limit:", "finite"),
+    ("  time_limit: 5min", "  time_limit: 1e300", "fixed.time_limit", "time_limit:",
+     "must be at most 30 days (2592000 s), got 1e+300"),
+    ("  time_limit: 5min", "  time_limit: 1000000h", "fixed.time_limit", "time_limit:",
+     "at most 30 days"),
+    ("--dir {workdir}", "--dir {workdir}\n  timeout: 1e12", "researcher.timeout", "timeout:",
+     "at most 30 days"),
     ("  files: [params.yaml]", "  files: params.yaml", "variable.files", "files: params",
      "valid list"),
     ("  files: [params.yaml]", "  files: []", "variable.files", "files: []", "at least 1"),

@@ -8,6 +8,8 @@ import pytest
 
 from spml.errors import ProtocolError
 from spml.protocols.frontmatter import (
+    MAX_DURATION_S,
+    bounded_duration,
     dump_front_matter,
     parse_duration,
     read_front_matter,
@@ -136,6 +138,16 @@ def test_dump_front_matter_round_trips_strings_that_look_like_numbers(tmp_path: 
 ])
 def test_parse_duration(value: object, seconds: float) -> None:
     assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    (float("inf"), "finite"), (float("-inf"), "finite"), (2592001, "at most 30 days"),
+    ("721h", "at most 30 days"), ("1e400", "duration like"),
+])
+def test_bounded_duration_refuses_what_would_never_limit(value: object, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        bounded_duration(value)
+    assert bounded_duration("720h") == MAX_DURATION_S
 
 
 @pytest.mark.parametrize("value", ["5 minutes", "-5s", "1d", "min", ""])

@@ -82,6 +82,9 @@ def test_durations_accept_unit_strings_and_restart_delay_may_be_zero() -> None:
     ("checkpoint_check_timeout", 0), ("checkpoint_check", ""), ("max_no_progress", 0),
     ("max_restarts", "3"), ("poll_interval", True), ("log_file", "/var/log/train.log"),
     ("checkpoint_glob", "../other/*.pt"), ("train_command", ""), ("frequency", 3),
+    # infinite or absurd durations would disable the kill or the grace they bound
+    ("hang_timeout", "inf"), ("hang_timeout", 1e400), ("startup_grace", "1e400"),
+    ("restart_delay", float("inf")), ("restart_cap", 1e9),
 ])
 def test_invalid_values_are_refused(field: str, value: Any) -> None:
     with pytest.raises(ValidationError) as info:

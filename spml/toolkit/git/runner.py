@@ -64,20 +64,21 @@ class GitRunner:
         self.index_file = admin_dir / "index"
         self._git = git.Git(str(worktree))
 
-    def _env(self, index_file: Path | None) -> dict[str, str]:
+    def _env(self, index_file: Path | None, literal: bool = True) -> dict[str, str]:
         return {
             "GIT_DIR": str(self.admin_dir),
             "GIT_COMMON_DIR": str(self.common_dir),
             "GIT_WORK_TREE": str(self.worktree),
             "GIT_INDEX_FILE": str(index_file or self.index_file),
-            "GIT_LITERAL_PATHSPECS": "1",
+            # `check-ignore` refuses literal pathspecs; it takes plain paths anyway.
+            "GIT_LITERAL_PATHSPECS": "1" if literal else "0",
             "GIT_TERMINAL_PROMPT": "0",
             # `git replace` would let a researcher swap the fixed files' blobs in every read.
             "GIT_NO_REPLACE_OBJECTS": "1",
         }
 
     def run(self, *args: str, index_file: Path | None = None, config: Iterable[str] = (),
-            stdin: object | None = None) -> str:
+            stdin: object | None = None, literal: bool = True) -> str:
         """Run ``git <args>`` and return its stdout (one trailing newline stripped).
 
         Args:
@@ -85,6 +86,7 @@ class GitRunner:
             index_file: Use this index instead of the worktree's own.
             config: Extra ``key=value`` settings passed as ``-c``.
             stdin: A file object to feed to the command's standard input.
+            literal: Read pathspecs literally (every command but `check-ignore`).
 
         Raises:
             GitStateError: git failed; the message carries git's own explanation.
@@ -92,7 +94,7 @@ class GitRunner:
         command = [self._git.GIT_PYTHON_GIT_EXECUTABLE or "git",
                    *config_args([*HARDENING, *config]), *args]
         try:
-            return self._git.execute(command, env=self._env(index_file), istream=stdin)
+            return self._git.execute(command, env=self._env(index_file, literal), istream=stdin)
         except git.GitCommandError as exc:
             raise GitStateError(
                 f"`git {' '.join(args[:3])}` failed in worktree {self.worktree}: "
@@ -100,10 +102,11 @@ class GitRunner:
                 "and its branch to start over)."
             ) from exc
 
-    def probe(self, *args: str, index_file: Path | None = None) -> str | None:
+    def probe(self, *args: str, index_file: Path | None = None,
+              literal: bool = True) -> str | None:
         """Like :meth:`run`, but return None instead of raising when git fails."""
         try:
-            return self.run(*args, index_file=index_file)
+            return self.run(*args, index_file=index_file, literal=literal)
         except GitStateError as exc:
             log.debug("git probe failed: %s", exc)
             return None

@@ -29,7 +29,15 @@ from spml.errors import GitStateError
 from spml.toolkit.git import trees as gittrees
 from spml.toolkit.git.admin import AdminEntry, digest, restore_admin, scan_admin
 from spml.toolkit.git.restore import attach_head, format_message, reset_worktree, restore_refs_to
-from spml.toolkit.git.runner import GIT_IDENTITY, REFS_FORMAT, GitRunner, parse_refs
+from spml.toolkit.git.runner import (
+    GIT_IDENTITY,
+    HARDENING,
+    REFS_FORMAT,
+    GitRunner,
+    config_args,
+    describe_git_error,
+    parse_refs,
+)
 from spml.toolkit.git.setup import (
     attach_worktree,
     common_dir,
@@ -38,7 +46,8 @@ from spml.toolkit.git.setup import (
     remove_stale_locks,
 )
 
-__all__ = ["GIT_IDENTITY", "FileChange", "GitSnapshot", "Workspace", "ensure_excluded"]
+__all__ = ["GIT_IDENTITY", "FileChange", "GitSnapshot", "Workspace", "ensure_excluded",
+           "uncommitted_files"]
 
 log = logging.getLogger(__name__)
 
@@ -273,43 +282,46 @@ class Workspace:
         # Replace refs are watched too: they would rewrite what every other git reader sees.
         return name in (self._branch_ref, "refs/stash") or name.startswith("refs/replace/")
 
-    def archive_attempt(self, round_no: int, base: str, message: str) -> str | None:
-        """Keep the working-tree state as a commit on ``refs/spml/attempts/<round_no>``.
+    def archive_attempt(self, ref: str, base: str, message: str) -> str | None:
+        """Keep the working-tree state as a commit on ``ref`` (under ``refs/spml/``).
 
         The commit (parent ``base``) holds tracked and untracked non-ignored files; the
         worktree's index, HEAD and branch are untouched.
 
         Returns:
-            The commit sha, or None when the state equals ``base`` (then any old ref of that
-            round is deleted).
+            The commit sha, or None when the state equals ``base`` (then any old commit on
+            ``ref`` is deleted).
         """
+        if not ref.startswith(PRIVATE_REF_PREFIX):
+            raise ValueError(f"an attempt ref must be under {PRIVATE_REF_PREFIX}, got {ref!r}")
         base_sha = self._runner.resolve_commit(base)
-        ref = f"{PRIVATE_REF_PREFIX}attempts/{round_no}"
         tree = gittrees.state_tree(self._runner, base_sha)
         if tree == gittrees.tree_of(self._runner, base_sha):
             self._runner.probe("update-ref", "-d", ref)
             return None
         sha = self._runner.run("commit-tree", "--no-gpg-sign", "-p", base_sha, "-m", message,
                                tree, config=self._runner.identity_config())
-        self._runner.run("update-ref", "-m", f"spml: archive round {round_no}", ref, sha)
+        self._runner.run("update-ref", "-m", "spml: archive an attempt", ref, sha)
         return sha
 
-    def attempt(self, round_no: int) -> str | None:
-        """The archived attempt commit of a rolled-back round, if one was kept."""
-        return self._runner.probe("rev-parse", "--verify", "-q",
-                                  f"{PRIVATE_REF_PREFIX}attempts/{round_no}^{{commit}}")
+    def attempt(self, ref: str) -> str | None:
+        """The commit ``ref`` points to (an archived attempt), or None."""
+        return self._runner.probe("rev-parse", "--verify", "-q", f"{ref}^{{commit}}")
 
-    def find_commit(self, trailer: str) -> str | None:
-        """The newest commit on the branch whose message has the line ``trailer``."""
-        # The whole line: `Spml-Round: 1` must not find `Spml-Round: 10`.
-        pattern = "^" + re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", trailer) + "$"
+    def find_commit(self, *lines: str) -> str | None:
+        """The newest commit on the branch whose message has every line in ``lines``."""
+        # Whole lines: `Spml-Round: 1` must not find `Spml-Round: 10`.
+        greps = [f"--grep=^{_escape_regex(line)}$" for line in lines]
         found = self._runner.probe("log", "-1", "--format=%H", "--extended-regexp",
-                                   f"--grep={pattern}", self._branch_ref)
+                                   "--all-match", *greps, self._branch_ref)
         return found or None
 
-    def round_trailers(self, key: str = "Spml-Round") -> list[int]:
-        """The round numbers named by ``key`` trailers of the branch's commits."""
+    def round_trailers(self, key: str = "Spml-Round", having: Sequence[str] = ()) -> list[int]:
+        """The round numbers named by ``key`` trailers of the branch's commits whose message
+        has every line in ``having`` (e.g. the generation's trailer)."""
+        greps = [f"--grep=^{_escape_regex(line)}$" for line in having]
         out = self._runner.probe("log", f"--format=%(trailers:key={key},valueonly)",
+                                 "--extended-regexp", "--all-match", *greps,
                                  self._branch_ref) or ""
         return [int(v) for v in out.split() if v.isdigit()]
 
@@ -348,6 +360,13 @@ class Workspace:
             self._runner.run("rm", "--cached", "-r", "-q", "--ignore-unmatch", "--", *missing)
             gittrees.remove_files(self.path, missing)
 
+    def is_ignored(self, path: str) -> bool:
+        """Whether git ignores the repo-relative ``path`` in this worktree (a file created
+        there would never be seen, committed or archived)."""
+        found = self._runner.probe("check-ignore", "--quiet", "--no-index", "--", path,
+                                   literal=False)
+        return found is not None
+
     def tree_blob_ids(self, commit: str, pred: Callable[[str], bool]) -> dict[str, str]:
         """Repo path -> blob sha of the files in ``commit`` for which ``pred(path)`` is True."""
         return gittrees.tree_blobs(self._runner, self._runner.resolve_commit(commit), pred)
@@ -358,6 +377,27 @@ class Workspace:
         Compare with :meth:`tree_blob_ids` to re-verify fixed files right before evaluation.
         """
         return gittrees.worktree_blobs(self._runner, paths)
+
+
+def uncommitted_files(repo_dir: Path, under: str) -> dict[str, bool]:
+    """Repo-relative files under ``under`` that differ from HEAD in the checkout of
+    ``repo_dir`` (modified, staged, deleted or untracked; not ignored ones), each mapped to
+    whether it is untracked."""
+    checkout = git.Git(str(repo_dir))
+    command = [checkout.GIT_PYTHON_GIT_EXECUTABLE or "git", *config_args(HARDENING), "status",
+               "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", "--", under]
+    try:
+        out = checkout.execute(command, env={"GIT_LITERAL_PATHSPECS": "1"})
+    except git.GitCommandError as exc:
+        raise GitStateError(f"`git status` failed in {repo_dir}: {describe_git_error(exc)}."
+                            ) from exc
+    entries = sorted(entry for entry in out.split("\0") if len(entry) > 3)
+    return {entry[3:]: entry.startswith("??") for entry in entries}
+
+
+def _escape_regex(text: str) -> str:
+    """``text`` as a literal in git's extended regular expressions."""
+    return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", text)
 
 
 def ensure_excluded(repo_dir: Path, pattern: str) -> None:

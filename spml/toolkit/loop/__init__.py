@@ -5,10 +5,13 @@ Contents, in the order a round runs them:
 
 - `kind`: `LoopKind`, what makes a kind (protocol file and model, ledger columns, brief,
   policy, commit prefix, artifact keys): `AUTORESEARCH`, `ITERATION`.
-- `experiment`: where an experiment's files live (state in `.spml/<kind>/`), the lock.
+- `experiment`: where an experiment's files live (state in `.spml/<kind>/`), the lock,
+  `is_running`; `identity`: its name (unique in the repository: branch, worktree, attempt
+  refs) and its ledger generation; `generation`: a deleted ledger starts a new generation.
 - `session`: `LoopSession`, the accepted protocol + worktree rebuilt from disk by every step;
-  protocol edits between rounds (`reload_protocol`), `preflight`.
-- `lifecycle`: `open_loop` (validate, worktree, recovery, ledger), `next_step`, `close_loop`.
+  protocol edits between rounds (`reload_protocol`), `preflight`, `check_checkout`.
+- `lifecycle`: `open_loop` (validate, worktree, recovery, ledger), `next_step`, `close_loop`;
+  `activity`: running, interrupted or ended, for `status`.
 - `round`: `run_round`, THE round sequence (the flow passes task steps, tests `PlainSteps`).
 - S0 `begin`: `begin_round` -> `RoundPlan` (notes, overrides, clean tree, journal, snapshot,
   brief); `overrides`: a person's verdict override (revert, or re-apply an attempt).
@@ -24,7 +27,8 @@ Contents, in the order a round runs them:
   `settle` (decide, commit or archive + roll back, crash-safe order) and `record` (ledger
   row, researcher feedback, journal cleared).
 - `recovery`: finish or undo the round a killed supervisor left in flight, exactly once.
-- `ledger`: `experiences.md` and the round journal on disk.
+- `ledger`: `experiences.md` (and the supervisor's copy) and the round journal on disk;
+  `handedits`: a person's edits of the ledger and the protocol while a loop runs.
 - `control`: the person on the loop — notes and stop requests as files.
 - `brief`: the markdown brief a researcher gets each round (one renderer per kind).
 - `summary`: the end-of-loop report. `scaffold`: writing a new protocol. `faults`: test-only

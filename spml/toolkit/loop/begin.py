@@ -15,8 +15,10 @@ from spml.toolkit.git.workspace import GitSnapshot
 from spml.toolkit.loop import control
 from spml.toolkit.loop.brief import BriefInputs
 from spml.toolkit.loop.faults import crash_point
+from spml.toolkit.loop.handedits import load_ledger, reconcile_ledger
+from spml.toolkit.loop.identity import IDENTITY_FILENAME
 from spml.toolkit.loop.incumbent import find_incumbent
-from spml.toolkit.loop.ledger import Journal, read_ledger, write_journal
+from spml.toolkit.loop.ledger import Journal, ledger_copy_path, read_ledger, write_journal
 from spml.toolkit.loop.measurement import MEASUREMENT_FILENAME
 from spml.toolkit.loop.overrides import apply_overrides, pending_overrides
 from spml.toolkit.loop.session import LoopSession, reload_protocol
@@ -56,6 +58,7 @@ class RoundPlan:
 def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, RoundPlan]:
     """Apply protocol edits, take notes, start from a clean tree, journal the round."""
     notes: list[str] = []
+    reconcile_ledger(session.experiment)  # a ledger deleted between rounds is rebuilt first
     if round_no > 0:
         session, protocol_note = reload_protocol(session)
         notes = control.take_notes(session.experiment, round_no)
@@ -85,24 +88,24 @@ def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, Round
 
 
 def _brief(session: LoopSession, plan: RoundPlan) -> str:
-    ledger = read_ledger(session.experiment)
-    assert ledger is not None
+    ledger = load_ledger(session.experiment)
     human = [n for n in plan.notes if not n.startswith("protocol edit")]
     return session.kind.render_brief(BriefInputs(session.protocol, session.prose(), ledger,
                                                  plan.round_no, session.max_rounds, human))
 
 
 def supervisor_files(session: LoopSession, plan_round: int) -> list[Path]:
-    """Files only the supervisor writes during a round (the protocol: see `check_round`)."""
+    """Files only the supervisor writes during a round, and the protocol (people's edits of it
+    and of the ledger are judged apart: see `handedits`)."""
     experiment = session.experiment
     state = experiment.state_dir
     ledger = read_ledger(experiment)
     # Kept rounds' measurements decide what the incumbent is: nobody else may rewrite them.
     measured = [experiment.round_dir(n) / MEASUREMENT_FILENAME
                 for n in (ledger.kept_rounds() if ledger is not None else [])]
-    return [experiment.ledger_path, state / "round.json", state / "session.json",
-            experiment.round_dir(plan_round) / SNAPSHOT_FILENAME, experiment.protocol_path,
-            *measured]
+    return [ledger_copy_path(experiment), state / "round.json", state / "session.json",
+            state / IDENTITY_FILENAME, experiment.round_dir(plan_round) / SNAPSHOT_FILENAME,
+            experiment.protocol_path, *measured]
 
 
 def _read_all(paths: list[Path]) -> dict[str, bytes | None]:

@@ -18,7 +18,7 @@ from spml.toolkit.files import write_atomic
 from spml.toolkit.git.workspace import FileChange, GitSnapshot
 from spml.toolkit.globs import compile_globs
 from spml.toolkit.loop.begin import RoundPlan
-from spml.toolkit.loop.experiment import STAGE_OF_PROTOCOL
+from spml.toolkit.loop.handedits import hold_protocol_edit, reconcile_ledger
 from spml.toolkit.loop.overrides import hold_overrides_queued_since
 from spml.toolkit.loop.session import LoopSession
 
@@ -176,22 +176,26 @@ def check_round(session: LoopSession, plan: RoundPlan,
                 after_researcher: bool = True) -> list[Violation]:
     """S2: every change since the base must be an allowed change of a variable file.
 
-    The protocol file is guarded only across the researcher step: an edit made then could
-    come from the researcher widening its own rights, so it is undone (the person on the loop
-    edits it between rounds); an edit during training is the person's and applies next round.
+    The ledger and the protocol are people's files too, and never fail a round (see
+    `handedits`): the ledger keeps text edits and loses edits of facts; a protocol edit made
+    while the researcher ran is held (it could be the researcher widening its own rights), one
+    made during training is the person's and applies next round.
     """
-    workspace = session.workspace
+    workspace, experiment = session.workspace, session.experiment
     fixed = session.fixed_paths(plan.base)
     violations = check_compliance(
         plan.snapshot, workspace.snapshot(), workspace.changes_since(plan.base),
-        exp_rel=session.experiment.exp_rel, variable=session.protocol.editable_files,
+        exp_rel=experiment.exp_rel, variable=session.protocol.editable_files,
         fixed=session.fixed_globs, fixed_module_names=_module_names(fixed),
     )
-    skip = () if after_researcher else (str(session.experiment.protocol_path),)
-    violations += restore_supervisor_files(plan, skip)
+    protocol = str(experiment.protocol_path)
+    # The supervisor's files first: the ledger is then judged against an untouched copy.
+    violations += restore_supervisor_files(plan, skip=(protocol,))
+    reconcile_ledger(experiment)
     if after_researcher:
-        for note in hold_overrides_queued_since(session.experiment, plan.queued_overrides,
-                                                session.experiment.round_dir(plan.round_no)):
+        round_dir = experiment.round_dir(plan.round_no)
+        hold_protocol_edit(experiment, plan.supervisor_files.get(protocol), round_dir)
+        for note in hold_overrides_queued_since(experiment, plan.queued_overrides, round_dir):
             log.warning("round %d: %s", plan.round_no, note)
     for violation in violations:
         log.warning("round %d compliance: %s", plan.round_no, violation.reason)
@@ -212,10 +216,8 @@ def restore_supervisor_files(plan: RoundPlan, skip: tuple[str, ...] = ()) -> lis
             path.unlink()
         else:
             write_atomic(path, content)
-        reason = (f"{path.name} changed while the researcher ran (restored: edit the protocol "
-                  "between rounds)" if path.name in STAGE_OF_PROTOCOL else
-                  f"modified supervisor file {path.name} (restored)")
-        violations.append(Violation(path.name, reason))
+        violations.append(Violation(path.name, f"modified supervisor file {path.name} "
+                                               "(restored)"))
     return violations
 
 

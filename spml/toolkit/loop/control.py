@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from spml.errors import ProtocolError
 from spml.toolkit.files import write_atomic
 from spml.toolkit.loop.experiment import Experiment
 
@@ -23,7 +24,7 @@ def add_note(experiment: Experiment, text: str) -> Path:
     """Queue guidance for the next round's brief and Note column."""
     text = " ".join(text.split())
     if not text:
-        raise ValueError("note must not be empty")
+        raise ProtocolError("a note must say something, got an empty text.")
     inbox = _notes_dir(experiment) / "inbox"
     name = f"{time.time_ns():020d}-{os.getpid()}.txt"
     path = inbox / name

@@ -5,26 +5,39 @@ protocol the supervisor writes `experiences.md` (the ledger) and `.spml/` (its p
 journal, notes, logs, the Optuna study). The loop's worktree lives inside the repository's git
 directory (`.git/spml/worktrees/<name>`), so no tool that walks the user's checkout (pytest,
 ruff, an IDE) ever sees a second copy of the code, and no rollback can reach the ledger.
+An experiment's name and ledger generation come from `spml.toolkit.loop.identity`.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
-import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import git
 
 from spml.errors import GitStateError, SpmlError
+from spml.toolkit.loop.identity import (
+    Identity,
+    claim_name,
+    fresh_name,
+    legacy_name,
+    read_identity,
+    write_identity,
+)
 from spml.toolkit.loop.kind import KINDS
 
+log = logging.getLogger(__name__)
 STATE_DIRNAME = ".spml"
 LEDGER_FILENAME = "experiences.md"
 # The loop kind (stage) each protocol file starts; its state lives in `.spml/<stage>/`.
 STAGE_OF_PROTOCOL = {k.protocol_filename: k.name for k in KINDS.values()}
+ATTEMPTS_REF_PREFIX = "refs/spml/attempts/"
+LOCK_FILENAME = "supervisor.lock"
 
 
 class LoopAlreadyRunning(SpmlError, RuntimeError):
@@ -33,12 +46,14 @@ class LoopAlreadyRunning(SpmlError, RuntimeError):
 
 @dataclass(frozen=True)
 class Experiment:
-    """Resolved paths of one experiment (all absolute)."""
+    """Resolved paths of one experiment (all absolute), its name and ledger generation."""
 
     exp_dir: Path
     repo_root: Path
     git_dir: Path
     protocol_filename: str
+    name: str = "experiment"  # branch, worktree and refs (see `identity`)
+    generation: str = ""      # the ledger's generation ("" before generations existed)
 
     @property
     def stage(self) -> str:
@@ -67,19 +82,57 @@ class Experiment:
                                 "commit. Commit the experiment's files first.")
         root = Path(repo.working_dir).resolve()
         common = Path(repo.common_dir).resolve()
-        return cls(exp_dir=path, repo_root=root, git_dir=common,
+        bare = cls(exp_dir=path, repo_root=root, git_dir=common,
                    protocol_filename=protocol_filename)
+        return bare._with_identity()
+
+    def _with_identity(self) -> Experiment:
+        recorded = read_identity(self.state_dir, self.exp_rel)
+        if recorded is not None:
+            return replace(self, name=recorded.name, generation=recorded.generation)
+        naming = legacy_name if self.opened_before() else fresh_name
+        return replace(self, name=naming(self.exp_rel, self.repo_root.name), generation="")
+
+    def opened_before(self) -> bool:
+        """Whether a loop of this kind was opened here (a session is on disk)."""
+        flat = self.stage == "autoresearch" and (self.state_root / "session.json").is_file()
+        return flat or (self.state_dir / "session.json").is_file()
+
+    def claim(self) -> Experiment:
+        """Record this experiment's name (claimed in the repository) and generation.
+
+        A directory without a recorded identity claims its name now; one that never ran may
+        not take a name whose branch an older, unclaimed experiment left behind.
+        """
+        recorded = read_identity(self.state_dir, self.exp_rel) is not None
+        owns_history = recorded or self.opened_before()
+
+        def taken(candidate: str) -> bool:
+            return not owns_history and self._branch_exists(candidate)
+
+        name = claim_name(self.git_dir, self.name, self.exp_rel, taken)
+        if name != self.name and owns_history:
+            log.warning("branch %s belongs to another experiment directory (an older spml gave "
+                        "both one name): this one goes on as %s", self.branch(self.stage),
+                        replace(self, name=name).branch(self.stage))
+        return self.with_identity(name, self.generation)
+
+    def with_identity(self, name: str, generation: str) -> Experiment:
+        """Record ``name`` and ``generation`` on disk; the experiment that has them."""
+        write_identity(self.state_dir, Identity(name, generation, self.exp_rel))
+        return replace(self, name=name, generation=generation)
+
+    def _branch_exists(self, name: str) -> bool:
+        repo = git.Repo(self.repo_root)
+        try:
+            return bool(repo.git.for_each_ref(f"refs/heads/spml/{self.stage}/{name}"))
+        finally:
+            repo.close()
 
     @property
     def exp_rel(self) -> str:
         """The experiment directory relative to the repository root, POSIX style."""
         return self.exp_dir.relative_to(self.repo_root).as_posix()
-
-    @property
-    def name(self) -> str:
-        """A slug naming the experiment (branch and worktree names use it)."""
-        raw = self.exp_rel if self.exp_rel != "." else self.repo_root.name
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.").lower() or "experiment"
 
     @property
     def protocol_path(self) -> Path:
@@ -113,25 +166,34 @@ class Experiment:
         """The branch the loop commits to."""
         return f"spml/{stage}/{self.name}"
 
+    def attempt_ref(self, round_no: int) -> str:
+        """Where round ``round_no``'s rejected attempt is archived (this generation's)."""
+        parts = (self.stage, self.name, self.generation, str(round_no))
+        return ATTEMPTS_REF_PREFIX + "/".join(p for p in parts if p)
+
+    def legacy_attempt_ref(self, round_no: int) -> str | None:
+        """Where spml archived attempts before they were kept per experiment (generation ""
+        only: a later generation never made one)."""
+        return None if self.generation else f"{ATTEMPTS_REF_PREFIX}{round_no}"
+
 
 class ExperimentLock:
     """An exclusive advisory lock on the experiment; the kernel releases it if we are killed."""
 
     def __init__(self, experiment: Experiment) -> None:
-        self._path = experiment.state_root / "supervisor.lock"
+        self._path = experiment.state_root / LOCK_FILENAME
+        self._group = "autoresearch" if experiment.stage == "autoresearch" else "iteration"
         self._fd: int | None = None
 
     def __enter__(self) -> ExperimentLock:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_within(fd, fcntl.LOCK_EX, _PROBE_GRACE_S):
             holder = os.read(fd, 200).decode(errors="replace").strip()
             os.close(fd)
             raise LoopAlreadyRunning(
                 f"another supervisor is already running this experiment ({holder or 'unknown'})."
-                " Wait for it, or stop it with `spml autoresearch stop`."
+                f" Wait for it, or stop it with `spml {self._group} stop`."
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid()}).encode())
@@ -143,6 +205,38 @@ class ExperimentLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+# `is_running` holds a shared lock for an instant: a supervisor starting then waits it out.
+_PROBE_GRACE_S = 1.0
+
+
+def _lock_within(fd: int, mode: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def is_running(experiment: Experiment) -> bool:
+    """Whether a supervisor holds this experiment's lock now (the kernel drops the lock of a
+    killed one, so a journal left without a lock holder is an interrupted round)."""
+    try:
+        fd = os.open(experiment.state_root / LOCK_FILENAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        if not _lock_within(fd, fcntl.LOCK_SH, 0.0):
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def hold_experiment(experiment_dir: str | Path, protocol_filename: str = "") -> ExperimentLock:

@@ -2,7 +2,9 @@
 
 The ledger is the record of finished rounds. The journal (`.spml/round.json`) exists only while a
 round is in flight and says how far it got, so a supervisor killed at any instant can finish or
-undo that round exactly once on restart. Both are replaced atomically.
+undo that round exactly once on restart. Both are replaced atomically. Every ledger write also
+refreshes the supervisor's own copy (`.spml/<kind>/ledger-copy.md`): people may edit or delete
+`experiences.md` while a loop runs (`spml.toolkit.loop.handedits` compares the two).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from spml.toolkit.files import write_atomic
 from spml.toolkit.loop.experiment import Experiment
 
 Phase = Literal["started", "committing", "rolling_back"]
+COPY_FILENAME = "ledger-copy.md"
 
 
 class Journal(BaseModel):
@@ -35,17 +38,45 @@ class Journal(BaseModel):
         return ExperienceRow.model_validate(self.row) if self.row is not None else None
 
 
+def ledger_copy_path(experiment: Experiment) -> Path:
+    """The supervisor's copy of the ledger, as it last wrote or accepted it."""
+    return experiment.state_dir / COPY_FILENAME
+
+
 def read_ledger(experiment: Experiment) -> Experiences | None:
-    """The ledger, or None when the loop never started."""
+    """The ledger (the supervisor's copy if `experiences.md` was deleted), or None when the loop
+    never started."""
     path = experiment.ledger_path
     if not path.is_file():
-        return None
+        path = ledger_copy_path(experiment)
+        if not path.is_file():
+            return None
     return parse_experiences(path.read_text(encoding="utf-8"), source=str(path))
 
 
 def write_ledger(experiment: Experiment, ledger: Experiences) -> None:
-    """Atomically replace the ledger."""
-    write_atomic(experiment.ledger_path, ledger.render())
+    """Atomically replace the ledger and the supervisor's copy. After a crash between the two,
+    the next opening takes the ledger file as it is (`adopt_ledger`) and recovery writes the
+    interrupted round's row again."""
+    text = ledger.render()
+    write_atomic(ledger_copy_path(experiment), text)
+    write_atomic(experiment.ledger_path, text)
+
+
+def adopt_ledger(experiment: Experiment) -> Experiences | None:
+    """Take `experiences.md` as it is for the supervisor's copy (while no loop runs, every edit
+    is a person's). Returns it, or None when there is none.
+
+    Raises:
+        ProtocolError: it does not parse (naming the line).
+    """
+    path = experiment.ledger_path
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    ledger = parse_experiences(text, source=str(path))
+    write_atomic(ledger_copy_path(experiment), text)
+    return ledger
 
 
 def update_status(experiment: Experiment, status: Status, max_rounds: int) -> Experiences:

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from spml.errors import ProtocolError
 from spml.protocols.experiences import ExperienceRow, Experiences, Status
 from spml.toolkit.git.workspace import Workspace, ensure_excluded
-from spml.toolkit.loop import control
+from spml.toolkit.loop import control, generation
 from spml.toolkit.loop.experiment import Experiment
+from spml.toolkit.loop.handedits import load_ledger
 from spml.toolkit.loop.incumbent import find_incumbent
 from spml.toolkit.loop.kind import AUTORESEARCH, LoopKind, merge_columns, refuse_other_kinds
-from spml.toolkit.loop.ledger import read_ledger, write_ledger
+from spml.toolkit.loop.ledger import adopt_ledger, read_ledger, write_ledger
 from spml.toolkit.loop.measurement import Measurement, SeedRecord, save_measurement
 from spml.toolkit.loop.policies import target_reached
+from spml.toolkit.loop.record import generation_lines
 from spml.toolkit.loop.recovery import recover_unfinished_round
 from spml.toolkit.loop.session import (
     LoopSession,
     accepted_protocol,
+    check_checkout,
     preflight,
     save_session,
 )
@@ -38,13 +41,21 @@ class NextStep:
 
 
 def open_loop(experiment_dir: str, max_rounds: int | None = None,
-              kind: LoopKind = AUTORESEARCH) -> LoopSession:
+              kind: LoopKind = AUTORESEARCH, allow_dirty: bool = False) -> LoopSession:
     """Validate the protocol, prepare the worktree, finish or undo an interrupted round.
+
+    Args:
+        experiment_dir: The experiment directory (holds the protocol).
+        max_rounds: This run's cap on the rounds (None: the protocol's).
+        kind: The loop kind.
+        allow_dirty: Run although the person's checkout has uncommitted changes to files
+            the loop runs (they are left out, and logged).
 
     Raises:
         ProtocolError: the protocol is invalid, a locked field changed since the loop began,
             or the directory holds another loop kind.
-        GitStateError: the directory is not in a git repository with a commit.
+        GitStateError: the directory is not in a git repository with a commit, or files the
+            loop runs have uncommitted changes (without ``allow_dirty``).
     """
     experiment = Experiment.locate(experiment_dir, kind.protocol_filename)
     refuse_other_kinds(kind, experiment.exp_dir)
@@ -55,6 +66,8 @@ def open_loop(experiment_dir: str, max_rounds: int | None = None,
         refuse_locked_edits(kind, previous, protocol)
     if max_rounds is not None and max_rounds < 0:
         raise ProtocolError(f"max_rounds must be >= 0, got {max_rounds!r} (command line).")
+    check_checkout(experiment, protocol, kind, allow_dirty)
+    experiment = experiment.claim()
     ensure_excluded(experiment.repo_root, ".spml/")
     workspace = Workspace.open_or_create(experiment.repo_root,
                                          experiment.worktree_dir(kind.name),
@@ -65,23 +78,39 @@ def open_loop(experiment_dir: str, max_rounds: int | None = None,
     if control.stop_requested(experiment):
         log.info("clearing a stop request left from before this run")
         control.clear_stop(experiment)
-    recover_unfinished_round(session)
+    session = _recover(session)
     _open_ledger(session)
+    generation.finish_new_ledger(session.experiment)
     _refuse_a_ledger_behind_the_branch(session)
     return session
+
+
+def _recover(session: LoopSession) -> LoopSession:
+    """Finish or undo the round a killed supervisor left in flight; then, if experiences.md was
+    deleted while no loop ran, archive its generation (see `generation`)."""
+    experiment = session.experiment
+    new_ledger = generation.new_ledger_pending(experiment)
+    if new_ledger:
+        generation.rebuild_for_recovery(experiment)
+    else:
+        adopt_ledger(experiment)  # while no loop ran, every edit was a person's
+    recover_unfinished_round(session)
+    if not new_ledger:
+        return session
+    return replace(session, experiment=generation.start_generation(experiment))
 
 
 def _refuse_a_ledger_behind_the_branch(session: LoopSession) -> None:
     """A round committed on the branch but missing from experiences.md would be redone under
     the same number, and its records overwritten."""
     ledger = read_ledger(session.experiment)
-    committed = session.workspace.round_trailers()
+    committed = session.workspace.round_trailers(having=generation_lines(session.experiment))
     if ledger is not None and committed and max(committed) > ledger.rounds_done:
         raise ProtocolError(
             f"experiences.md records {ledger.rounds_done} round(s) but branch "
             f"{session.workspace.branch} has the commit of round {max(committed)}: the ledger "
             "lost rows. Restore experiences.md (its rows are in the Prefect artifacts and the "
-            "commit messages), or start a new experiment directory.")
+            "commit messages), or delete it to start a new ledger on this branch.")
 
 
 # Before loop kinds, Auto Research kept its state directly in `.spml/`.
@@ -153,8 +182,7 @@ def _given_baseline(session: LoopSession, value: float) -> None:
 
 def next_step(session: LoopSession) -> NextStep:
     """Decide whether to run another round, and which, or how the loop ends."""
-    ledger = read_ledger(session.experiment)
-    assert ledger is not None, "open_loop creates the ledger"
+    ledger = load_ledger(session.experiment)
     if not ledger.has_round(0):
         return NextStep("round", 0)
     if control.stop_requested(session.experiment):
@@ -184,8 +212,7 @@ def _all_criteria_pass(session: LoopSession) -> bool:
 
 def close_loop(session: LoopSession, step: NextStep) -> Experiences:
     """Write the final status; acknowledge a stop request."""
-    ledger = read_ledger(session.experiment)
-    assert ledger is not None
+    ledger = load_ledger(session.experiment)
     ledger = ledger.model_copy(update={"status": step.status, "max_rounds": session.max_rounds})
     write_ledger(session.experiment, ledger)
     control.clear_stop(session.experiment)

@@ -26,7 +26,7 @@ from spml.toolkit.loop.measurement import (
 )
 from spml.toolkit.loop.observe import FirstStepClock, read_lines, scan_training_output
 from spml.toolkit.loop.session import LoopSession
-from spml.toolkit.metrics.output import find_pairs, parse_metric
+from spml.toolkit.metrics.output import find_pairs, mentions, parse_metric
 from spml.toolkit.process.runner import CommandResult, ExitKind, run_command, supervisor_path
 
 __all__ = ["Measurement", "command_env", "measure"]
@@ -81,10 +81,11 @@ def _measure_seed(session: LoopSession, plan: RoundPlan,
                                                                  after_researcher=False)
     if violations:
         return None, "", violations
-    metrics, cause, eval_s = _evaluate(session, plan, seed)
+    metrics, problems, cause, eval_s = _evaluate(session, plan, seed)
     if cause:
         return None, cause, []
-    record = SeedRecord(seed=seed, metrics=metrics, train_time_s=train.duration_s,
+    record = SeedRecord(seed=seed, metrics=metrics, metric_problems=problems,
+                        train_time_s=train.duration_s,
                         first_step_time_s=first_step_s, eval_time_s=eval_s,
                         custom=_custom_checks(session, plan, seed), **facts)
     return record, "", []
@@ -123,7 +124,9 @@ def _train_cause(result: CommandResult, session: LoopSession) -> str:
 
 
 def _evaluate(session: LoopSession, plan: RoundPlan,
-              seed: int) -> tuple[dict[str, float], str, float]:
+              seed: int) -> tuple[dict[str, float], dict[str, str], str, float]:
+    """The eval's metrics, the parser's reason for each named metric it could not read, the
+    cause that fails the run (empty: none) and the eval's seconds."""
     # Bytecode written during training must not stand in for the fixed eval sources.
     session.workspace.clean_ignored(keep=lambda path: "__pycache__" not in path.split("/"))
     result = run_command(
@@ -134,20 +137,22 @@ def _evaluate(session: LoopSession, plan: RoundPlan,
         pid_file=session.experiment.state_dir / "eval.pid",
     )
     if result.kind is ExitKind.TIMEOUT:
-        return {}, f"eval killed: exceeded {session.protocol.eval_timeout_s:g}s", \
+        return {}, {}, f"eval killed: exceeded {session.protocol.eval_timeout_s:g}s", \
             result.duration_s
     if not result.ok:
-        return {}, f"eval failed: {result.describe()}", result.duration_s
+        return {}, {}, f"eval failed: {result.describe()}", result.duration_s
     text = result.stdout_text()
     metrics = {k: v for k, v in find_pairs(text).items() if math.isfinite(v)}
+    problems: dict[str, str] = {}
     for name in _named_metrics(session):
         metrics.pop(name, None)
         try:  # the strict reading (last occurrence, JSON last line) decides named metrics
             metrics[name] = parse_metric(text, name, where=str(result.stdout_path))
-        except MetricNotFound:
-            continue
-    cause = _primary_cause(session, metrics)
-    return metrics, cause, result.duration_s
+        except MetricNotFound as exc:
+            if mentions(text, name):  # "'0x10' is not a number" says more than "no value"
+                problems[name] = exc.reason
+    cause = _primary_cause(session, metrics, problems)
+    return metrics, problems, cause, result.duration_s
 
 
 def _named_metrics(session: LoopSession) -> list[str]:
@@ -156,12 +161,14 @@ def _named_metrics(session: LoopSession) -> list[str]:
     return names + [c.name for c in criteria.metrics] if criteria is not None else names
 
 
-def _primary_cause(session: LoopSession, metrics: dict[str, float]) -> str:
+def _primary_cause(session: LoopSession, metrics: dict[str, float],
+                   problems: dict[str, str]) -> str:
     metric = session.protocol.metric
     if not _strict(session):
         return ""  # ml-iteration: a missing metric fails its criterion, not the round
     if metric not in metrics:
-        return f"eval printed no {metric} value on stdout"
+        detail = f": {problems[metric]}" if problems.get(metric) else ""
+        return f"eval printed no {metric} value on stdout{detail}"
     value = metrics[metric]
     return "" if math.isfinite(value) else f"eval reported {metric}={value} (not a finite number)"
 

@@ -40,6 +40,7 @@ class SeedRecord(BaseModel):
 
     seed: int
     metrics: dict[str, float] = Field(default_factory=dict)   # printed by the eval
+    metric_problems: dict[str, str] = Field(default_factory=dict)  # why a named one is missing
     train_time_s: float = 0.0
     first_step_time_s: float | None = None
     eval_time_s: float = 0.0

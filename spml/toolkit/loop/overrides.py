@@ -28,8 +28,9 @@ from spml.protocols.experiences import ExperienceRow
 from spml.toolkit.files import write_atomic
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.faults import crash_point
-from spml.toolkit.loop.ledger import read_ledger, write_ledger
-from spml.toolkit.loop.record import ROUND_TRAILER
+from spml.toolkit.loop.handedits import load_ledger
+from spml.toolkit.loop.ledger import write_ledger
+from spml.toolkit.loop.record import ROUND_TRAILER, generation_lines, generation_trailers
 from spml.toolkit.loop.session import LoopSession
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,7 @@ def apply_overrides(session: LoopSession) -> list[str]:
     done = []
     for override in pending_overrides(session.experiment):
         row = _apply(session, override)
-        ledger = read_ledger(session.experiment)
-        assert ledger is not None
+        ledger = load_ledger(session.experiment)
         if not any(r.is_override and override.id in r.insight for r in ledger.rows):
             ledger = ledger.with_row(row).model_copy(
                 update={"best_commit": session.workspace.head()[:12]})
@@ -129,8 +129,7 @@ def apply_overrides(session: LoopSession) -> list[str]:
 
 
 def _apply(session: LoopSession, override: Override) -> ExperienceRow:
-    ledger = read_ledger(session.experiment)
-    assert ledger is not None
+    ledger = load_ledger(session.experiment)
     kept = ledger.kept_rounds()
     base = dict(round=override.round, verdict=f"override: {override.verdict}",
                 strategy="person on the loop")
@@ -153,8 +152,8 @@ def _apply(session: LoopSession, override: Override) -> ExperienceRow:
                          f"{override.round} as {done[:7]}")
 
 
-def _trailers(override: Override) -> dict[str, str]:
-    trailers = {OVERRIDE_TRAILER: override.id}
+def _trailers(session: LoopSession, override: Override) -> dict[str, str]:
+    trailers = {OVERRIDE_TRAILER: override.id, **generation_trailers(session.experiment)}
     if override.verdict == "rollback":  # what a later `commit` override of the round undoes
         trailers[OVERRIDES_ROUND_TRAILER] = str(override.round)
     return trailers
@@ -169,10 +168,11 @@ def _revert(session: LoopSession, override: Override) -> str:
 
 def _pick(session: LoopSession, override: Override) -> str:
     # A kept round an earlier override reverted comes back by reverting that revert.
-    reverted = session.workspace.find_commit(f"{OVERRIDES_ROUND_TRAILER}: {override.round}")
+    reverted = session.workspace.find_commit(f"{OVERRIDES_ROUND_TRAILER}: {override.round}",
+                                             *generation_lines(session.experiment))
     if reverted is not None:
         return _replay(session, override, reverted, revert=True)
-    attempt = session.workspace.attempt(override.round)
+    attempt = _attempt(session, override.round)
     if attempt is None:
         raise SpmlError(f"round {override.round} left no archived attempt to re-apply")
     return _replay(session, override, attempt, revert=False)
@@ -186,11 +186,23 @@ def _replay(session: LoopSession, override: Override, commit: str, *, revert: bo
     what = "revert" if override.verdict == "rollback" else "re-apply"
     return workspace.commit_all(
         f"{session.kind.commit_prefix}: override — {what} round {override.round}",
-        trailers=_trailers(override))
+        trailers=_trailers(session, override))
+
+
+def _attempt(session: LoopSession, round_no: int) -> str | None:
+    """The round's archived attempt; an experiment begun before attempts were kept per
+    experiment may still have it where they all used to be."""
+    experiment = session.experiment
+    found = session.workspace.attempt(experiment.attempt_ref(round_no))
+    legacy = experiment.legacy_attempt_ref(round_no)
+    if found is None and legacy is not None:
+        found = session.workspace.attempt(legacy)
+    return found
 
 
 def _round_commit(session: LoopSession, round_no: int) -> str | None:
-    return session.workspace.find_commit(f"{ROUND_TRAILER}: {round_no}")
+    return session.workspace.find_commit(f"{ROUND_TRAILER}: {round_no}",
+                                         *generation_lines(session.experiment))
 
 
 def _find_override_commit(session: LoopSession, override_id: str) -> str | None:

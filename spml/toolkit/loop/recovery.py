@@ -44,7 +44,7 @@ def recover_unfinished_round(session: LoopSession) -> str:
         # The round was measured and decided: finish its rollback instead of redoing it.
         action = "finished the rollback of"
         if workspace.changes_since(journal.base):  # killed before the attempt was archived
-            workspace.archive_attempt(journal.round, journal.base,
+            workspace.archive_attempt(session.experiment.attempt_ref(journal.round), journal.base,
                                       f"spml attempt: round {journal.round} — {row.insight}")
         workspace.rollback(journal.base, restore_refs=saved)
     else:

@@ -107,7 +107,9 @@ class ReviewPolicy:
         before = incumbent.samples(source, criterion.name) if incumbent is not None else []
         before = before if before and all(map(math.isfinite, before)) else []
         if len(values) < len(candidate.seeds) or not all(map(math.isfinite, values)):
-            return _lost_number(name, criterion, source, values, before)
+            problem = next((s.metric_problems[criterion.name] for s in candidate.seeds
+                            if source == "metrics" and criterion.name in s.metric_problems), "")
+            return _lost_number(name, criterion, source, values, before, problem)
         mean, sem = mean_and_sem(values)
         shown = f"{criterion.name}={mean:.4g}{_origin(source)}"
         met = criterion.met_by(mean)
@@ -148,11 +150,12 @@ def _source(dimension: str, name: str) -> str:
 
 
 def _lost_number(name: str, criterion: Criterion, source: str, values: list[float],
-                 before: list[float]) -> CriterionResult:
-    """Not measured on every seed, or not finite: a number the incumbent had is lost."""
+                 before: list[float], problem: str = "") -> CriterionResult:
+    """Not measured on every seed, or not finite: a number the incumbent had is lost.
+    ``problem`` is the metric parser's reason (``'0x10' is not a number``), when it has one."""
     why = (f"{criterion.name} is not finite ({values})" if values and not
            all(map(math.isfinite, values)) else _missing(source, criterion.name)
-           + ("" if not values else " on every seed"))
+           + ("" if not values else " on every seed") + (f": {problem}" if problem else ""))
     if before:
         return CriterionResult(name, "regressed",
                                f"{why}; the incumbent had {mean_and_sem(before)[0]:.4g}")

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spml.errors import ProtocolError
+from spml.errors import GitStateError, ProtocolError
 from spml.toolkit.files import write_atomic
-from spml.toolkit.git.workspace import Workspace
+from spml.toolkit.git.workspace import Workspace, uncommitted_files
 from spml.toolkit.globs import compile_globs
-from spml.toolkit.loop.experiment import Experiment
+from spml.toolkit.loop.experiment import LEDGER_FILENAME, STATE_DIRNAME, Experiment
 from spml.toolkit.loop.kind import AUTORESEARCH, LoopKind
 from spml.toolkit.loop.ledger import read_json
 from spml.toolkit.loop.researchers import Researcher, make_researcher
@@ -115,10 +116,102 @@ def preflight(session: LoopSession) -> None:
     if overlap:
         raise ProtocolError(f"{overlap[0]!r} matches both fixed.files and variable.files; a "
                             "file is either fixed or variable.")
+    for glob in p.variable.files:
+        _check_variable_glob(session, glob, files, is_fixed)
     params_file = getattr(p.researcher, "params_file", None)
     if params_file is not None and not is_variable(params_file):
         raise ProtocolError(f"researcher.params_file must be a variable file, got "
                             f"{params_file!r}. Add it to variable.files.")
+
+
+def _check_variable_glob(session: LoopSession, glob: str, files: list[str],
+                         is_fixed: Any) -> None:
+    """A variable glob must match a committed file or name a path the researcher can create;
+    otherwise every round would fail compliance, blamed on the researcher."""
+    if any(compile_globs([glob])(f) for f in files):
+        return
+    problem = _uncreatable(session, glob, files, is_fixed)
+    if problem:
+        raise ProtocolError(f"variable.files pattern {glob!r} matches no committed file, and "
+                            f"{problem}. Fix the pattern, or commit the file it should match.")
+    log.info("variable.files pattern %r matches no committed file yet: the researcher may "
+             "create one", glob)
+
+
+def _uncreatable(session: LoopSession, glob: str, files: list[str], is_fixed: Any) -> str:
+    """Why no file the glob names could be created ("" when one could)."""
+    path = example_path(glob)
+    if path is None:
+        return ""
+    parents = ["/".join(path.split("/")[:n]) for n in range(1, path.count("/") + 1)]
+    if clash := next((parent for parent in parents if parent in files), None):
+        return f"its folder {clash} is a committed file"
+    if is_fixed(path):
+        return f"what it names ({path}) lies inside fixed.files, which wins"
+    rel = session.experiment.exp_rel
+    if session.workspace.is_ignored(path if rel == "." else f"{rel}/{path}"):
+        return f"git ignores what it names ({path}), so a created file would never be seen"
+    return ""
+
+
+def example_path(glob: str) -> str | None:
+    """A path ``glob`` matches, wildcards filled in (None when no simple one is found)."""
+    parts = [part for part in glob.strip("/").split("/") if part not in ("", ".", "**")]
+    filled = [re.sub(r"\[!?[^\]]*\]|[*?]", "x", part) for part in parts]
+    if glob.endswith("/") or glob.rstrip("/").endswith("**"):
+        filled.append("x")
+    path = "/".join(filled)
+    return path if path and compile_globs([glob])(path) else None
+
+
+def check_checkout(experiment: Experiment, protocol: Any, kind: LoopKind,
+                   allow_dirty: bool = False) -> list[str]:
+    """Refuse uncommitted changes, in the person's checkout, to files the loop runs.
+
+    The loop runs committed code only: an uncommitted edit of a fixed or variable file would be
+    silently left out of every round, the baseline first.
+
+    Returns:
+        The files ignored under ``allow_dirty`` (relative to the experiment directory).
+
+    Raises:
+        GitStateError: such changes exist and ``allow_dirty`` is False; names the files.
+    """
+    dirty = _dirty_loop_files(experiment, protocol, kind)
+    if not dirty:
+        return []
+    shown = ", ".join(dirty[:8]) + (f" and {len(dirty) - 8} more" if len(dirty) > 8 else "")
+    if not allow_dirty:
+        raise GitStateError(
+            f"uncommitted changes to files the loop runs: {shown}. The loop runs the committed "
+            "code only, so every round (the baseline first) would measure without them. "
+            "Commit them, or pass --allow-dirty to run without them.")
+    log.warning("running without the uncommitted changes to %s (--allow-dirty): the loop runs "
+                "the committed code only", shown)
+    return dirty
+
+
+def _dirty_loop_files(experiment: Experiment, protocol: Any, kind: LoopKind) -> list[str]:
+    """Changed fixed and variable files, and changed committed files (code the loop runs
+    although neither list names it); a new scratch file that no list names is not the loop's."""
+    is_fixed = compile_globs([*protocol.fixed.files, *kind.implicit_fixed])
+    is_variable = compile_globs(protocol.editable_files)
+    # Not code the loop runs: the protocol is read from the checkout (an edit applies), the
+    # ledger and the state are the loop's own.
+    own = (experiment.protocol_filename, LEDGER_FILENAME)
+    prefix = "" if experiment.exp_rel == "." else experiment.exp_rel + "/"
+    out = []
+    for path, untracked in uncommitted_files(experiment.repo_root, experiment.exp_rel).items():
+        inner = path[len(prefix):]
+        if inner in own or inner.split("/", 1)[0] == STATE_DIRNAME:
+            continue
+        if is_fixed(inner):
+            out.append(f"{inner} (fixed)")
+        elif is_variable(inner):
+            out.append(f"{inner} (variable)")
+        elif not untracked:
+            out.append(inner)
+    return out
 
 
 def _check_params_file(p: Any, is_fixed: Any) -> None:

@@ -20,7 +20,7 @@ from spml.toolkit.loop.ledger import Journal, clear_journal, write_journal
 from spml.toolkit.loop.measure import Measurement
 from spml.toolkit.loop.overrides import held_notes
 from spml.toolkit.loop.policies import Decision
-from spml.toolkit.loop.record import ROUND_TRAILER, record
+from spml.toolkit.loop.record import ROUND_TRAILER, generation_trailers, record
 from spml.toolkit.loop.researchers import Proposal
 from spml.toolkit.loop.review import DIMENSION_COLUMNS
 from spml.toolkit.loop.session import LoopSession
@@ -133,14 +133,14 @@ def settle(session: LoopSession, plan: RoundPlan, row: ExperienceRow) -> RoundOu
         write_journal(experiment, Journal(round=plan.round_no, base=plan.base,
                                           phase="committing", row=row.model_dump()))
         crash_point("before-commit", plan.round_no)
-        commit = workspace.commit_all(commit_message(session, row),
-                                      trailers={ROUND_TRAILER: str(plan.round_no)})
+        commit = workspace.commit_all(commit_message(session, row), trailers={
+            ROUND_TRAILER: str(plan.round_no), **generation_trailers(experiment)})
         crash_point("after-commit", plan.round_no)
     else:
         write_journal(experiment, Journal(round=plan.round_no, base=plan.base,
                                           phase="rolling_back", row=row.model_dump()))
         crash_point("before-rollback", plan.round_no)
-        attempt = workspace.archive_attempt(plan.round_no, plan.base,
+        attempt = workspace.archive_attempt(experiment.attempt_ref(plan.round_no), plan.base,
                                             f"spml attempt: round {plan.round_no} — "
                                             f"{row.insight}")
         workspace.rollback(plan.base, restore_refs=plan.snapshot)

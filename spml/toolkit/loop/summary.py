@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel
 
 from spml.protocols.experiences import KEPT, Experiences, Status, format_value, table_lines
@@ -32,8 +34,10 @@ class LoopSummary(BaseModel):
         """One line: baseline -> best, and the change in percent."""
         if self.baseline is None or self.best is None:
             return f"{self.metric}: no measured result"
-        pct = (f" ({100 * self.improvement / abs(self.baseline):+.1f}%)"
-               if self.baseline and self.improvement is not None else "")
+        ratio = (self.improvement / abs(self.baseline)
+                 if self.baseline and self.improvement is not None else math.nan)
+        # A baseline near 0 (or not finite) gives no meaningful percentage: none is shown.
+        pct = f" ({100 * ratio:+.1f}%)" if math.isfinite(100 * ratio) else ""
         return (f"{self.metric}: baseline {format_value(self.baseline)} -> best "
                 f"{format_value(self.best)} (R{self.best_round}){pct}")
 

@@ -4,12 +4,16 @@ Accepted forms for a metric ``val_mse``, anywhere in a line:
 
 * ``val_mse=0.12``, ``val_mse: 0.12``, ``val_mse = 1e-3`` (also ``'val_mse': 0.12`` as in a
   printed dict); the key must not be part of a longer identifier (``my_val_mse``,
-  ``val_mse_std`` do not count); the LAST occurrence in the text wins;
+  ``val_mse_std`` do not count); the LAST occurrence in the text decides, also when its value
+  is not a number (then there is no value: an earlier one is not the result);
 * a JSON object on the LAST non-empty line (a log prefix before its ``{`` is allowed) with
   ``"val_mse": <number>`` at top level (booleans are not numbers); it wins over everything else.
 
 Numbers are ints, floats, exponents, with an optional sign, and ``nan``/``inf``/``infinity``
-(any case); they come back as ``float`` (nan/inf included: the caller decides).
+(any case); they come back as ``float`` (nan/inf included: the caller decides). A number must
+end where the token ends: ``0x10``, ``1_000``, ``1.2.3``, ``5e`` and ``1,000`` are not numbers
+(never read as 0, 1, 1.2, 5 or 1); a unit written after it (``12.5s``, ``2678M``, ``95%``) is
+allowed. When a metric has no value, :func:`missing_reason` says why in one line.
 """
 
 from __future__ import annotations
@@ -22,10 +26,17 @@ from spml.errors import MetricNotFound
 
 logger = logging.getLogger(__name__)
 
-# `(?!,\d)`: "1,234.5" is refused rather than read as 1.
+# Where a number may end: not before an exponent that has no digits ("5e"), letters or `_`
+# leading to a digit ("0x10", "1_000"), or another group of digits ("1.2.3", "1,234.5"), so a
+# prefix of a longer token is never read as the value; a unit ("12.5s", "2678M") may follow.
+_NUMBER_END = r"(?![eE]|[A-Za-z_]*\d|[.,]\d)"
 # The atomic group keeps the regex from backtracking into a shorter number ("12,3" -> 1).
-_NUMBER = (r"[-+]?(?:(?>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)(?!,\d)"
-           r"|(?i:nan|inf(?:inity)?)(?!\w))")
+_NUMBER = (r"[-+]?(?:(?>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)" + _NUMBER_END
+           + r"|(?i:nan|inf(?:inity)?)(?!\w))")
+# The whole value token after `key:` / `key=` (up to whitespace), to quote a refused one.
+_RAW_VALUE = r"(?P<raw>[^\s]+)"
+_RAW_TRIM = ",;)]}'\""
+_NUMBER_AT = re.compile(_NUMBER)
 # A key may not continue an identifier on its left (its right side is the `:`/`=` anyway).
 _KEY_START = r"(?<![\w.\-/])"
 _GENERIC_KEY = r"[A-Za-z_][\w.\-/]*"
@@ -52,9 +63,13 @@ def find_metric(text: str, metric: str) -> float | None:
     if from_json is not None:
         return from_json
     last = None
-    for match in _pair_pattern(metric).finditer(text):
+    for match in _raw_pattern(metric).finditer(text):
         last = match
-    return float(last.group("num")) if last is not None else None
+    if last is None:
+        return None
+    # The last value decides even when it is not a number: an earlier one is not the result.
+    number = _NUMBER_AT.match(text, last.start("raw"))
+    return float(number.group()) if number is not None else None
 
 
 def parse_metric(text: str, metric: str, *, where: str = "command output") -> float:
@@ -77,12 +92,51 @@ def parse_metric(text: str, metric: str, *, where: str = "command output") -> fl
         return value
     lines = [line.strip() for line in text.splitlines() if line.strip()][-3:]
     quoted = " | ".join(repr(_clip(line, 160)) for line in lines) or "(empty output)"
-    hint = f" ({metric!r} is mentioned, but never with a numeric value)" if metric in text else ""
+    reason = missing_reason(text, metric)
+    hint = f" ({reason})" if mentions(text, metric) else ""
     raise MetricNotFound(
         f"metric {metric!r} must appear as {ACCEPTED_FORMATS.format(m=metric)}, got no "
         f"match{hint} ({where}; last lines: {quoted}). Make the command print e.g. "
-        f"'{metric}: 0.123' at the end of its run."
+        f"'{metric}: 0.123' at the end of its run.", reason=reason,
     )
+
+
+def missing_reason(text: str, metric: str) -> str:
+    """Why ``text`` gives no value for ``metric``, in one line (for a ledger or a record).
+
+    Args:
+        text: Command output in which :func:`find_metric` found no value.
+        metric: The key.
+
+    Returns:
+        The refused value if the metric is printed with one (``'score' is mentioned, but never
+        with a numeric value: '0x10' is not a number``), a JSON value of the wrong type, a
+        mention without ``:``/``=``, or ``no 'score' in the output``.
+    """
+    refused = _refused_value(text, metric)
+    if refused:
+        return f"{metric!r} is mentioned, but never with a numeric value: {refused}"
+    if mentions(text, metric):
+        return (f"{metric!r} is mentioned, but never with a numeric value (never as "
+                f"'{metric}=<number>' or '{metric}: <number>')")
+    return f"no {metric!r} in the output"
+
+
+def mentions(text: str, metric: str) -> bool:
+    """Whether ``metric`` appears as a word of its own (``acc`` is not in ``accuracy``)."""
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(metric)}(?![A-Za-z0-9_])", text) is not None
+
+
+def _refused_value(text: str, metric: str) -> str:
+    """What ``metric`` is printed with instead of a number ("" if it is never given a value)."""
+    json_value = _last_line_json(text).get(metric, _ABSENT)
+    if json_value is not _ABSENT:
+        return (f"the JSON object on the last line has {_clip(json.dumps(json_value), 40)} "
+                f"({_json_type(json_value)}), not a number")
+    raw = None
+    for match in _raw_pattern(metric).finditer(text):  # the last one decides, as in find_metric
+        raw = match.group("raw").rstrip(_RAW_TRIM) or match.group("raw")
+    return "" if raw is None else f"{_clip(raw, 40)!r} is not a number"
 
 
 def parse_summary(text: str) -> dict[str, float]:
@@ -118,28 +172,44 @@ def find_pairs(text: str) -> dict[str, float]:
     return {m.group("key"): float(m.group("num")) for m in _SUMMARY_PAIR.finditer(text)}
 
 
-def _pair_pattern(metric: str) -> re.Pattern[str]:
-    return re.compile(
-        _KEY_START + r"(?P<q>['\"]?)" + re.escape(metric) + r"(?P=q)[ \t]*[:=][ \t]*"
-        r"(?P<num>" + _NUMBER + r")"
-    )
+def _raw_pattern(metric: str) -> re.Pattern[str]:
+    return re.compile(_key_prefix(metric) + _RAW_VALUE)
+
+
+def _key_prefix(metric: str) -> str:
+    """``metric`` (maybe quoted, not part of a longer identifier) and its `:` / `=`."""
+    return (_KEY_START + r"(?P<q>['\"]?)" + re.escape(metric) + r"(?P=q)[ \t]*[:=][ \t]*")
+
+
+_ABSENT = object()
 
 
 def _from_last_line_json(text: str, metric: str) -> float | None:
-    last_line = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
-    brace = last_line.find("{")
-    if brace < 0 or not last_line.endswith("}"):
-        return None
-    try:
-        obj = json.loads(last_line[brace:])
-    except ValueError:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    value = obj.get(metric)
+    value = _last_line_json(text).get(metric)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
+
+
+def _last_line_json(text: str) -> dict[str, object]:
+    """The JSON object on the last non-empty line (after any log prefix), else ``{}``."""
+    last_line = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+    brace = last_line.find("{")
+    if brace < 0 or not last_line.endswith("}"):
+        return {}
+    try:
+        obj = json.loads(last_line[brace:])
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), "not a number")
 
 
 def _clip(line: str, limit: int) -> str:

@@ -12,6 +12,8 @@ from pathlib import Path
 _SHELL_SIGNALS = frozenset(
     {signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV, signal.SIGABRT, signal.SIGINT}
 )
+# What the shell means by these codes: the command never ran (a typo, a missing venv, no +x).
+_SHELL_EXIT_NAMES = {126: "command not executable", 127: "command not found"}
 _TAIL_READ_BYTES = 256 * 1024
 _DESCRIBE_MAX = 200
 
@@ -70,7 +72,7 @@ class CommandResult:
         """Summarise the outcome in one line of at most 200 characters (for a ledger Insight).
 
         Returns:
-            E.g. ``"exit 1: ValueError: boom"`` or
+            E.g. ``"exit 1: ValueError: boom"``, ``"exit 127 (command not found): ..."`` or
             ``"killed after exceeding 90s time limit (process group terminated)"``.
         """
         if self.kind is ExitKind.TIMEOUT:
@@ -85,7 +87,9 @@ class CommandResult:
         elif self.kind is ExitKind.OK:
             text = f"exit 0 after {self.duration_s:.1f}s"
         else:
-            text = f"exit {self.exit_code}: {self._last_output_line() or '(no output)'}"
+            name = _SHELL_EXIT_NAMES.get(self.exit_code or 0, "")
+            text = (f"exit {self.exit_code}{f' ({name})' if name else ''}: "
+                    f"{self._last_output_line() or '(no output)'}")
         return _one_line(text, _DESCRIBE_MAX)
 
     def _last_output_line(self) -> str:

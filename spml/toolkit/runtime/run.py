@@ -4,6 +4,8 @@ commands, return one report."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from pydantic import ValidationError
 
 from spml.errors import ProtocolError
 from spml.protocols.validate import RuntimeSettings
-from spml.toolkit.checks.config import describe, find_pyproject, load_config
+from spml.toolkit.checks.config import find_pyproject, load_config
 from spml.toolkit.runtime.report import L1Report
 from spml.toolkit.runtime.thresholds import Thresholds
 
@@ -33,15 +35,51 @@ def load_runtime_settings(project: Path, overrides: dict[str, Any] | None = None
         raise ProtocolError(f"{project}: no such folder (L1 runs a project folder)")
     pyproject = find_pyproject(project)
     config, _ = load_config(pyproject)
-    merged = {**_by_alias(config.runtime or {}),
-              **_by_alias({k: v for k, v in (overrides or {}).items() if v is not None})}
+    flags = _by_alias({k: v for k, v in (overrides or {}).items() if v is not None})
+    merged = {**_by_alias(config.runtime or {}), **flags}
     if not (merged.get("entry") or merged.get("train-command")):
         raise L1NotConfigured(NOT_CONFIGURED.format(
             where=pyproject or project / "pyproject.toml"))
     try:
         return RuntimeSettings.model_validate(merged)
     except ValidationError as exc:
-        raise ProtocolError(f"[tool.spml.validate.runtime]: {describe(exc)}") from None
+        raise ProtocolError(_blame(exc, flags, pyproject)) from None
+
+
+def _blame(exc: ValidationError, flags: dict[str, Any], pyproject: Path | None) -> str:
+    """Each bad value named where it came from: a command-line flag, or the pyproject table."""
+    table = f"[tool.spml.validate.runtime] in {pyproject}" if pyproject else \
+        "[tool.spml.validate.runtime]"
+    parts = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        message = error["msg"].removeprefix("Value error, ")
+        if field in flags:
+            parts.append(f"--{field} {flags[field]!r}: {message} (command line)")
+        elif field:
+            parts.append(f"{table}: {field}: {message}")
+        else:  # a rule across fields: the flags and the table together broke it
+            parts.append(f"{table}{' with the command-line flags' if flags else ''}: {message}")
+    return "; ".join(parts)
+
+
+def require_entry_module(settings: RuntimeSettings, project: Path, source: str) -> None:
+    """Refuse an entry point whose module cannot be found: a configuration error (the CLI's
+    exit 2), where L1 would only report a failed stage (the pipeline did not load).
+
+    Args:
+        settings: The L1 settings; nothing to check in command mode.
+        project: The project folder (L1 imports the entry module from there).
+        source: Where the entry point was set, for the message (a flag or the table).
+    """
+    if not settings.entry:
+        return
+    top = settings.entry.split(":", 1)[0].split(".", 1)[0]
+    if importlib.machinery.PathFinder.find_spec(top, [str(project.resolve()), *sys.path]):
+        return
+    raise ProtocolError(f"{source} {settings.entry!r} names module {top!r}, which is not in the "
+                        f"project folder {project.resolve()} (no {top}.py or {top}/) nor "
+                        "installed. Fix the entry point 'module:function' or the project folder.")
 
 
 def _by_alias(values: dict[str, Any]) -> dict[str, Any]:

@@ -10,9 +10,16 @@ import git
 import pytest
 
 from spml.errors import GitStateError
-from spml.toolkit.git.workspace import FileChange, GitSnapshot, Workspace, ensure_excluded
+from spml.toolkit.git.workspace import (
+    FileChange,
+    GitSnapshot,
+    Workspace,
+    ensure_excluded,
+    uncommitted_files,
+)
 
 BRANCH = "spml/autoresearch/exp"
+ATTEMPT = "refs/spml/attempts/autoresearch/exp/4"
 
 
 def run_git(cwd: Path, *args: str) -> str:
@@ -289,9 +296,11 @@ def test_rollback_keeps_private_refs(ws: Workspace) -> None:
     base = ws.head()
     before = ws.snapshot()
     (ws.path / "exp" / "params.yaml").write_text("lr: 7\n")
-    sha = ws.archive_attempt(1, base, "attempt 1")
+    sha = ws.archive_attempt("refs/spml/attempts/x/1", base, "attempt 1")
     ws.rollback(base, restore_refs=before)
-    assert run_git(ws.path, "rev-parse", "refs/spml/attempts/1") == sha
+    assert run_git(ws.path, "rev-parse", "refs/spml/attempts/x/1") == sha
+    assert ws.attempt("refs/spml/attempts/x/1") == sha
+    assert ws.attempt("refs/spml/attempts/x/2") is None
 
 
 # --- archive_attempt, clean_ignored, blobs, restore_paths, ensure_excluded ---------------
@@ -305,9 +314,9 @@ def test_archive_attempt_leaves_worktree_index_and_head_alone(ws: Workspace) -> 
     admin = Path(run_git(ws.path, "rev-parse", "--absolute-git-dir"))
     status_before = run_git(ws.path, "status", "--porcelain")  # (refreshes the index)
     index_before = (admin / "index").read_bytes()
-    sha = ws.archive_attempt(4, base, "attempt 4")
+    sha = ws.archive_attempt(ATTEMPT, base, "attempt 4")
     assert sha is not None
-    assert run_git(ws.path, "rev-parse", "refs/spml/attempts/4") == sha
+    assert run_git(ws.path, "rev-parse", ATTEMPT) == sha
     assert run_git(ws.path, "rev-parse", f"{sha}^") == base
     assert run_git(ws.path, "show", f"{sha}:exp/scratch.py") == "tmp = 1"
     assert run_git(ws.path, "show", f"{sha}:exp/params.yaml") == "lr: 0.5"
@@ -318,13 +327,19 @@ def test_archive_attempt_leaves_worktree_index_and_head_alone(ws: Workspace) -> 
     assert ws.head() == base
     assert symbolic_head(ws) == f"refs/heads/{BRANCH}"
     (exp / "params.yaml").write_text("lr: 0.6\n")
-    assert ws.archive_attempt(4, base, "again") != sha  # overwritten
+    assert ws.archive_attempt(ATTEMPT, base, "again") != sha  # overwritten
 
 
 def test_archive_attempt_without_changes_returns_none(ws: Workspace) -> None:
     (ws.path / "exp" / "outputs").mkdir()
     (ws.path / "exp" / "outputs" / "log.txt").write_text("ignored\n")
-    assert ws.archive_attempt(2, ws.head(), "nothing") is None
+    assert ws.archive_attempt(ATTEMPT, ws.head(), "nothing") is None
+
+
+def test_archive_attempt_refuses_a_ref_outside_refs_spml(ws: Workspace) -> None:
+    (ws.path / "exp" / "params.yaml").write_text("lr: 0.5\n")
+    with pytest.raises(ValueError, match="under refs/spml/"):
+        ws.archive_attempt("refs/heads/attempt", ws.head(), "no")
 
 
 def test_clean_ignored_respects_keep(ws: Workspace) -> None:
@@ -404,6 +419,20 @@ def test_find_commit_matches_the_whole_trailer_line(ws: Workspace) -> None:
     assert ws.find_commit("Spml-Round: 1") == first
     assert ws.find_commit("Spml-Round: 10") == tenth
     assert ws.find_commit("Spml-Round: 2") is None
+    assert ws.round_trailers() == [10, 1]
+
+
+def test_find_commit_and_round_trailers_need_every_line(ws: Workspace) -> None:
+    params = ws.path / "exp" / "params.yaml"
+    params.write_text("lr: 0.2\n")
+    old = ws.commit_all("round 1", trailers={"Spml-Round": "1", "Spml-Generation": "a"})
+    params.write_text("lr: 0.3\n")
+    new = ws.commit_all("round 1 again", trailers={"Spml-Round": "1", "Spml-Generation": "b"})
+    assert ws.find_commit("Spml-Round: 1", "Spml-Generation: a") == old
+    assert ws.find_commit("Spml-Round: 1", "Spml-Generation: b") == new
+    assert ws.find_commit("Spml-Round: 1", "Spml-Generation: c") is None
+    assert ws.round_trailers(having=("Spml-Generation: a",)) == [1]
+    assert ws.round_trailers(having=("Spml-Generation: c",)) == []
 
 
 def test_replay_reverts_a_commit_and_refuses_a_conflict(ws: Workspace) -> None:
@@ -421,3 +450,26 @@ def test_replay_reverts_a_commit_and_refuses_a_conflict(ws: Workspace) -> None:
     assert ws.head() == head
     assert params.read_text() == "lr: 0.3\n"
     assert run_git(ws.path, "status", "--porcelain") == ""
+
+
+# --- what git ignores, what the person's checkout has not committed ---------------------------
+
+
+def test_is_ignored_reads_the_worktrees_gitignore_for_paths_that_do_not_exist(
+        ws: Workspace) -> None:
+    assert ws.is_ignored("exp/outputs/new.yaml")
+    assert not ws.is_ignored("exp/params.yaml")
+    assert not ws.is_ignored("exp/new [1].yaml")  # no pathspec magic needed
+
+
+def test_uncommitted_files_lists_every_change_under_a_folder(repo: Path) -> None:
+    (repo / "exp" / "params.yaml").write_text("lr: 0.2\n")
+    (repo / "exp" / "new file.py").write_text("x = 1\n")
+    (repo / "exp" / "outputs").mkdir()
+    (repo / "exp" / "outputs" / "run.log").write_text("ignored\n")
+    (repo / "README.md").write_text("outside\n")
+    run_git(repo, "rm", "-q", "exp/evaluate.py")
+    assert uncommitted_files(repo, "exp") == {"exp/evaluate.py": False,
+                                              "exp/new file.py": True,
+                                              "exp/params.yaml": False}
+    assert "README.md" in uncommitted_files(repo, ".")

@@ -21,7 +21,7 @@ from helpers import git
 from spml.toolkit.git.workspace import GitSnapshot
 from spml.toolkit.loop import control
 from spml.toolkit.loop.begin import SNAPSHOT_FILENAME, begin_round
-from spml.toolkit.loop.ledger import Journal, read_journal
+from spml.toolkit.loop.ledger import Journal, ledger_copy_path, read_journal
 from spml.toolkit.loop.lifecycle import open_loop
 from spml.toolkit.loop.recovery import recover_unfinished_round
 
@@ -43,9 +43,11 @@ def test_round_zero_journals_its_base_and_snapshots_git_without_a_brief(tmp_path
     assert saved.head_ref == f"refs/heads/{BRANCH}"
     assert saved.refs[f"refs/heads/{BRANCH}"] == main
     assert not (round_dir / "brief.md").exists()
-    # The supervisor's own files are kept in memory, to be restored after the researcher.
-    assert plan.supervisor_files[str(experiment(exp).ledger_path)] == \
-        experiment(exp).ledger_path.read_bytes()
+    # The supervisor's own files are kept in memory, to be restored after the researcher; the
+    # ledger itself is judged apart (a person may edit it), against the supervisor's copy.
+    copy = ledger_copy_path(experiment(exp))
+    assert plan.supervisor_files[str(copy)] == copy.read_bytes()
+    assert str(experiment(exp).ledger_path) not in plan.supervisor_files
 
 
 def test_later_round_starts_on_the_branch_tip_and_writes_the_brief(tmp_path: Path) -> None:

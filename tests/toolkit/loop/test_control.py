@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from spml.errors import ProtocolError
 from spml.protocols.autoresearch import PROTOCOL_FILENAME
 from spml.toolkit.loop import control
 from spml.toolkit.loop.experiment import Experiment
@@ -32,7 +33,7 @@ def test_add_note_queues_one_file_with_collapsed_whitespace(experiment: Experime
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])
 def test_empty_note_is_refused(experiment: Experiment, text: str) -> None:
-    with pytest.raises(ValueError, match="note must not be empty"):
+    with pytest.raises(ProtocolError, match="a note must say something"):
         control.add_note(experiment, text)
 
     assert control.pending_notes(experiment) == []

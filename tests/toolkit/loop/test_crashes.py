@@ -25,7 +25,7 @@ from fixtures.loop_steps.stepkit import (
     status,
     tip,
 )
-from helpers import drive, git
+from helpers import attempt_ref, drive, git
 from optuna.trial import TrialState
 
 from spml.toolkit.loop import control
@@ -182,7 +182,7 @@ def test_a_stop_request_while_the_researcher_works_aborts_the_round(tmp_path: Pa
     assert ledger(exp).status == "stopped"
     assert committed_rounds(exp) == Counter({1: 1})
     assert git(exp, "show", f"{BRANCH}:exp/params.yaml") == "x: 2.0"
-    assert git(exp, "rev-parse", "--verify", "--quiet", "refs/spml/attempts/2",
+    assert git(exp, "rev-parse", "--verify", "--quiet", attempt_ref(exp, 2),
                check=False) != 0
     assert status(exp) == ""
     # The researcher's stash is undone with the round (refs restored from the snapshot).

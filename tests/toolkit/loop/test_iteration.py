@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from helpers import (
+    attempt_ref,
     drive,
     git,
     iteration_experiment,
@@ -157,7 +158,7 @@ def test_faster_training_that_drops_the_metric_is_rolled_back(make_experiment) -
     assert bad.insight.startswith("regressed: metrics.acc (acc=0.5 vs incumbent 0.8")
     assert subjects(exp) == ["fake project"]
     assert branch_config(exp) == BASE_CONFIG | {"sleep": 1.6}
-    attempt = "refs/spml/attempts/1"
+    attempt = attempt_ref(exp, 1, PROTOCOL)
     assert branch_config(exp, attempt)["acc"] == 0.5
     assert not is_ancestor(exp, attempt)
     assert_clean(exp)
@@ -173,7 +174,7 @@ def test_breaking_the_time_criterion_is_rolled_back(make_experiment) -> None:
     assert "no longer meets train_time_s <= 1.5" in slow.extra["Speed"]
     assert slow.insight.startswith("regressed: performance.train_time_s (train_time_s=")
     assert subjects(exp) == ["fake project"]
-    assert branch_config(exp, "refs/spml/attempts/1")["sleep"] == 2.5
+    assert branch_config(exp, attempt_ref(exp, 1, PROTOCOL))["sleep"] == 2.5
     assert_clean(exp)
 
 
@@ -204,7 +205,7 @@ def test_touching_a_locked_file_is_a_compliance_violation(make_experiment) -> No
     assert not (experiment(exp).round_dir(1) / "train-0.stdout.log").exists()
     assert subjects(exp) == ["fake project"]
     assert (worktree(exp) / "exp" / "evaluate.py").read_bytes() == fixed_before
-    assert "tampered" in str(git(exp, "show", "refs/spml/attempts/1:exp/evaluate.py"))
+    assert "tampered" in str(git(exp, "show", f"{attempt_ref(exp, 1, PROTOCOL)}:exp/evaluate.py"))
     assert_clean(exp)
 
 
@@ -360,8 +361,8 @@ def test_kill_during_settle_resumes_each_round_exactly_once(make_experiment, tmp
     assert not (experiment(exp).state_dir / "round.json").exists()
     assert researcher_runs(tmp_path) == Counter({1: 1, 2: 1}) + Counter(redone)
     assert branch_config(exp) == BASE_CONFIG | {"log_grad_norm": True}
-    assert branch_config(exp, "refs/spml/attempts/2")["acc"] == 0.5
-    assert not is_ancestor(exp, "refs/spml/attempts/2")
+    assert branch_config(exp, attempt_ref(exp, 2, PROTOCOL))["acc"] == 0.5
+    assert not is_ancestor(exp, attempt_ref(exp, 2, PROTOCOL))
     assert row(exp, 2).insight.startswith("regressed: metrics.acc")
     assert_clean(exp)
 
@@ -475,9 +476,10 @@ def test_the_protocol_is_guarded_only_while_the_researcher_runs(make_experiment)
     path.write_text(edited)
     assert check_round(session, plan, after_researcher=False) == []  # the person's edit
     assert path.read_text() == edited
-    [violation] = check_round(session, plan, after_researcher=True)
-    assert violation.reason.startswith("iteration-protocol.md changed while the researcher ran")
+    assert check_round(session, plan, after_researcher=True) == []  # held, not blamed
     assert "max_rounds: 1" in path.read_text()  # restored
+    held = experiment(exp).round_dir(1) / "held-protocol.md"
+    assert held.read_text() == edited
 
 
 def test_repeats_give_per_seed_records_and_the_baseline_names_what_fails(make_experiment

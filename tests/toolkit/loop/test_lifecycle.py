@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from helpers import git
+from helpers import attempt_ref, git
 
 from spml.protocols.experiences import ExperienceRow, Experiences
 from spml.toolkit.loop.experiment import Experiment
@@ -73,9 +73,7 @@ def test_well_behaved_researcher_improves_and_commits(toy_experiment, drive_loop
     ("commit", "compliance: moved HEAD"),
     ("stash", "refs/stash"),
     ("hook", "hooks/pre-commit"),
-    ("forge_ledger", "modified supervisor file experiences.md (restored)"),
     ("replace", "refs/replace/"),
-    ("widen_protocol", "autoresearch-protocol.md changed while the researcher ran (restored"),
 ])
 def test_noncompliant_round_is_rolled_back(toy_experiment, drive_loop, mode, cause) -> None:
     exp = toy_experiment({"default": "good", "2": mode})
@@ -90,6 +88,25 @@ def test_noncompliant_round_is_rolled_back(toy_experiment, drive_loop, mode, cau
     assert not (exp.parent / ".git" / "hooks" / "pre-commit").exists()
     assert git(exp, "for-each-ref", "refs/replace/", "refs/stash") == ""
     assert len(git(exp, "log", "--format=%h", BRANCH).splitlines()) == 3  # init + R1 + R3
+
+
+@pytest.mark.parametrize(("mode", "note"), [
+    ("forge_ledger", "experiences.md was edited while the loop ran: the text edits are kept"),
+    ("widen_protocol", "autoresearch-protocol.md changed while the researcher ran: not applied"),
+])
+def test_edits_of_peoples_files_are_undone_without_failing_the_round(
+        toy_experiment, drive_loop, mode, note) -> None:
+    # A person may edit the ledger or the protocol at any time: the round is judged on its own
+    # merits, and what the edit could have gained is taken away.
+    exp = toy_experiment({"default": "good", "2": mode})
+    protocol = (exp / "autoresearch-protocol.md").read_text()
+    drive_loop(exp)
+    assert (row(exp, 2).compliance, row(exp, 2).verdict) == ("pass", "committed")
+    assert note in row(exp, 2).note
+    assert (exp / "experiences.md").read_text().startswith("# Experiences\n\nbest: loss = 0.01 "
+                                                          "(R2)")
+    assert (exp / "autoresearch-protocol.md").read_text() == protocol
+    assert_clean(exp)
 
 
 def test_reset_by_researcher_is_detected(toy_experiment, drive_loop) -> None:
@@ -123,7 +140,7 @@ def test_rejected_attempt_is_archived_off_branch(toy_experiment, drive_loop) -> 
     assert row(exp, 2).verdict == "rolled_back"
     assert row(exp, 2).compliance == "pass"
     assert "not better than best" in row(exp, 2).insight
-    ref = "refs/spml/attempts/2"
+    ref = attempt_ref(exp, 2)
     assert git(exp, "show", f"{ref}:exp/params.yaml") == "x: -5.0"
     assert git(exp, "merge-base", "--is-ancestor", ref, BRANCH, check=False) != 0
 

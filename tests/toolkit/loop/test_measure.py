@@ -109,6 +109,13 @@ def test_an_eval_without_the_metric_fails_the_measurement(tmp_path: Path) -> Non
     assert measured.seeds == ()
 
 
+def test_the_parsers_reason_reaches_the_cause(tmp_path: Path) -> None:
+    measured = measure_round_zero(tmp_path, "x: 1.0\neval_mode: hex\n")
+
+    assert measured.cause == ("eval printed no loss value on stdout: 'loss' is mentioned, but "
+                              "never with a numeric value: '0x10' is not a number")
+
+
 def test_a_failing_eval_fails_the_measurement(tmp_path: Path) -> None:
     measured = measure_round_zero(tmp_path, "x: 1.0\neval_mode: fail\n")
 

@@ -17,7 +17,7 @@ from fixtures.loop_steps.stepkit import (
     tip,
     worktree,
 )
-from helpers import git
+from helpers import attempt_ref, git
 
 from spml.protocols.experiences import ExperienceRow
 from spml.toolkit.loop.begin import RoundPlan, begin_round
@@ -95,7 +95,7 @@ def test_started_round_is_rolled_back_with_its_git_state(exp: Path) -> None:
     assert tip(exp) == plan.base
     assert (worktree(exp) / "exp" / "params.yaml").read_text() == "x: 0.0\n"
     assert not hook.exists()  # restored from the round's git snapshot
-    assert git(exp, "rev-parse", "--verify", "--quiet", "refs/spml/attempts/1",
+    assert git(exp, "rev-parse", "--verify", "--quiet", attempt_ref(exp, 1),
                check=False) != 0
     assert_settled(exp, [0])
 
@@ -160,9 +160,9 @@ def test_rolling_back_before_the_archive_archives_then_rolls_back(exp: Path) -> 
     assert recover_unfinished_round(load(exp)) == crashed("finished the rollback of")
 
     assert tip(exp) == plan.base
-    assert git(exp, "show", "refs/spml/attempts/1:exp/params.yaml") == "x: -5.0"
-    assert git(exp, "rev-parse", "refs/spml/attempts/1^") == plan.base
-    assert git(exp, "log", "-1", "--format=%s", "refs/spml/attempts/1") == \
+    assert git(exp, "show", f"{attempt_ref(exp, 1)}:exp/params.yaml") == "x: -5.0"
+    assert git(exp, "rev-parse", f"{attempt_ref(exp, 1)}^") == plan.base
+    assert git(exp, "log", "-1", "--format=%s", attempt_ref(exp, 1)) == \
         "spml attempt: round 1 — not better than best 9 (delta +55)"
     assert (worktree(exp) / "exp" / "params.yaml").read_text() == "x: 0.0\n"
     assert same(row(exp, 1), ROLLED_BACK)
@@ -173,12 +173,13 @@ def test_rolling_back_after_the_archive_keeps_the_archived_attempt(exp: Path) ->
     plan = begin_one(exp, "x: -5.0\n")
     journal(exp, plan, "rolling_back", ROLLED_BACK)
     workspace = load(exp).workspace
-    archived = workspace.archive_attempt(1, plan.base, "spml attempt: round 1 — archived")
+    archived = workspace.archive_attempt(attempt_ref(exp, 1), plan.base,
+                                         "spml attempt: round 1 — archived")
     workspace.rollback(plan.base, restore_refs=plan.snapshot)  # killed right after this
 
     assert recover_unfinished_round(load(exp)) == crashed("finished the rollback of")
 
-    assert git(exp, "rev-parse", "refs/spml/attempts/1") == archived
+    assert git(exp, "rev-parse", attempt_ref(exp, 1)) == archived
     assert tip(exp) == plan.base
     assert same(row(exp, 1), ROLLED_BACK)
     assert_settled(exp, [0, 1])
@@ -195,7 +196,7 @@ def test_a_row_already_in_the_ledger_only_finishes_the_bookkeeping(
         head = workspace.commit_all("autoresearch: round 1 — loss=1",
                                     trailers={ROUND_TRAILER: "1"})
     else:
-        workspace.archive_attempt(1, plan.base, "spml attempt: round 1")
+        workspace.archive_attempt(attempt_ref(exp, 1), plan.base, "spml attempt: round 1")
         workspace.rollback(plan.base, restore_refs=plan.snapshot)
         head = plan.base
     in_ledger = decided.model_copy(update={"insight": "as written to the ledger"})

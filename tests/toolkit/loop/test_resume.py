@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import git
+from helpers import attempt_ref, git
 
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.ledger import read_journal, read_ledger
@@ -112,7 +112,7 @@ def test_resume_after_crash_during_rollback(toy_experiment, tmp_path, point) -> 
     assert next(r for r in ledger.rows if r.round == 2).verdict == "rolled_back"
     # The decided round was finished, not redone: one researcher run, the attempt archived.
     assert (tmp_path / "briefs.log").read_text().count("=== round 2\n") == 1
-    assert git(exp, "show", "refs/spml/attempts/2:exp/params.yaml") == "x: -5.0"
+    assert git(exp, "show", f"{attempt_ref(exp, 2)}:exp/params.yaml") == "x: -5.0"
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 60) -> None:

@@ -332,6 +332,8 @@ def test_rationales_name_exactly_what_moved() -> None:
         "regressed: metrics.a (a=0.4 vs incumbent 0.5, noise margin 0.005); "
         "metrics.b (b=0.4 vs incumbent 0.5, noise margin 0.005)")
     assert one(ACC, meas({"metrics": {}}), None).detail == "eval printed no acc value"
+    refused = meas({"metrics": {}, "metric_problems": {"acc": "'0x10' is not a number"}})
+    assert one(ACC, refused, None).detail == "eval printed no acc value: '0x10' is not a number"
 
 
 def test_observability_details_list_every_key() -> None:

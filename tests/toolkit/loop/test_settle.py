@@ -20,7 +20,7 @@ from fixtures.loop_steps.stepkit import (
     tip,
     worktree,
 )
-from helpers import git
+from helpers import attempt_ref, git
 
 from spml.errors import BaselineFailed
 from spml.toolkit.loop.begin import begin_round
@@ -65,8 +65,8 @@ def test_researcher_failure_is_not_applicable_and_rolled_back(tmp_path: Path) ->
     assert decided.strategy == "mode crash in round 1"
     outcome = settle(session, plan, decided)
     assert outcome.commit is None
-    assert outcome.attempt_ref == git(exp, "rev-parse", "refs/spml/attempts/1")
-    assert git(exp, "show", "refs/spml/attempts/1:exp/params.yaml") == "x: 2.9"
+    assert outcome.attempt_ref == git(exp, "rev-parse", attempt_ref(exp, 1))
+    assert git(exp, "show", f"{attempt_ref(exp, 1)}:exp/params.yaml") == "x: 2.9"
     assert tip(exp) == base
     assert status(exp) == ""
     assert row(exp, 1).verdict == "rolled_back"
@@ -94,7 +94,7 @@ def test_violations_fail_compliance_and_name_every_cause(tmp_path: Path) -> None
     settle(session, plan, decided)
     assert (worktree(exp) / "exp" / "evaluate.py").read_bytes() == \
         (exp / "evaluate.py").read_bytes()
-    assert git(exp, "show", "refs/spml/attempts/1:exp/evaluate.py").endswith("# tampered")
+    assert git(exp, "show", f"{attempt_ref(exp, 1)}:exp/evaluate.py").endswith("# tampered")
 
 
 def test_violations_found_while_measuring_fail_compliance(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_no_improvement_is_rolled_back_and_archived(tmp_path: Path) -> None:
     assert tip(exp) == base
     assert status(exp) == ""
     assert (worktree(exp) / "exp" / "params.yaml").read_text() == "x: 0.0\n"
-    attempt = git(exp, "rev-parse", "refs/spml/attempts/1")
+    attempt = git(exp, "rev-parse", attempt_ref(exp, 1))
     assert outcome.attempt_ref == attempt
     assert git(exp, "rev-parse", f"{attempt}^") == base
     assert git(exp, "rev-parse", f"{attempt}^{{tree}}") == measurement.tree
@@ -180,11 +180,12 @@ def test_an_improvement_is_committed_with_the_round_trailer(tmp_path: Path) -> N
     assert outcome.commit == tip(exp) != base
     assert outcome.attempt_ref is None
     assert git(exp, "log", "-1", "--format=%B", BRANCH) == \
-        "autoresearch: round 1 — loss=1\n\nSpml-Round: 1"
+        "autoresearch: round 1 — loss=1\n\nSpml-Round: 1\n" \
+        f"Spml-Generation: {experiment(exp).generation}"
     assert git(exp, "rev-parse", f"{BRANCH}^") == base
     assert git(exp, "rev-parse", f"{BRANCH}^{{tree}}") == measurement.tree
     assert git(exp, "show", f"{BRANCH}:exp/params.yaml") == "x: 2.0"
-    assert git(exp, "rev-parse", "--verify", "--quiet", "refs/spml/attempts/1",
+    assert git(exp, "rev-parse", "--verify", "--quiet", attempt_ref(exp, 1),
                check=False) != 0
     assert [x.round for x in ledger(exp).rows] == [0, 1]
     assert ledger(exp).best.round == 1

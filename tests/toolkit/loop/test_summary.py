@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from spml.protocols.experiences import ExperienceRow, Experiences
 from spml.toolkit.loop.summary import LoopSummary, render_summary, summarize
 
@@ -86,6 +88,11 @@ def test_headline_for_a_maximised_metric_and_a_zero_baseline() -> None:
 
     assert grew.headline() == "acc: baseline 0.5 -> best 0.75 (R2) (+50.0%)"
     assert from_zero.headline() == "acc: baseline 0 -> best 0.75 (R2)"  # no % of zero
+    tiny = grew.model_copy(update={"baseline": -5e-324, "best": 1e308})  # was "-inf%"
+    assert tiny.headline().endswith("(R2)")
+    infinite = grew.model_copy(update={"baseline": -math.inf})
+    assert "%" not in infinite.headline()
+    assert "nan" not in infinite.headline()
 
 
 def test_render_summary() -> None:
