@@ -27,7 +27,7 @@ def test_exit_1_on_a_critical_finding_with_the_finding_line(tmp_path: Path,
     result = runner.invoke(app, ["validate", "static", str(tmp_path), "--select", "L0-06",
                                  "--profile", "spml"])
     assert result.exit_code == 1
-    assert f"{tmp_path / 'train.py'}:2:10 L0-06 DataLoader loads" in result.output
+    assert f"{tmp_path / 'train.py'}:2:10 L0-06 [critical] DataLoader loads" in result.output
     assert "Verdict: REQUEST_CHANGES" in result.output
 
 

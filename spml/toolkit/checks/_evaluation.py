@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from spml.toolkit.checks._accumulation import cached
-from spml.toolkit.checks.flow import scope_nodes
+from spml.toolkit.checks.flow import names_read, scope_nodes
 from spml.toolkit.checks.patterns import Facts
 from spml.toolkit.checks.project import SourceFile, dotted
 
@@ -22,6 +22,9 @@ FRAMEWORK_HOOKS = frozenset({"validation_step", "test_step", "predict_step", "ev
 MODEL_WORDS = ("model", "net", "network", "module", "backbone", "encoder", "decoder",
                "classifier", "ema")
 PRETRAINED = ("transformers.", "torchvision.models.", "timm.", "torch.hub.load")
+# What a pretrained library loads that is not a network: ``AutoTokenizer.from_pretrained``.
+NOT_MODELS = ("Tokenizer", "TokenizerFast", "Processor", "FeatureExtractor", "Config",
+              "GenerationConfig")
 NO_GRAD = frozenset({"torch.no_grad", "torch.inference_mode", "torch.autograd.no_grad",
                      "torch.autograd.grad_mode.no_grad",
                      "torch.autograd.grad_mode.inference_mode"})
@@ -73,8 +76,59 @@ def _region(facts: Facts, source: SourceFile, node: ast.AST, kind: str) -> Evalu
     if any(id(n) in backward for n in nodes):
         return None
     forwards = tuple(n for n in nodes
-                     if isinstance(n, ast.Call) and is_model_call(facts, source, n))
-    return Evaluation(source, node, kind, forwards) if forwards else None
+                     if isinstance(n, ast.Call) and is_model_call(facts, source, n)
+                     and not (kind == "function" and _built_here(facts, source, n)))
+    if not forwards or (kind == "function" and _feeds_backward(facts, source, node)):
+        return None
+    return Evaluation(source, node, kind, forwards)
+
+
+def _built_here(facts: Facts, source: SourceFile, call: ast.Call) -> bool:
+    """A forward of a network the function builds itself and never loads weights into:
+    ``def test(): net = ResNet18(); y = net(torch.randn(1, 3, 32, 32))`` checks shapes of a
+    freshly initialised model (every ``models/*.py`` of kuangliu/pytorch-cifar); it is not
+    the trained model being evaluated."""
+    if not isinstance(call.func, ast.Name):
+        return False
+    scope = source.scope_of(call)
+    if not isinstance(scope, FUNCS) or call.func.id not in facts.flow.bindings(scope):
+        return False
+    origins = facts.flow.origins(source, call.func)
+    inside = set(scope_nodes(scope))
+    if not origins or any(o.source is not source or o.node not in inside for o in origins):
+        return False  # built (also) elsewhere: a parameter, a global, a helper's result
+    made = [facts.project.call_name(s, c) or "" for o in origins
+            for s, c in facts.flow.producing_calls(o)]
+    if not made or not all(facts.project.is_module_class(n) or (
+            n.startswith("torch.nn.") and not n.startswith("torch.nn.functional."))
+            for n in made):
+        return False  # a pretrained network, or one a helper builds (and may load)
+    return not any(_loads_weights(n) for n in inside)
+
+
+def _loads_weights(node: ast.AST) -> bool:
+    """``load_state_dict``, ``torch.load``, ``load_checkpoint``, ``from_pretrained`` ..."""
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return "load" in name.lower() or name == "from_pretrained"
+
+
+def _feeds_backward(facts: Facts, source: SourceFile, func: ast.AST) -> bool:
+    """Whether some call of ``func`` returns a value that a ``backward()`` in the caller
+    differentiates: stable-baselines3's ``policy.evaluate_actions(obs, actions)`` is PPO's
+    training forward, its log-probabilities and values make the loss. Evaluation code's
+    result never reaches a backward."""
+    for src, site in call_sites(facts, source, func):
+        scope = src.scope_of(site)
+        backwards = [c for s, c in facts.backward_calls if s is src and src.scope_of(c) is scope]
+        if not backwards:
+            continue
+        tainted = facts.flow.tainted(scope, lambda n, site=site: n is site)
+        if any(names_read(c) & tainted for c in backwards):
+            return True
+    return False
 
 
 def _is_eval_function(source: SourceFile, func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -116,8 +170,10 @@ def is_model_call(facts: Facts, source: SourceFile, call: ast.Call) -> bool:
     if not isinstance(func, ast.Name | ast.Attribute) or dotted(func) == "self" \
             or facts.flow.callee(source, call) is not None:
         return False
+    if facts.project.is_module_class(source.canonical(func)):
+        return False  # ``Net()`` builds a model, it runs none
     made = [n for _, n in facts.flow.origin_calls(source, func)]
-    if any(n.endswith("Loss") for n in made):
+    if any(n.endswith("Loss") or _not_a_model(n) for n in made):
         return False
     if any(facts.project.is_module_class(n) or n.startswith(PRETRAINED)
            or (n.startswith("torch.nn.") and not n.startswith("torch.nn.functional."))
@@ -127,6 +183,12 @@ def is_model_call(facts: Facts, source: SourceFile, call: ast.Call) -> bool:
     if last.startswith(("load", "build", "get", "make", "create", "save", "init", "set")):
         return False
     return last in MODEL_WORDS or last.endswith(("model", "_net"))
+
+
+def _not_a_model(name: str) -> bool:
+    """A tokenizer, processor or config a pretrained library loads
+    (``transformers.AutoTokenizer.from_pretrained``): calling it runs no network."""
+    return any(part.endswith(NOT_MODELS) for part in name.split("."))
 
 
 # ---- who calls what --------------------------------------------------------------------
@@ -169,6 +231,37 @@ def is_eval_mode_call(source: SourceFile, call: ast.AST) -> bool:
     if call.func.attr == "eval" and not call.args:
         return (dotted(call.func.value) or "") not in ("torch", "builtins")
     return call.func.attr == "train" and _false_arg(call)
+
+
+def is_context_manager(func: ast.AST) -> bool:
+    """A ``@contextlib.contextmanager`` generator (or any function that yields)."""
+    return any((dotted(d) or "").endswith("contextmanager") for d in
+               getattr(func, "decorator_list", ())) \
+        or any(isinstance(n, ast.Yield | ast.YieldFrom) for n in scope_nodes(func))
+
+
+def eval_context(facts: Facts, source: SourceFile, node: ast.AST, depth: int = 2) -> bool:
+    """Whether ``node`` runs inside ``with helper(model):`` where ``helper`` is a context
+    manager of the project that calls ``model.eval()`` (and switches back on exit), here or
+    around every call of the function ``node`` is in, ``depth`` callers up."""
+    for parent in source.ancestors(node):
+        if isinstance(parent, ast.With | ast.AsyncWith) and any(
+                _eval_manager(facts, source, item.context_expr) for item in parent.items):
+            return True
+    scope = source.scope_of(node)
+    if depth == 0 or not isinstance(scope, FUNCS):
+        return False
+    sites = call_sites(facts, source, scope)
+    return bool(sites) and all(eval_context(facts, s, c, depth - 1) for s, c in sites)
+
+
+def _eval_manager(facts: Facts, source: SourceFile, expr: ast.AST) -> bool:
+    if not isinstance(expr, ast.Call):
+        return False
+    target = facts.flow.callee(source, expr)
+    if target is None or not is_context_manager(target[1]):
+        return False
+    return any(is_eval_mode_call(target[0], n) for n in scope_nodes(target[1]))
 
 
 def is_train_mode_call(source: SourceFile, call: ast.AST) -> bool:
@@ -247,7 +340,8 @@ def mode_dependent_layers(facts: Facts, value_of) -> Iterator[tuple[SourceFile, 
             default = None if last == "MultiheadAttention" else ast.Constant(0.1)
             if not _is_zero(source, _kw(call, "dropout") or default, value_of):
                 yield source, call, last
-        elif name.startswith(PRETRAINED) and not _in_factory(source, call):
+        elif name.startswith(PRETRAINED) and not _in_factory(source, call) \
+                and not _not_a_model(name):
             yield source, call, name
     yield from _training_flag_uses(facts, value_of)
 

@@ -64,6 +64,20 @@ class Shape:
             return None
 
 
+def child_shape(facts: Facts, shape: Shape, attr: str) -> Shape | None:
+    """The shape of the child ``attr`` of a local class, when ``__init__`` makes it as a
+    listed ``nn.Sequential``/``nn.ModuleList`` (``self.net = nn.Sequential(a, b, c)``)."""
+    stmt = shape.attrs.get(attr)
+    value = getattr(stmt, "value", None)
+    while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+            and value.func.attr in CHAINABLE:
+        value = value.func.value
+    if shape.source is None or not isinstance(value, ast.Call):
+        return None
+    name = facts.project.call_name(shape.source, value)
+    return _indexed_shape(facts, shape.source, value, name) if name in INDEXED else None
+
+
 # ---- which calls made an object ---------------------------------------------------------
 def module_shapes(facts: Facts, source: SourceFile,
                   base: ast.AST) -> tuple[tuple, list[Shape]] | None:
@@ -326,8 +340,9 @@ def bears_params(facts: Facts, source: SourceFile, value: ast.AST,
         return not _keyword_false(value, "requires_grad")
     if name.startswith("torch.nn."):
         if last in CONTAINERS:
-            return any(bears_params(facts, source, c, seen) for c in ast.walk(value)
-                       if isinstance(c, ast.Call) and c is not value)
+            return _rewraps(value) or any(bears_params(facts, source, c, seen)
+                                          for c in ast.walk(value)
+                                          if isinstance(c, ast.Call) and c is not value)
         return last in PARAM_LAYERS and not (_keyword_false(value, "affine")
                                              or _keyword_false(value, "elementwise_affine"))
     if name.startswith(PRETRAINED) or name.endswith(".from_pretrained"):
@@ -338,6 +353,15 @@ def bears_params(facts: Facts, source: SourceFile, value: ast.AST,
     src, cls = found
     layers = {(src.canonical(b) or "").rsplit(".", 1)[-1] for b in cls.bases}
     return bool(layers & PARAM_LAYERS) or bool(module_attrs(facts, src, cls, seen))
+
+
+def _rewraps(call: ast.Call) -> bool:
+    """``nn.Sequential(*list(resnet.children())[:-1])``: a module's own children re-wrapped
+    (a pretrained backbone without its head), which carry its parameters."""
+    return any(isinstance(arg, ast.Starred) and any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+        and n.func.attr == "children" and not n.args for n in ast.walk(arg))
+        for arg in call.args)
 
 
 def _keyword_false(call: ast.Call, name: str) -> bool:

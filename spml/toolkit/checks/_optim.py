@@ -14,8 +14,13 @@ import weakref
 from dataclasses import dataclass, field
 
 from spml.toolkit.checks._local_optim import local_optimizer_class
-from spml.toolkit.checks.flow import SCOPES, Binding, Origin, element_for
-from spml.toolkit.checks.patterns import Facts, is_optimizer_name, is_scheduler_name
+from spml.toolkit.checks.flow import SCOPES, Binding, Origin, prepared_element, scope_nodes
+from spml.toolkit.checks.patterns import (
+    STEP_DEPTH,
+    Facts,
+    is_optimizer_name,
+    is_scheduler_name,
+)
 from spml.toolkit.checks.project import SourceFile, dotted
 
 LOOPS = (ast.For, ast.While, ast.AsyncFor)
@@ -25,6 +30,7 @@ BRANCHES = (ast.If, ast.For, ast.While, ast.AsyncFor, ast.ExceptHandler, ast.mat
 SCALERS = ("GradScaler", "ShardedGradScaler")
 _EVENTS: weakref.WeakKeyDictionary[Facts, dict[int, list[Event]]] = weakref.WeakKeyDictionary()
 _CALLERS: weakref.WeakKeyDictionary[Facts, dict[int, list]] = weakref.WeakKeyDictionary()
+_STEPS: weakref.WeakKeyDictionary[Facts, dict[int, bool]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,7 @@ def ref_of(facts: Facts, source: SourceFile, expr: ast.AST,
             passed += refs
             unresolved |= not refs or not all(r is not None and r.concrete for r in refs)
             continue
-        found = constructions(facts, src, element_for(binding)) if binding.value else []
+        found = constructions(facts, src, prepared_element(binding)) if binding.value else []
         made += found
         unresolved |= not found
     if (made or passed) and not unresolved:
@@ -271,13 +277,37 @@ class _Walker:
             event = self._method_event(source, call, func, env)
             if event is not None:
                 self.out.append(Event(event[0], source, call, event[1], guards, event[2]))
+                if event[0] == "step":
+                    self._step_clears(source, call, guards)
                 return
         target = self.facts.flow.callee(source, call)
-        if target is None or id(target[1]) in stack or len(stack) >= 3:
+        if target is None or id(target[1]) in stack or len(stack) > STEP_DEPTH:
             return
         callee_source, func_def = target
         inner_env = self._bind(source, call, func_def, env)
         self.stmts(callee_source, func_def.body, (inner_env, guards, (*stack, id(func_def))))
+
+    def _step_clears(self, source: SourceFile, call: ast.Call, guards: tuple) -> None:
+        """A project's own optimizer whose ``step()`` clears the gradients it applied
+        (modded-nanogpt's ``NorMuonAndAdam.step`` ends with ``param.grad = None``): the
+        clearing runs right after the step."""
+        flow = self.facts.flow
+        target = flow.callee(source, call)
+        name = dotted(call.func.value) if isinstance(call.func, ast.Attribute) else None
+        if target is None and name and name.startswith("self.") and name.count(".") == 1:
+            for src, binding in _self_assignments(source, call, name):  # self.opt = Opt(...)
+                for made_in, made in flow.producing_calls(Origin(src, binding.value, "value"), 1):
+                    target = target or flow.method_of(
+                        made_in, self.facts.project.call_name(made_in, made), call.func.attr)
+        if target is None:
+            return
+        for node in scope_nodes(target[1]):
+            if isinstance(node, ast.Assign) and _clears_grad(node) or (
+                    isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and (node.func.attr == "zero_grad" or node.func.attr == "zero_"
+                         and (dotted(node.func.value) or "").endswith(".grad"))):
+                self.out.append(Event("zero", target[0], node, None, guards))
+                return
 
     def _method_event(self, source: SourceFile, call: ast.Call, func: ast.Attribute,
                       env: dict[str, Ref]) -> tuple[str, Ref | None, bool] | None:
@@ -338,6 +368,24 @@ def loop_events(facts: Facts, source: SourceFile, loop: ast.AST) -> list[Event]:
         walker.stmts(source, loop.body, ({}, (), (id(source.scope_of(loop)),)))
         cache[id(loop)] = walker.out
     return cache[id(loop)]
+
+
+def function_steps(facts: Facts, source: SourceFile, func: ast.AST) -> bool:
+    """True when one call of ``func`` steps an optimizer (its calls inlined)."""
+    cache = _STEPS.setdefault(facts, {})
+    if id(func) not in cache:
+        body = getattr(func, "body", None)
+        walker = _Walker(facts)
+        own = [n for n in scope_nodes(func) if isinstance(n, ast.Call)
+               and isinstance(n.func, ast.Attribute) and n.func.attr == "step"]
+        if any((walker._method_event(source, n, n.func, {}) or ("",))[0] == "step"
+               for n in own):
+            cache[id(func)] = True  # the common case, without walking its calls
+        else:
+            if isinstance(body, list):
+                walker.stmts(source, body, ({}, (), (id(func),)))
+            cache[id(func)] = any(e.kind == "step" for e in walker.out)
+    return cache[id(func)]
 
 
 def step_loops(facts: Facts) -> list[tuple[SourceFile, ast.AST]]:

@@ -22,8 +22,9 @@ MUTATORS = frozenset({"append", "extend", "insert", "add", "update", "add_param_
 class Part:
     """Parameters of one module object: all of ``base`` (``attr`` None), of its submodule
     ``base.attr``, or of the children an index or slice of ``base`` picks (``attr`` is
-    then ``"[1]"``, ``"[1:]"``, ``"[:-1:2]"``); ``filtered`` when they went through a
-    ``requires_grad`` filter."""
+    then ``"[1]"``, ``"[1:]"``, ``"[:-1:2]"``), or of a submodule's (``"net[:-1]"``), or
+    the classifier timm's ``get_classifier()`` returns (``"get_classifier()"``);
+    ``filtered`` when they went through a ``requires_grad`` filter."""
 
     source: SourceFile
     base: ast.AST
@@ -148,10 +149,21 @@ class ParamResolver:
 
 
 def _method_part(source: SourceFile, owner: ast.AST, filtered: bool) -> list[Part] | None:
-    """``model.parameters()``, ``model.head.parameters()``, ``model[1:].parameters()``."""
+    """``model.parameters()``, ``model.head.parameters()``, ``model[1:].parameters()``,
+    ``model.net[:-1].parameters()`` (attr ``"net[:-1]"``), timm's
+    ``model.get_classifier().parameters()`` (attr ``"get_classifier()"``)."""
     if isinstance(owner, ast.Subscript) and isinstance(owner.value, ast.Name):
         key = index_key(owner.slice)  # an nn.Sequential's children, by position
         return None if key is None else [Part(source, owner.value, key, filtered)]
+    if isinstance(owner, ast.Subscript) and isinstance(owner.value, ast.Attribute) \
+            and isinstance(owner.value.value, ast.Name):
+        key = index_key(owner.slice)  # children of an nn.Sequential attribute
+        return None if key is None else [Part(source, owner.value.value,
+                                              owner.value.attr + key, filtered)]
+    if isinstance(owner, ast.Call) and isinstance(owner.func, ast.Attribute) \
+            and owner.func.attr == "get_classifier" and not owner.args \
+            and not owner.keywords and isinstance(owner.func.value, ast.Name):
+        return [Part(source, owner.func.value, "get_classifier()", filtered)]
     name = dotted(owner)
     if name is None or name.count(".") > 1:
         return None

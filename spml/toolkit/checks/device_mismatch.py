@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, not_applicable
 from spml.toolkit.checks._devices import base_name, chain_moves, is_move, keyword, origins
-from spml.toolkit.checks.flow import CHAINABLE, Origin, dotted, scope_nodes
+from spml.toolkit.checks.flow import CHAINABLE, Origin, dotted, maximal_names, scope_nodes
 from spml.toolkit.checks.patterns import Facts
 from spml.toolkit.checks.project import SourceFile
 
@@ -56,9 +56,13 @@ class DeviceMismatch(Check):
     never moved while its batches are. A library model of unknown class (torchvision's
     ``models.__dict__[arch]()``, ``timm.create_model(...)``) counts once it is moved to the
     device, and is trusted otherwise. ``DataParallel`` (and ``DistributedDataParallel`` with
-    ``device_ids``) copies the batches itself, so only the loss targets must be moved. Values
-    whose origin it cannot see (function parameters without a visible caller, library
-    wrappers, config objects) are trusted.
+    ``device_ids``) copies the batches itself, so only the loss targets must be moved; an
+    inference pipeline (diffusers, ``transformers.pipeline``) takes prompts and moves its
+    own tensors. A batch moved entry by entry (``for k, v in batch.items(): batch[k] =
+    v.to(device)``) counts as moved, and a DataLoader over a dataset built from tensors
+    already on the GPU (``TensorDataset(X, Y)`` with ``X = X.to(device)``) yields GPU
+    batches. Values whose origin it cannot see (function parameters without a visible
+    caller, library wrappers, config objects) are trusted.
 
     ## Why is this bad?
     A model on the GPU called with CPU tensors fails at the first step with "Expected all
@@ -265,8 +269,12 @@ def _moves_itself(facts: Facts, made: Made) -> bool:
 
 
 def _moves_inputs(facts: Facts, made: list[Made]) -> bool:
-    """A model whose ``forward`` moves its own arguments (``x = x.to(self.device)``)."""
+    """A model whose ``forward`` moves its own arguments (``x = x.to(self.device)``), or an
+    inference pipeline (diffusers' ``DiffusionPipeline``, ``transformers.pipeline``): it
+    takes prompts and puts its own tensors on its device."""
     for m in made:
+        if _is_pipeline(m.name):
+            return True
         found = _forward_of(facts, m.name)
         if found is None:
             continue
@@ -276,6 +284,12 @@ def _moves_inputs(facts: Facts, made: list[Made]) -> bool:
                for n in ast.walk(forward) if isinstance(n, ast.Call)):
             return True
     return False
+
+
+def _is_pipeline(name: str) -> bool:
+    parts = name.split(".")
+    return parts[0] == "diffusers" and any(p.endswith("Pipeline") for p in parts) \
+        or name in ("transformers.pipeline", "transformers.pipelines.pipeline")
 
 
 def _forward_of(facts: Facts, name: str) -> tuple[SourceFile, ast.FunctionDef] | None:
@@ -310,10 +324,26 @@ def _only_called(facts: Facts, source: SourceFile, func: ast.AST) -> bool:
 def batch_state(facts: Facts, source: SourceFile, expr: ast.AST) -> str | None:
     """``unmoved`` when every value of ``expr`` comes straight from a DataLoader, ``moved``
     when every value was moved to a device, None otherwise (unknown or mixed)."""
+    if _moved_in_place(source, expr):
+        return MOVED
     states = set()
     for origin in origins(facts, source, expr):
         states.add(_origin_state(facts, origin))
     return states.pop() if len(states) == 1 else None
+
+
+def _moved_in_place(source: SourceFile, expr: ast.AST) -> bool:
+    """``for k, v in batch.items(): batch[k] = v.to(device)`` (or ``batch[k] =
+    batch[k].cuda()``) before ``expr`` in its function: the batch's entries were moved."""
+    name = dotted(expr)
+    if name is None:
+        return False
+    for node in scope_nodes(source.scope_of(expr)):
+        if isinstance(node, ast.Assign) and node.lineno < expr.lineno and any(
+                isinstance(t, ast.Subscript) and dotted(t.value) == name for t in node.targets) \
+                and any(is_move(source, n) for n in ast.walk(node.value)):
+            return True
+    return False
 
 
 def _origin_state(facts: Facts, origin: Origin) -> str | None:
@@ -366,6 +396,10 @@ def _touches_device(facts: Facts, source: SourceFile, expr: ast.AST) -> bool:
             nodes.append((origin.source, origin.node))
     for src, node in list(nodes):
         for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+            # TensorDataset(X, Y) with X = torch.randn(...).to(device): built from GPU tensors
+            nodes.extend((o.source, o.node) for a in [*call.args, *call.keywords]
+                         for n in maximal_names(a) for o in facts.flow.origins(src, n)
+                         if o.node is not None and o.kind == "value")
             local = facts.project.local_class(facts.project.call_name(src, call))
             nodes.extend([local] if local else [])
             callee = facts.flow.callee(src, call)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -115,14 +116,16 @@ def _run_one(check: Check, facts: Facts, config: ValidateConfig,
         applicability = check.applicability(facts)
         if not applicability.applies:
             return CheckResult(type(check), "N/A", applicability.reason, profile=profile)
-        by_path = {s.display: s for s in facts.project.files}
+        # An excluded module read only to resolve names is not reported on.
+        by_path = {s.display: s for s in facts.project.files if not s.excluded}
         # Findings in imported local modules are reported too: the named files run that code
         # (a pre-commit run on a staged train.py must not PASS a bug in its model.py).
         severity = check.severity_in(profile)
         unparsed = {u.display for u in facts.project.unparsable}
-        findings = sorted({replace(f, severity=severity) for f in check.run(facts)
-                           if f.path in unparsed or (f.path in by_path and not _suppressed(
-                               f, by_path[f.path], config, config_dir))})
+        findings = merge_duplicates(
+            replace(f, severity=severity) for f in check.run(facts)
+            if f.path in unparsed or (f.path in by_path and not _suppressed(
+                f, by_path[f.path], config, config_dir)))
     except SpmlError:
         raise
     except Exception as exc:  # noqa: BLE001 - a check's own bug must not hide the others
@@ -130,6 +133,41 @@ def _run_one(check: Check, facts: Facts, config: ValidateConfig,
                            profile=profile)
     reason = applicability.reason or check.runtime_note
     return CheckResult(type(check), "FAIL" if findings else "PASS", reason, findings, profile)
+
+
+def merge_duplicates(findings: Iterable[Finding]) -> list[Finding]:
+    """One finding per defect and place: the same check with the same message on the same
+    line (a helper with ten ``print`` calls, called once per step, is one problem at that
+    call) is reported once, at its first column, with the notes of all of them merged."""
+    groups: dict[tuple[str, int, str, str], list[Finding]] = {}
+    for finding in sorted(set(findings)):
+        groups.setdefault((finding.path, finding.line, finding.id, finding.message),
+                          []).append(finding)
+    return sorted(replace(same[0], note=merge_notes([f.note for f in same]))
+                  for same in groups.values())
+
+
+NOTE_AT = re.compile(r"^(?P<text>.*) \((?P<file>[^()]*?):(?P<line>\d+)\)$")
+MAX_NOTES = 3
+
+
+def merge_notes(notes: Sequence[str]) -> str:
+    """``reaches print() in bar (utils.py:9)`` + ``... (utils.py:12)`` ->
+    ``reaches print() in bar (utils.py:9, 12)``; other notes joined with ``; ``."""
+    merged: dict[tuple[str, str], list[str]] = {}
+    for note in notes:
+        if not note:
+            continue
+        match = NOTE_AT.match(note)
+        key = (match["text"], match["file"]) if match else (note, "")
+        lines = merged.setdefault(key, [])
+        if match and match["line"] not in lines:
+            lines.append(match["line"])
+    parts = [f"{text} ({file}:{', '.join(sorted(lines, key=int))})" if file else text
+             for (text, file), lines in merged.items()]
+    if len(parts) > MAX_NOTES:
+        parts = [*parts[:MAX_NOTES], f"and {len(parts) - MAX_NOTES} more"]
+    return "; ".join(parts)
 
 
 def _suppressed(finding: Finding, source: SourceFile | None, config: ValidateConfig,

@@ -11,6 +11,7 @@ from spml.toolkit.checks._evaluation import (
     FUNCS,
     Evaluation,
     call_sites,
+    eval_context,
     evaluations,
     holds_before,
     is_eval_mode_call,
@@ -31,10 +32,15 @@ class EvalWithoutEvalMode(Check):
     Finds evaluation code (functions named ``evaluate``/``eval_*``/``validate``/``test``/
     ``estimate_loss``/``val_*`` that run the model and never call ``backward()``, and loops
     over a validation or test loader) and flags it when neither it nor its callers call
-    ``model.eval()`` (or ``model.train(False)``) before the forward pass. When evaluation
-    switches to eval mode and is called from inside the training loop, it also flags a
-    training loop that never calls ``model.train()`` again. Projects whose models have no
-    dropout or batch-norm layers are passed: there ``eval()`` changes nothing.
+    ``model.eval()`` (or ``model.train(False)``) before the forward pass, directly or through
+    a context manager of the project (``with eval_mode(model):``). A function is not
+    evaluation when its result feeds a ``backward()`` (PPO's ``evaluate_actions``), when it
+    only runs a model it builds itself without loading weights (a shape check such as
+    ``def test(): net = Net(); net(torch.randn(1, 3, 32, 32))``), or when it only calls a
+    tokenizer. When evaluation switches to eval mode and is called from inside the training
+    loop, it also flags a training loop that never calls ``model.train()`` again. Projects
+    whose models have no dropout or batch-norm layers are passed: there ``eval()`` changes
+    nothing.
 
     ## Why is this bad?
     In training mode dropout zeroes random activations and batch norm normalises with the
@@ -92,6 +98,9 @@ class EvalWithoutEvalMode(Check):
 
     def _stays_in_eval(self, facts: Facts, ev: Evaluation) -> Iterator[Finding]:
         """Evaluation switches to eval mode inside a training loop that never switches back."""
+        anchor = ev.forwards[0] if ev.kind == "function" else ev.node
+        if eval_context(facts, ev.source, anchor):
+            return  # ``with eval_mode(model):`` switches back on exit
         if ev.kind == "function":
             if any(is_train_mode_call(ev.source, n) for n in ast.walk(ev.node)):
                 return  # it restores training mode itself
@@ -114,10 +123,13 @@ def _has_mode_layers(facts: Facts) -> bool:
 
 
 def _sets_eval_mode(facts: Facts, ev: Evaluation) -> bool:
+    """``model.eval()`` in the evaluation or before it (here or in a caller), or a context
+    manager of the project around it that calls it: ``with eval_mode(model):``."""
     if any(is_eval_mode_call(ev.source, n) for n in ast.walk(ev.node)):
         return True
     anchor = ev.forwards[0] if ev.kind == "function" else ev.node
-    return holds_before(facts, ev.source, anchor, is_eval_mode_call)
+    return holds_before(facts, ev.source, anchor, is_eval_mode_call) \
+        or eval_context(facts, ev.source, anchor)
 
 
 def _eval_switch_before(ev: Evaluation) -> ast.Call | None:

@@ -7,10 +7,12 @@ import ast
 from collections.abc import Iterator
 
 from spml.toolkit.checks._amp_enabled import enabled_at_fp16, may_run_fp16
+from spml.toolkit.checks._amp_reach import framework_scales, reached_backwards
 from spml.toolkit.checks._base import APPLIES, Applicability, Check, Finding, not_applicable
 from spml.toolkit.checks._devices import (
     AUTOCAST,
     FP16,
+    Autocast,
     autocasts,
     grad_scalers,
     keyword,
@@ -33,17 +35,25 @@ class MixedPrecisionMisuse(Check):
     Flags, in order of how often they bite:
 
     - fp16 autocast (``torch.autocast("cuda")``, ``dtype=torch.float16``,
-      ``torch.cuda.amp.autocast()``) in a project that never creates a ``GradScaler``;
+      ``torch.cuda.amp.autocast()``) in a project that never creates a ``GradScaler``, when
+      what the region computes is backpropagated (followed through assignments, into the
+      project's functions and out through ``return`` to their callers). Autocast around
+      inference (a validation function rendering ``pipeline(prompt)``, anything under
+      ``torch.no_grad()``) needs no scaler, nor does a loss backpropagated with
+      ``accelerator.backward(loss)`` (Accelerate, Fabric and DeepSpeed scale an fp16 loss
+      themselves);
     - a ``GradScaler`` switched on only for another precision
       (``enabled=(dtype == "bfloat16")``) while autocast can run in fp16: it is off
       exactly when it is needed;
     - a ``GradScaler`` whose loss never goes through ``scaler.scale(loss).backward()``, whose
       optimizer steps directly instead of through ``scaler.step(optimizer)``, or which never
       calls ``scaler.update()``;
-    - ``backward()`` called inside the ``with autocast(...)`` block;
+    - ``backward()`` called inside an fp16 (or unknown-dtype) ``with autocast(...)``
+      block;
     - a module cast to fp16 with ``.half()`` / ``.to(torch.float16)`` and then trained.
 
-    bf16 autocast needs no scaler and is not flagged; a dtype chosen at run time (nanoGPT's
+    bf16 autocast needs no scaler and is not flagged, even around the backward (Intel's bf16
+    CPU examples wrap the whole training loop); a dtype chosen at run time (nanoGPT's
     ``ptdtype`` with ``GradScaler(enabled=(dtype == "float16"))``) is trusted, and so is an
     ``enabled=`` flag whose value cannot be read (``enabled=use_amp``, ``enabled=args.fp16``).
 
@@ -96,7 +106,8 @@ class MixedPrecisionMisuse(Check):
         for cast in autocasts(facts):
             related = _related_files(facts, cast.source)
             if cast.dtype == "float16" and not any(s.display in related for s, _ in scalers) \
-                    and facts.backward_calls and not _no_grad(cast.source, cast.call):
+                    and facts.backward_calls and not _no_grad(cast.source, cast.call) \
+                    and _trains_unscaled(facts, cast):
                 yield self.finding(cast.source, cast.call, "fp16 autocast without a "
                                    "GradScaler: small gradients underflow to zero")
         if scalers:
@@ -144,6 +155,7 @@ class MixedPrecisionMisuse(Check):
                                    "scale never adapts")
 
     def _backward_under_autocast(self, facts: Facts) -> Iterator[Finding]:
+        # (a bf16 region is skipped: see _is_autocast_block)
         for source, call in facts.backward_calls:
             if any(_is_autocast_block(facts, source, p) for p in _enclosing_withs(source, call)):
                 yield self.finding(source, call, "backward() runs inside the autocast region")
@@ -158,6 +170,17 @@ class MixedPrecisionMisuse(Check):
             if name and any(mentions(a, {name}) for a in trained):
                 yield self.finding(source, call, f"module `{name}` is trained with fp16 "
                                    "weights: small updates round away")
+
+
+def _trains_unscaled(facts: Facts, cast: Autocast) -> bool:
+    """The region's outputs reach a backward that no framework scales (Accelerate's
+    ``accelerator.backward`` scales an fp16 loss itself). When where they go cannot be told,
+    every backward of the region's files counts."""
+    reached = reached_backwards(facts, cast)
+    if reached is None:
+        related = _related_files(facts, cast.source)
+        reached = [(s, c) for s, c in facts.backward_calls if s.display in related]
+    return any(not framework_scales(facts, s, c) for s, c in reached)
 
 
 def _uses_low_precision(facts: Facts) -> bool:
@@ -263,17 +286,20 @@ def _enclosing_withs(source: SourceFile, node: ast.AST) -> Iterator[ast.With | a
 
 
 def _is_autocast_block(facts: Facts, source: SourceFile, block: ast.With | ast.AsyncWith) -> bool:
-    """``with torch.autocast(...)`` or ``with ctx`` where ``ctx`` was made by autocast."""
+    """``with torch.autocast(...)`` or ``with ctx`` where ``ctx`` was made by autocast, unless
+    every autocast it enters is bf16 (fp32's range: the backward cannot underflow, and
+    PyTorch runs it in the forward's dtypes anyway; Intel's bf16 CPU examples wrap the whole
+    training loop so) or switched off with a literal ``enabled=False``."""
+    dtypes = {id(c.call): c.dtype for c in autocasts(facts)}
+    found = []
     for item in block.items:
         expr = item.context_expr
         nodes = [(source, expr)]
         if dotted(expr):
             nodes = [(o.source, o.node) for o in origins(facts, source, expr) if o.node]
-        for src, node in nodes:
-            if any(isinstance(n, ast.Call) and facts.project.call_name(src, n) in AUTOCAST
-                   for n in ast.walk(node)):
-                return True
-    return False
+        found += [n for src, node in nodes for n in ast.walk(node)
+                  if isinstance(n, ast.Call) and facts.project.call_name(src, n) in AUTOCAST]
+    return any(id(n) in dtypes and dtypes[id(n)] != "bfloat16" for n in found)
 
 
 def _half_module(facts: Facts, source: SourceFile, call: ast.Call) -> str | None:

@@ -12,6 +12,7 @@ from spml.toolkit.checks._local_optim import optimizer_builds
 from spml.toolkit.checks._module_shape import (
     Shape,
     bears_params,
+    child_shape,
     model_makers,
     module_shapes,
     run_without_grad,
@@ -36,16 +37,19 @@ class OptimizerMissesParameters(Check):
 
     ## What it does
     Follows each optimizer's ``params`` argument (``model.parameters()``, a list of
-    ``model.sub.parameters()``, ``model[1:].parameters()`` of an ``nn.Sequential``,
-    ``[{"params": ...}, ...]`` groups, ``filter``/comprehension over ``requires_grad``,
-    through variables) to the model object and what made it, reads the submodules and
-    ``nn.Parameter``s it has (its local ``nn.Module`` class's ``__init__``, in any branch;
-    the layers listed in ``nn.Sequential(...)``) and flags the ones no optimizer receives
-    and the project never freezes. A weight tied under a condition (``if tie_weights:``)
+    ``model.sub.parameters()``, ``model[1:].parameters()`` of an ``nn.Sequential`` or
+    ``model.net[:-1].parameters()`` of one the model holds, ``[{"params": ...}, ...]``
+    groups, ``filter``/comprehension over ``requires_grad``, through variables) to the
+    model object and what made it, reads the submodules and ``nn.Parameter``s it has (its
+    local ``nn.Module`` class's ``__init__``, in any branch; the layers listed in
+    ``nn.Sequential(...)``; a backbone re-wrapped as
+    ``nn.Sequential(*list(resnet.children())[:-1])``) and flags the ones no optimizer
+    receives and the project never freezes. A weight tied under a condition (``if tie_weights:``)
     counts as covered only when the optimizer takes it itself. When the model may be one of
     several classes, it is flagged only if the optimizer misses parameters for each of
     them. For a library model (torchvision, timm, transformers), whose submodules are not
-    listed, it flags an optimizer that gets only the classifier head (``model.fc``) while
+    listed, it flags an optimizer that gets only the classifier head (``model.fc``, timm's
+    ``model.get_classifier()``) while
     the whole model runs with gradients in training and nothing in the project is frozen.
     Also flags a submodule assigned to the model (``model.head = nn.Linear(...)``) after
     the optimizer was built from ``model.parameters()``. The project's own
@@ -177,7 +181,21 @@ def _shape_missing(facts: Facts, cover: _Cover, shape: Shape, frozen: _Frozen) -
     """The children of ``shape`` the optimizers miss (``["*"]``: the rest of a library
     model); empty when nothing is missed or it cannot be told."""
     covered: set[str] = set()
+    partial: dict[str, tuple[Shape, set[str]]] = {}  # `model.net[:-1]`: some of net's
     for attr in cover.attrs:
+        if attr == "get_classifier()":  # timm: the model's classifier head
+            if not shape.library:
+                return []
+            covered.add("fc")
+            continue
+        head, bracket, rest = attr.partition("[")
+        if head and bracket:
+            sub = child_shape(facts, shape, head) if not shape.library else None
+            names = sub.expand(bracket + rest) if sub is not None else None
+            if names is None:
+                return []
+            partial.setdefault(head, (sub, set()))[1].update(names)
+            continue
         names = shape.expand(attr)
         if names is None:
             return []  # an index into something that is not a listed container
@@ -190,8 +208,13 @@ def _shape_missing(facts: Facts, cover: _Cover, shape: Shape, frozen: _Frozen) -
     covered |= {a for a, b, conditional in tied if not conditional and b in covered}
     covered |= {b for a, b, conditional in tied if not conditional and a in covered}
     skipped = run_without_grad(shape.cls) if shape.cls is not None else set()
-    return [a for a in shape.attrs if a not in covered and a not in skipped
-            and not frozen.covers(cover.base, a) and not _by_design(a)]
+    missing = [a for a in shape.attrs if a not in covered and a not in skipped
+               and not frozen.covers(cover.base, a) and not _by_design(a)]
+    out = []
+    for attr in missing:  # of a child the optimizer takes a slice of: what the slice drops
+        sub, taken = partial.get(attr, (None, None))
+        out += [attr] if sub is None else [f"{attr}[{k}]" for k in sub.attrs if k not in taken]
+    return out
 
 
 def _trained_whole(facts: Facts, key: tuple) -> bool:

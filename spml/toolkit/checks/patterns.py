@@ -60,6 +60,9 @@ BACKWARD_OWNERS = frozenset({"accelerate.Accelerator", "accelerate.accelerator.A
 # Meters that print every value they hold (torchvision references' MetricLogger, copied by
 # DETR, DeiT, MAE, DINO): ``for batch in metric_logger.log_every(loader, 10): ...``.
 METER_PRINT_METHODS = frozenset({"log_every"})
+# How many calls below a loop its backward() may run and still make it a training loop
+# (loop -> train_step -> forward_backward -> backward is 2; the event walk follows as deep).
+STEP_DEPTH = 3
 LOG_LEVELS = frozenset({"info", "debug", "warning", "error", "critical", "log", "exception"})
 
 
@@ -121,11 +124,15 @@ class Facts:
     @cached_property
     def training_loops(self) -> list[TrainingLoop]:
         """The step loops: innermost loops that run ``backward()`` directly or by calling a
-        local step function (a module function, a method, or a function defined in the
-        enclosing function or the loop body itself, as timm's ``_backward`` closure); for a
-        gradient-accumulation micro-loop, also the loop around it (that one runs once per
-        optimizer step)."""
-        step_funcs = self._step_functions()
+        local step function (a module function, a method, the ``__call__`` of a local
+        class such as MAE's ``loss_scaler(loss, optimizer)``, or a function defined in the
+        enclosing function or the loop body itself, as timm's ``_backward`` closure),
+        followed up to three calls deep, or by passing one to ``optimizer.step(closure)``
+        (LBFGS); for a gradient-accumulation micro-loop, also the loop around it (that one
+        runs once per optimizer step). A helper that runs backward in a micro-batch loop of
+        its own and steps no optimizer counts where its caller steps: the training loop is
+        the loop that steps the optimizer."""
+        step_funcs, micro = self._step_functions
         found: dict[int, TrainingLoop] = {}
         for source, node in self.project.walk():
             if not isinstance(node, ast.For | ast.While | ast.AsyncFor):
@@ -133,7 +140,11 @@ class Facts:
             inner = list(scope_nodes(node))
             direct = [n for n in inner if n in self._backward_set(source)]
             via = [n for n in inner
-                   if isinstance(n, ast.Call) and self._runs(source, n, step_funcs)]
+                   if isinstance(n, ast.Call) and (self._runs(source, n, step_funcs)
+                                                   or self._passes(source, n, step_funcs))]
+            if not direct and not via and any(
+                    isinstance(n, ast.Call) and self._runs(source, n, micro) for n in inner):
+                via = [node] if self._loop_steps(source, node) else []
             if direct or via:
                 found[id(node)] = TrainingLoop(source, node, direct)
         loops = list(found.values())
@@ -145,20 +156,98 @@ class Facts:
     def _backward_set(self, source: SourceFile) -> set[ast.Call]:
         return {c for s, c in self.backward_calls if s is source}
 
-    def _step_functions(self) -> set[int]:
-        """Functions that run backward once per call (not inside their own loop)."""
-        funcs: set[int] = set()
+    @cached_property
+    def _step_functions(self) -> tuple[set[int], set[int]]:
+        """(step functions, micro-batch helpers). Step functions run backward once per
+        call: directly (not inside a loop of their own), or, up to STEP_DEPTH calls up, by
+        calling one (not in a loop). A micro-batch helper runs backward in a loop of its own
+        and steps no optimizer (improved-diffusion's ``forward_backward``): a function that
+        calls one and steps is a step function, and so is a loop that calls one and steps."""
+        funcs, micro = self._backward_functions()
+        level = {**funcs, **micro}
+        for _ in range(STEP_DEPTH - 1):
+            names = {getattr(f, "name", None) for _, f in level.values()} - {None}
+            if "__call__" in names:
+                names |= {n for n in self._call_names if n not in self._attr_call_names}
+            added: dict[int, tuple[SourceFile, ast.AST]] = {}
+            for source, call in self._calls_named(names):
+                scope = source.scope_of(call)
+                if scope is source.tree or id(scope) in funcs or id(scope) in added \
+                        or _in_loop_below(source, call, scope):
+                    continue
+                found = self.flow.callee(source, call)
+                if found is None or id(found[1]) not in level:
+                    continue
+                if id(found[1]) in funcs or self._steps(source, scope):
+                    added[id(scope)] = (source, scope)
+            if not added:
+                break
+            funcs.update(added)
+            level = added
+        return set(funcs), set(micro) - set(funcs)
+
+    def _backward_functions(self) -> tuple[dict[int, tuple[SourceFile, ast.AST]],
+                                           dict[int, tuple[SourceFile, ast.AST]]]:
+        """(functions that run backward outside a loop of their own, micro-batch helpers)."""
+        funcs: dict[int, tuple[SourceFile, ast.AST]] = {}
+        micro: dict[int, tuple[SourceFile, ast.AST]] = {}
         for source, call in self.backward_calls:
             scope = source.scope_of(call)
-            in_loop = any(isinstance(p, ast.For | ast.While | ast.AsyncFor)
-                          for p in _until(source, call, scope))
-            if scope is not source.tree and not in_loop:
-                funcs.add(id(scope))
-        return funcs
+            if scope is source.tree or id(scope) in funcs:
+                continue
+            if not _in_loop_below(source, call, scope):
+                funcs[id(scope)] = (source, scope)
+                micro.pop(id(scope), None)
+            elif id(scope) not in micro and not self._steps(source, scope):
+                micro[id(scope)] = (source, scope)
+        return funcs, micro
+
+    @cached_property
+    def _calls_by_name(self) -> dict[str, list[tuple[SourceFile, ast.Call]]]:
+        table: dict[str, list[tuple[SourceFile, ast.Call]]] = {}
+        for source, call in self.project.calls:
+            func = call.func
+            name = func.id if isinstance(func, ast.Name) else \
+                func.attr if isinstance(func, ast.Attribute) else None
+            if name:
+                table.setdefault(name, []).append((source, call))
+        return table
+
+    @cached_property
+    def _call_names(self) -> frozenset[str]:
+        return frozenset(self._calls_by_name)
+
+    @cached_property
+    def _attr_call_names(self) -> frozenset[str]:
+        return frozenset(n for n, calls in self._calls_by_name.items()
+                         if all(isinstance(c.func, ast.Attribute) for _, c in calls))
+
+    def _calls_named(self, names: set[str]) -> list[tuple[SourceFile, ast.Call]]:
+        return [sc for n in names for sc in self._calls_by_name.get(n, [])]
+
+    def _steps(self, source: SourceFile, func: ast.AST) -> bool:
+        """True when running ``func`` steps an optimizer (following its calls)."""
+        from spml.toolkit.checks._optim import function_steps  # _optim imports this module
+        return function_steps(self, source, func)
+
+    def _loop_steps(self, source: SourceFile, loop: ast.AST) -> bool:
+        from spml.toolkit.checks._optim import loop_events  # _optim imports this module
+        return any(e.kind == "step" for e in loop_events(self, source, loop))
 
     def _runs(self, source: SourceFile, call: ast.Call, funcs: set[int]) -> bool:
         found = self.flow.callee(source, call)
         return found is not None and id(found[1]) in funcs
+
+    def _passes(self, source: SourceFile, call: ast.Call, funcs: set[int]) -> bool:
+        """``optimizer.step(closure)``: the closure (LBFGS) runs backward inside the step."""
+        if not (isinstance(call.func, ast.Attribute) and call.func.attr == "step"):
+            return False
+        for arg in [*call.args, *(k.value for k in call.keywords)]:
+            if isinstance(arg, ast.Name):
+                found = self.flow.function_named(source, call, arg.id)
+                if found is not None and id(found[1]) in funcs:
+                    return True
+        return False
 
     def step_loop_of(self, source: SourceFile, node: ast.AST) -> TrainingLoop | None:
         """The step loop whose every iteration runs ``node`` (its nearest enclosing loop)."""
@@ -264,6 +353,11 @@ def _method_sink_kind(owner: str, method: str, logging_to_file: bool) -> str | N
     if method in CONSOLE_SINK_METHODS or method in METER_PRINT_METHODS:
         return "console"
     return "file" if method in FILE_SINK_METHODS else None
+
+
+def _in_loop_below(source: SourceFile, node: ast.AST, scope: ast.AST) -> bool:
+    return any(isinstance(p, ast.For | ast.While | ast.AsyncFor)
+               for p in _until(source, node, scope))
 
 
 def is_accumulation_loop(loop: ast.AST) -> bool:

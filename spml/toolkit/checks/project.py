@@ -68,6 +68,8 @@ class SourceFile:
     parents: dict[ast.AST, ast.AST] = field(default_factory=dict)
     # Loaded because an analysed file imports it (not named on the command line).
     context: bool = False
+    # A context file that an exclude glob matches: read to resolve names, never reported on.
+    excluded: bool = False
 
     @classmethod
     def load(cls, path: Path, root: Path) -> SourceFile:
@@ -195,6 +197,48 @@ def _real(path: Path) -> Path | None:
         return None
 
 
+def _load_imported(sources: dict[Path, SourceFile], root: Path, paths: Sequence[Path],
+                   exclude: Sequence[str]) -> list[UnparsableFile]:
+    """Add the local modules the loaded files import (transitively) to ``sources`` as
+    context; return those that do not parse (their code runs unchecked: an L0-00 each),
+    except excluded ones. A module an exclude glob matches is still read (it resolves
+    classes) but marked ``excluded``: nothing is reported in it."""
+    unparsable: list[UnparsableFile] = []
+    queue = list(sources.values())
+    failed: set[Path] = set()
+    while queue and len(sources) < MAX_CONTEXT_FILES:
+        importer = queue.pop()
+        for path in local_imports(importer, root):
+            if path in sources or path in failed:
+                continue
+            skip = _excluded_context(path, paths, root, exclude)
+            try:
+                sources[path] = SourceFile.load(path, root)
+            except SourceError as exc:
+                failed.add(path)
+                if not skip:
+                    unparsable.append(UnparsableFile(
+                        _display(path), exc.line, exc.col,
+                        f"{exc.detail}; imported by {importer.display}"))
+                continue
+            sources[path].context = True
+            sources[path].excluded = skip
+            queue.append(sources[path])
+    return unparsable
+
+
+def _excluded_context(path: Path, paths: Sequence[Path], root: Path,
+                      globs: Sequence[str]) -> bool:
+    """Whether an imported module, or a folder above it, matches an exclude glob, relative
+    to a folder given on the command line or to the analysed root (as the walk matches)."""
+    if not globs:
+        return False
+    bases = [p.resolve() for p in paths if p.is_dir()] + [root]
+    rels = [path.relative_to(base) for base in bases if path.is_relative_to(base)]
+    return any(excluded(part, globs) for rel in rels
+               for part in [rel, *list(rel.parents)[:-1]])
+
+
 def excluded(rel: Path, globs: Sequence[str]) -> bool:
     """Whether ``rel`` (relative to an analysed folder) matches an exclude glob."""
     text = rel.as_posix()
@@ -221,6 +265,7 @@ class Project:
         A file that does not parse is kept aside (`unparsable`, reported as L0-00) and the
         rest is analysed; only when no file parses is that an error.
         """
+        paths = list(paths)
         targets = collect_files(paths, exclude)
         if not targets:
             raise SourceError("no Python files found under the given paths")
@@ -238,16 +283,7 @@ class Project:
         if not sources:
             raise SourceError("no file under the given paths parses: " + "; ".join(
                 f"{u.display}: {u.detail}" for u in unparsable))
-        queue = list(sources.values())
-        while queue and len(sources) < MAX_CONTEXT_FILES:
-            for path in local_imports(queue.pop(), root):
-                if path not in sources:
-                    try:
-                        sources[path] = SourceFile.load(path, root)
-                    except SourceError:
-                        continue  # an unparsable helper module only costs context
-                    sources[path].context = True
-                    queue.append(sources[path])
+        unparsable += _load_imported(sources, root, paths, exclude)
         return cls(sorted(sources.values(), key=lambda s: s.path), root, unparsable)
 
     @property

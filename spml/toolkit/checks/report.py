@@ -39,8 +39,18 @@ def summary_lines(report: Report) -> list[str]:
     return lines
 
 
+def finding_text(finding: Finding) -> str:
+    """A finding as the terminal shows it: ``train.py:12:5 L0-01 [critical] message``, then
+    its note and fix; the severity on the line says which lines made the exit status 1
+    (also with ``--no-summary``)."""
+    head, _, rest = finding.text().partition("\n")
+    where = f"{finding.path}:{finding.line}:{finding.col} {finding.id} "
+    line = where + f"[{finding.severity}] " + head.removeprefix(where)
+    return line + ("\n" + rest if rest else "")
+
+
 def render_text(report: Report, summary: bool = True) -> str:
-    parts = [f.text() for f in report.findings]
+    parts = [finding_text(f) for f in report.findings]
     if summary:
         parts.extend(["", *summary_lines(report)] if parts else summary_lines(report))
     return "\n".join(parts) + "\n"

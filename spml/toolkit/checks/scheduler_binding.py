@@ -19,7 +19,8 @@ class SchedulerWrongOptimizer(Check):
     ``get_cosine_schedule_with_warmup(optimizer, ...)``) to the optimizer construction it
     names, and compares it with the optimizers whose ``step()`` (or
     ``scaler.step(optimizer)``) the training loops call, following the project's own step
-    functions. Flags:
+    functions and ``accelerator.prepare(model, optimizer, scheduler)`` (which hands its
+    arguments back wrapped, in order). Flags:
 
     - a scheduler bound to an optimizer that is never stepped: the other one of two
       (``opt_d`` instead of ``opt_g``), or a stale object when the optimizer was rebuilt

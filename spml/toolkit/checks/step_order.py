@@ -14,11 +14,13 @@ from spml.toolkit.checks._optim import (
     same_object,
     step_loops,
 )
-from spml.toolkit.checks.flow import SCOPES, scope_nodes
+from spml.toolkit.checks.flow import SCOPES, dotted, scope_nodes
 from spml.toolkit.checks.patterns import Facts
 from spml.toolkit.checks.project import SourceFile
 
 JUMPS = (ast.Continue, ast.Break, ast.Return, ast.Raise)
+GUARDED = ("conditional optimizer.step() runs before this iteration's backward(): the first "
+           "step has no gradients and the last accumulated gradients are never applied")
 
 
 class StepBeforeBackward(Check):
@@ -33,14 +35,18 @@ class StepBeforeBackward(Check):
     accumulation (several ``backward()`` calls in a micro-step loop, then one step) is the
     correct order and is not flagged; neither is ``optimizer.step(closure)`` (the closure
     runs backward itself), a conditional step whose block leaves the iteration
-    (``continue``), nor a deferred step at the top of the iteration when the same optimizer
-    steps again after the loop (the last accumulated window is flushed there).
+    (``continue``), nor a deferred step at the top of the iteration that waits for gradients
+    (``if i > 0 and i % accum == 0:``: it applies the last ``accum`` batches at the current
+    weights, and only the epoch's last window spills over) or after which the same
+    optimizer steps again after the loop (the last accumulated window is flushed there).
 
     ## Why is this bad?
     The step applies whatever gradients are in ``.grad`` at that moment: the previous
     iteration's (or none on the first step). Updates lag one batch behind, the last batch's
     gradients are never applied, and if gradients are cleared at the top of the iteration
-    the optimizer only ever steps on zeros.
+    the optimizer only ever steps on zeros. A conditional step before the backward
+    (``if step % accum == 0:``) steps once on no gradients and never applies the last
+    accumulated ones.
 
     ## Example
     ```python
@@ -78,9 +84,11 @@ class StepBeforeBackward(Check):
         for source, loop in step_loops(facts):
             events = loop_events(facts, source, loop)
             for step in (e for e in events if e.kind == "step"):
-                if _before_backward(events, step) if not step.guards else \
-                        _guarded_before_backward(facts, source, loop, events, step):
-                    yield self.finding(step.source, step.node)
+                if not step.guards:
+                    if _before_backward(events, step):
+                        yield self.finding(step.source, step.node)
+                elif _guarded_before_backward(facts, source, loop, events, step):
+                    yield self.finding(step.source, step.node, GUARDED)
 
 
 def _before_backward(events: list[Event], step: Event) -> bool:
@@ -107,7 +115,40 @@ def _guarded_before_backward(facts: Facts, source: SourceFile, loop: ast.AST,
     if backward is None or any(e.kind == "step" and same_object(e.ref, step.ref)
                                for e in events[backward:]):
         return False
-    return not _steps_after(facts, source, loop, step)
+    return not _steps_after(facts, source, loop, step) and not _skips_first(step)
+
+
+def _skips_first(step: Event) -> bool:
+    """A deferred accumulation step, ``if i > 0 and i % accum == 0: opt.step()`` at the top
+    of the iteration: it waits until gradients exist and then applies the last ``accum``
+    batches' gradients, computed at the current weights. Only the epoch's last window is
+    left to the next epoch (or never applied): that is not worth a critical finding."""
+    ids = {k for k, v in step.guards if v is True}
+    return any(isinstance(p, ast.If) and id(p) in ids and any(
+        _after_first(t) for t in _conjuncts(p.test)) for p in step.source.ancestors(step.node))
+
+
+def _conjuncts(test: ast.AST) -> list[ast.AST]:
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return [c for v in test.values for c in _conjuncts(v)]
+    return [test]
+
+
+def _after_first(test: ast.AST) -> bool:
+    """``i > 0``, ``i >= 1``, ``i != 0``, ``0 < i``: false on the first iteration."""
+    if not isinstance(test, ast.Compare) or len(test.ops) != 1:
+        return False
+    op, left, right = test.ops[0], test.left, test.comparators[0]
+    if isinstance(left, ast.Constant):  # `0 < i` reads as `i > 0`
+        flipped = {ast.Lt: ast.Gt, ast.LtE: ast.GtE, ast.NotEq: ast.NotEq}.get(type(op))
+        if flipped is None:
+            return False
+        op, left, right = flipped(), right, left
+    if dotted(left) is None or not isinstance(right, ast.Constant) \
+            or isinstance(right.value, bool) or not isinstance(right.value, int):
+        return False
+    return (isinstance(op, ast.Gt | ast.NotEq) and right.value == 0
+            or isinstance(op, ast.GtE) and right.value == 1)
 
 
 def _leaves_iteration(step: Event, loop: ast.AST) -> bool:

@@ -17,6 +17,8 @@ from spml.toolkit.checks._optim import (
 from spml.toolkit.checks.patterns import Facts
 from spml.toolkit.checks.project import SourceFile, dotted
 
+DIST_BACKWARD = "torch.distributed.autograd.backward"
+
 
 class ZeroGradMisplaced(Check):
     """Checks that each training step clears the gradients once, outside backward-to-step.
@@ -34,7 +36,9 @@ class ZeroGradMisplaced(Check):
       does not clear ``netG``).
 
     Clearing at the top of the iteration, or right after the step (also under a
-    gradient-accumulation condition, as nanoGPT does), is correct and not flagged.
+    gradient-accumulation condition, as nanoGPT does), is correct and not flagged. RPC
+    training with ``dist_autograd.backward(context_id, [loss])`` needs no clearing: the
+    gradients live in the iteration's ``dist_autograd.context()``, not in ``.grad``.
 
     ## Why is this bad?
     ``backward()`` adds into ``.grad``. Cleared before the step, the optimizer sees zeros
@@ -84,7 +88,8 @@ class ZeroGradMisplaced(Check):
                     yield self.finding(zero.source, zero.node,
                                        "gradients are cleared after backward() and before "
                                        "optimizer.step(); the step never sees them")
-            if not zeros and not _clears_elsewhere(facts, source, loop, events):
+            if not zeros and not _clears_elsewhere(facts, source, loop, events) \
+                    and not _context_gradients(events):
                 yield self.finding(source, loop)
             for step in _uncleared_steps(facts, events) if zeros else []:
                 yield self.finding(step.source, step.node, (
@@ -126,6 +131,17 @@ def _wipes_before_step(events: list[Event], zero: Event) -> bool:
         return any(same_object(zero.ref, s.ref) for s in after)
     # model.zero_grad(): wipes the grads of whichever optimizer; judge only one-optimizer loops
     return bool(after) and all(same_object(steps[0].ref, s.ref) for s in steps)
+
+
+def _context_gradients(events: list[Event]) -> bool:
+    """Every backward is ``dist_autograd.backward(context_id, [loss])``: RPC training keeps
+    the gradients in the per-iteration autograd context (``with dist_autograd.context()``),
+    not in ``.grad``, and ``DistributedOptimizer.step(context_id)`` reads them from there;
+    the context, and its gradients, end with the iteration."""
+    backwards = [e for e in events if e.kind == "backward"]
+    return bool(backwards) and all(
+        isinstance(e.node, ast.Call) and isinstance(e.node.func, ast.Attribute)
+        and e.source.canonical(e.node.func) == DIST_BACKWARD for e in backwards)
 
 
 def _clears_elsewhere(facts: Facts, source: SourceFile, loop: ast.AST,
@@ -180,6 +196,9 @@ def _parameter_owners(facts: Facts, ref: Ref | None) -> set[str]:
             continue
         first = call.args[0] if call.args else next(
             (k.value for k in call.keywords if k.arg == "params"), None)
+        while isinstance(first, ast.Call) and isinstance(first.func, ast.Name) \
+                and first.func.id in ("list", "tuple") and len(first.args) == 1:
+            first = first.args[0]  # list(actor.parameters()): cleanrl's SAC/TD3/DDPG
         if isinstance(first, ast.Call) and isinstance(first.func, ast.Attribute) and \
                 first.func.attr == "parameters" and (name := dotted(first.func.value)):
             owners.add(name)

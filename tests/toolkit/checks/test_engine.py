@@ -150,8 +150,8 @@ def test_text_and_markdown_summaries(tmp_path: Path, monkeypatch) -> None:
     write(tmp_path, "train.py", LOADER.format(comment=""))
     report = analyse([Path("train.py")], ValidateConfig(profile="spml"))
     text = render_text(report)
-    first = ("train.py:4:10 L0-06 DataLoader loads in the main process (num_workers is 0) "
-             "and without pin_memory=True in a CUDA project")
+    first = ("train.py:4:10 L0-06 [critical] DataLoader loads in the main process (num_workers "
+             "is 0) and without pin_memory=True in a CUDA project")
     assert f"{first}\n  fix: Pass" in text
     finding_lines = [line for line in text.splitlines() if line.startswith("train.py:")]
     assert finding_lines == sorted(finding_lines, key=lambda x: tuple(
