@@ -114,9 +114,11 @@ class WatchdogSettings(_Section):
         default=None, ge=0, description="Environment restarts in any 60-minute window; "
         "null/omitted = no limit (a progressing run is never given up).")
     max_no_progress: int | None = Field(
-        default=None, ge=1, description="Consecutive failed attempts without progress, "
-        "whatever their causes, that stop the run; null/omitted = off (the same failure "
-        "without progress twice always stops it).")
+        default=10, ge=1, description="Backstop: this many failed attempts in a row that "
+        "neither logged a step past the furthest reached before nor left a newer checkpoint "
+        "(and did not run healthily for 30 min), whatever their causes, stop the run; "
+        "null = off. The same failure at the same step without progress twice always stops "
+        "it.")
     poll_interval: PositiveDuration = Field(
         default=1, description="Seconds between checks; a hang is killed within "
         "hang_timeout + about one poll interval.")

@@ -179,7 +179,7 @@ def test_four_different_faults_in_a_minute_resume_from_the_newest_checkpoint_eac
     assert resumes(exp) == [0, 20, 40, 60, 80]
     history = WatchdogState(exp).history()
     assert [r.diagnosis.signature for r in history] == [
-        "signal:9", "hang", "nccl:SeqNum=42:ALLREDUCE", "enospc"]
+        "signal:9", "hang", "nccl:timeout:ALLREDUCE", "enospc"]
     assert [r.diagnosis.kind for r in history] == ["environment"] * 4
     assert [r.checkpoint_step for r in history] == [20, 40, 60, 80]
     context = (exp / "experiment-context.md").read_text()

@@ -40,7 +40,7 @@ def test_defaults() -> None:
     assert settings.checkpoint_check is None
     assert settings.checkpoint_check_timeout == 300
     assert settings.checkpoint_interval is None
-    assert settings.max_no_progress is None
+    assert settings.max_no_progress == 10  # the crash-loop backstop (policy docstring)
     assert settings.total_steps is None
     assert settings.baseline is None
 
@@ -49,10 +49,11 @@ def test_zero_startup_grace_and_restart_delay_mean_none_and_budgets_may_be_off()
     settings = WatchdogSettings.model_validate(
         {**REQUIRED, "startup_grace": 0, "restart_delay": 0, "max_restarts": None,
          "max_restarts_per_hour": 0, "checkpoint_check": "python check.py {checkpoint}",
-         "checkpoint_interval": 100})
+         "checkpoint_interval": 100, "max_no_progress": None})
 
     assert (settings.startup_grace, settings.restart_delay) == (0, 0)
     assert (settings.max_restarts, settings.max_restarts_per_hour) == (None, 0)
+    assert settings.max_no_progress is None  # null turns the backstop off
     assert settings.checkpoint_check == "python check.py {checkpoint}"
 
 

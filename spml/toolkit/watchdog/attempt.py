@@ -9,6 +9,7 @@ stopped. The attempt's end is returned as evidence for `classify`.
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import subprocess
 import time
@@ -59,12 +60,17 @@ class AttemptOutcome:
 
 
 def attempt_command(config: AttemptConfig, resume_from: Checkpoint | None) -> tuple[str, dict]:
-    """The command line and extra environment of an attempt (resume contract)."""
+    """The command line and extra environment of an attempt (resume contract).
+
+    ``{checkpoint}`` becomes the checkpoint's path as one shell word (quoted: a directory
+    with a space or a quote stays one argument), and ``''`` on a fresh start, so
+    ``--resume {checkpoint}`` still passes an (empty) value. ``$SPML_RESUME_FROM`` holds the
+    path, or is empty on a fresh start (also when the watchdog's own environment set it).
+    Other braces in the command are left as they are (shell ``${VAR}``, ``awk '{...}'``).
+    """
     path = str(resume_from.path) if resume_from else ""
-    command = config.train_command.replace("{checkpoint}", path)
-    env = {**supervisor_path(), "PYTHONFAULTHANDLER": "1"}
-    if resume_from is not None:
-        env["SPML_RESUME_FROM"] = path
+    command = config.train_command.replace("{checkpoint}", shlex.quote(path))
+    env = {**supervisor_path(), "PYTHONFAULTHANDLER": "1", "SPML_RESUME_FROM": path}
     return command, env
 
 

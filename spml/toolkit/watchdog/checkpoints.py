@@ -8,32 +8,55 @@ A checkpoint is a file or a directory matching a glob under the checkpoint direc
 complete when
 
 * a marker says so: ``<path><suffix>`` for a marker suffix (``ckpt_120.pt.done``), or a file
-  ``COMPLETE`` inside a directory checkpoint; or
-* its size and mtime (for a directory: total size, newest mtime and file count of everything
-  below it) stayed the same across the tracker's observations for at least ``stable_s``
-  seconds, and it is not empty. The first sighting is therefore never complete unless marked,
-  and a file still being written (growing, or re-touched) is never returned.
+  ``COMPLETE`` inside a directory checkpoint, written AFTER the checkpoint (its mtime is not
+  older than the checkpoint's content): a marker left by an earlier save vouches for nothing
+  once the checkpoint was rewritten in place; or
+* its signature (size, newest mtime and file count; for a directory those of the files below
+  it, temporary ones left out) stayed the same across the tracker's observations for at least
+  ``stable_s`` seconds, and it is not empty. The first sighting is therefore never complete
+  unless marked, and a file still being written (growing, or re-touched) is never returned.
 
-Temporary names are never candidates: a name starting with ``.`` or containing a ``.tmp`` /
-``.partial`` suffix (``ckpt.pt.tmp``, ``ckpt.tmp.123``), anything below such a directory, and
-the marker files themselves. The tracker only reads (``stat``); it never opens, locks, moves
-or deletes anything.
+Temporary names are never candidates: a name starting with ``.`` or ``tmp``, or carrying a
+``tmp`` / ``partial`` token (``ckpt.pt.tmp``, ``ckpt.tmp.123``, ``tmp-checkpoint-100``,
+``x.orbax-checkpoint-tmp-9``), anything below such a directory, and the marker files
+themselves. A temporary file that grows is a save in progress: `CheckpointTracker.temp_files`
+reports them so that the heartbeat counts the save as activity.
+
+Order ("newest"): the most recently WRITTEN first (mtime), the parsed step breaking exact
+ties. Names lie too often to come first: ``last.ckpt`` holds the newest state under no step,
+``epoch=0-step=100.ckpt`` kept as the best is older, a run restarted from scratch writes
+``step_10`` next to an old ``step_500``. What mtime gets wrong is an old checkpoint copied
+without its mtime (``cp`` without ``-p``, ``shutil.copy``, a restore from a backup) or touched:
+it looks newest. `spml.toolkit.watchdog.resume` then names the older files that carry a
+higher step, so the choice can be checked.
+
+A path that cannot be read (permission denied, a stale NFS handle, an I/O error) is never
+fatal: it is left out, with its reason, in `CheckpointTracker.survey`'s problems. The tracker
+only reads (``stat``); it never opens, locks, moves or deletes anything.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["COMPLETE_MARKER", "Checkpoint", "CheckpointTracker", "step_from_path"]
+__all__ = ["COMPLETE_MARKER", "Checkpoint", "CheckpointTracker", "is_temporary", "newest_first",
+           "step_from_path"]
 
 COMPLETE_MARKER = "COMPLETE"
-_TEMP_NAME = re.compile(r"^\.|\.(?:tmp|partial)(?:\.|$)", re.IGNORECASE)
-_NAMED_STEP = re.compile(r"(?i)(?:global_step|step|iteration|iter)[-_=]?(\d+)(?!\d)")
-_BARE_NUMBER = re.compile(r"(?<![A-Za-z\d])(\d+)(?![A-Za-z\d])")
+# A save in progress: ``x.tmp``, ``x.tmp.123``, ``x.partial``, ``tmp-checkpoint-5``, ``tmpab12``.
+_TEMP_TOKEN = re.compile(r"(?i)^tmp(?:[-_.]|[a-z0-9_]{8}$)|[-_.](?:tmp|partial)(?:[-_.\d]|$)")
+_STEP_KEY = re.compile(r"(?i)(?<![A-Za-z])(?:global_step|step|iteration|iter)[-_=]?(\d+)"
+                       r"(?![\d]|\.\d)")
+_EPOCH_KEY = re.compile(r"(?i)(?<![A-Za-z])epoch[-_=]?(\d+)(?![\d]|\.\d)")
+_KEY_VALUE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=[^-=/]*")  # val_loss=0.32, epoch=02
+# A number not glued to letters and not part of a decimal (``0.32``).
+_BARE_NUMBER = re.compile(r"(?<![A-Za-z\d])(?<!\d\.)(\d+)(?![A-Za-z\d]|\.\d)")
+_UNREADABLE = (errno.ENOENT, errno.ENOTDIR)  # vanished: not a problem worth reporting
 
 
 @dataclass(frozen=True)
@@ -43,8 +66,8 @@ class Checkpoint:
     Attributes:
         path: The file or directory (``base_dir / <glob match>``).
         step: Training step parsed from its name (or a parent's), if any.
-        size: Bytes (for a directory: all files below it).
-        mtime: Modification time (for a directory: the newest below it, itself included).
+        size: Bytes (for a directory: all files below it, temporary ones left out).
+        mtime: Modification time (for a directory: the newest of the files below it).
     """
 
     path: Path
@@ -59,13 +82,20 @@ class _Seen:
     since: float
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file or directory name is a save in progress (module docstring)."""
+    return bool(_TEMP_TOKEN.search(name))
+
+
 def step_from_path(path: Path, base_dir: Path | None = None) -> int | None:
     """Parse the training step from a checkpoint path.
 
     The name is tried first, then its parents up to ``base_dir``; in each, the last
-    ``step``/``iter``/``global_step`` number wins (``epoch=2-step=1200.ckpt`` -> 1200), else
-    the last number that is not glued to letters (``ckpt_000120.pt``, ``checkpoint-120``;
-    not ``llama2.pt``).
+    ``step``/``iter``/``iteration``/``global_step`` number wins (``epoch=2-step=1200.ckpt``
+    -> 1200), else an ``epoch`` number (``sample-epoch=02-val_loss=0.32.ckpt`` -> 2), else
+    the last number that is neither glued to letters nor part of a decimal nor the value of
+    another ``key=value`` pair (``ckpt_000120.pt``, ``checkpoint-120``; not ``llama2.pt``,
+    not ``loss=0.32``, not ``last-v1.ckpt``).
 
     Args:
         path: The checkpoint path.
@@ -76,11 +106,19 @@ def step_from_path(path: Path, base_dir: Path | None = None) -> int | None:
     """
     parts = path.relative_to(base_dir).parts if base_dir is not None else path.parts
     for part in reversed(parts):
-        for pattern in (_NAMED_STEP, _BARE_NUMBER):
-            found = pattern.findall(part)
-            if found:
+        for pattern in (_STEP_KEY, _EPOCH_KEY):
+            if found := pattern.findall(part):
                 return int(found[-1])
+        if found := _BARE_NUMBER.findall(_KEY_VALUE.sub("-", part)):
+            return int(found[-1])
     return None
+
+
+def newest_first(checkpoints: Iterable[Checkpoint]) -> list[Checkpoint]:
+    """Most recently written first; on an exact mtime tie the higher step, then a step over
+    none (module docstring: why mtime, and what it gets wrong)."""
+    return sorted(checkpoints, key=lambda c: (c.mtime, c.step is not None, c.step or 0),
+                  reverse=True)
 
 
 class CheckpointTracker:
@@ -122,8 +160,7 @@ class CheckpointTracker:
             now: The current time (same clock on every call, e.g. ``time.time()``).
 
         Returns:
-            The complete checkpoint with the highest step (ties and step-less ones: newest
-            mtime; a checkpoint with a step beats one without), or None.
+            The newest complete checkpoint (`newest_first`), or None.
         """
         complete = self.complete(now)
         return complete[0] if complete else None
@@ -141,19 +178,16 @@ class CheckpointTracker:
         """
         seen: dict[Path, _Seen] = {}
         found: list[Checkpoint] = []
-        for path in self._candidates():
-            signature = _measure(path)
-            if signature is None:  # vanished while we looked
-                continue
+        for checkpoint, signature in self._measured()[0]:
+            path = checkpoint.path
             before = self._seen.get(path)
             unchanged = before is not None and before.signature == signature
             seen[path] = _Seen(signature, before.since if unchanged else now)
             stable = unchanged and now - seen[path].since >= self.stable_s and signature[0] > 0
-            if stable or self._marked(path):
-                step = step_from_path(path, self.base_dir)
-                found.append(Checkpoint(path, step, signature[0], signature[1]))
+            if stable or self.is_marked(path):
+                found.append(checkpoint)
         self._seen = seen
-        return sorted(found, key=_recency, reverse=True)
+        return newest_first(found)
 
     def newest_marked(self) -> Checkpoint | None:
         """The newest checkpoint with a completeness marker, without observing stability.
@@ -161,30 +195,76 @@ class CheckpointTracker:
         For the moment after the writer died: a half-written file then looks "stable" too, so
         only a marker can still prove a checkpoint complete.
         """
-        found = []
-        for path in self._candidates():
-            signature = _measure(path)
-            if signature is not None and self._marked(path):
-                step = step_from_path(path, self.base_dir)
-                found.append(Checkpoint(path, step, signature[0], signature[1]))
-        return max(found, key=_recency) if found else None
+        found = [c for c in self.measure_all() if self.is_marked(c.path)]
+        return newest_first(found)[0] if found else None
 
     def measure_all(self) -> list[Checkpoint]:
-        """Every candidate as it is now, complete or not (no observation is recorded)."""
-        found = []
-        for path in self._candidates():
-            if (signature := _measure(path)) is not None:
-                found.append(Checkpoint(path, step_from_path(path, self.base_dir),
-                                        signature[0], signature[1]))
-        return found
+        """Every readable candidate as it is now, complete or not (no observation recorded)."""
+        return self.survey()[0]
 
     def newest_first(self) -> list[Checkpoint]:
-        """Every candidate as it is now, ordered as in :meth:`newest_complete`."""
-        return sorted(self.measure_all(), key=_recency, reverse=True)
+        """Every readable candidate as it is now, ordered as in :meth:`newest_complete`."""
+        return newest_first(self.measure_all())
+
+    def survey(self) -> tuple[list[Checkpoint], list[tuple[Path, str]]]:
+        """Every candidate as it is now, and ``(path, reason)`` for each that cannot be read
+        (permission denied, stale handle, I/O error); a vanished one is simply left out."""
+        measured, problems = self._measured()
+        return [checkpoint for checkpoint, _ in measured], problems
 
     def is_marked(self, path: Path) -> bool:
-        """Whether a completeness marker vouches for ``path``."""
-        return self._marked(path)
+        """Whether a completeness marker written after ``path``'s content vouches for it.
+
+        Never raises: a marker or checkpoint that cannot be read vouches for nothing.
+        """
+        try:
+            markers = [Path(f"{path}{suffix}") for suffix in self.marker_suffixes]
+            if path.is_dir():
+                markers.append(path / COMPLETE_MARKER)
+            made = [m for m in map(_mtime, markers) if m is not None]
+            return bool(made) and max(made) >= _content_mtime(path)  # walk only when marked
+        except OSError:
+            return False
+
+    def temp_files(self) -> tuple[tuple[str, int, float], ...]:
+        """``(path, size, mtime)`` of the temporary files where checkpoints are written (the
+        glob's fixed leading folders, a few levels deep): a save in progress changes them."""
+        root = self.base_dir.joinpath(*_fixed_prefix(self.pattern))
+        found: list[tuple[str, int, float]] = []
+        seen = 0
+        for folder, dirs, names in os.walk(root):
+            depth = len(Path(folder).relative_to(root).parts)
+            dirs[:] = [] if depth >= _TEMP_DEPTH else [d for d in dirs if d not in _SKIP_DIRS]
+            inside_temp = any(is_temporary(p) for p in Path(folder).relative_to(root).parts)
+            for name in names:
+                seen += 1
+                if inside_temp or is_temporary(name):
+                    try:
+                        stat = os.stat(os.path.join(folder, name))
+                    except OSError:
+                        continue
+                    found.append((os.path.join(folder, name), stat.st_size, stat.st_mtime))
+            if seen > _TEMP_ENTRIES:
+                break
+        return tuple(sorted(found))
+
+    def _measured(self) -> tuple[list[tuple[Checkpoint, tuple[int, float, int]]],
+                                 list[tuple[Path, str]]]:
+        measured, problems = [], []
+        try:
+            candidates = self._candidates()
+        except OSError as exc:
+            return [], [(self.base_dir, _why(exc, "cannot be listed"))]
+        for path in candidates:
+            try:
+                signature = _measure(path)
+            except OSError as exc:
+                if exc.errno not in _UNREADABLE:
+                    problems.append((path, _why(exc, "cannot be read")))
+                continue
+            step = step_from_path(path, self.base_dir)
+            measured.append((Checkpoint(path, step, signature[0], signature[1]), signature))
+        return measured, problems
 
     def _candidates(self) -> list[Path]:
         if not self.base_dir.is_dir():
@@ -195,35 +275,74 @@ class CheckpointTracker:
         ]
 
     def _excluded(self, relative: Path) -> bool:
-        if any(_TEMP_NAME.search(part) for part in relative.parts):
+        if any(part.startswith(".") or is_temporary(part) for part in relative.parts):
             return True
         name = relative.name
         return name == COMPLETE_MARKER or name.endswith(self.marker_suffixes)
 
-    def _marked(self, path: Path) -> bool:
-        if any(Path(f"{path}{suffix}").exists() for suffix in self.marker_suffixes):
-            return True
-        return path.is_dir() and (path / COMPLETE_MARKER).exists()
+
+_SKIP_DIRS = {".spml", ".git", ".venv", "venv", "__pycache__", "node_modules", "wandb",
+              "mlruns", "site-packages"}
+_TEMP_DEPTH = 3
+_TEMP_ENTRIES = 2000
 
 
-def _measure(path: Path) -> tuple[int, float, int] | None:
-    """(size, mtime, file count) of a file or a directory tree; None if it vanished."""
+def _fixed_prefix(pattern: str) -> tuple[str, ...]:
+    """The glob's leading folders without wildcards (``ckpt/run1/step_*`` -> ckpt, run1)."""
+    parts = Path(pattern).parts[:-1]
+    fixed = []
+    for part in parts:
+        if any(char in part for char in "*?["):
+            break
+        fixed.append(part)
+    return tuple(fixed)
+
+
+def _why(exc: OSError, what: str) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{what} ({type(exc).__name__}: {exc.strerror or exc}{where})"
+
+
+def _mtime(path: Path) -> float | None:
     try:
-        stat = path.stat()
-        if not path.is_dir():
-            return stat.st_size, stat.st_mtime, 1
-        size, mtime, count = 0, stat.st_mtime, 0
-        for root, dirs, files in os.walk(path):
-            for name in dirs:
-                mtime = max(mtime, os.stat(os.path.join(root, name)).st_mtime)
-            for name in files:
-                entry = os.stat(os.path.join(root, name))
-                size, mtime, count = size + entry.st_size, max(mtime, entry.st_mtime), count + 1
-        return size, mtime, count
+        return path.stat().st_mtime
     except FileNotFoundError:
         return None
 
 
-def _recency(checkpoint: Checkpoint) -> tuple[bool, int, float]:
-    step = checkpoint.step
-    return step is not None, step if step is not None else 0, checkpoint.mtime
+def _inside(path: Path) -> Iterable[tuple[str, str]]:
+    """``(folder, name)`` of each file below a directory, temporary ones left out; raises
+    OSError when a folder cannot be listed (what a loader could not read either)."""
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    for root, dirs, files in os.walk(path, onerror=fail):
+        dirs[:] = [d for d in dirs if not is_temporary(d)]
+        for name in files:
+            if not is_temporary(name):
+                yield root, name
+
+
+def _measure(path: Path) -> tuple[int, float, int]:
+    """(size, mtime, file count) of a file or a directory's files (its folders' own mtimes
+    change with their listings, so only the files count); raises OSError."""
+    stat = path.stat()
+    if not path.is_dir():
+        return stat.st_size, stat.st_mtime, 1
+    size, mtime, count = 0, None, 0
+    for root, name in _inside(path):
+        entry = os.stat(os.path.join(root, name))
+        size, count = size + entry.st_size, count + 1
+        mtime = entry.st_mtime if mtime is None else max(mtime, entry.st_mtime)
+    return size, stat.st_mtime if mtime is None else mtime, count
+
+
+def _content_mtime(path: Path) -> float:
+    """The newest mtime of what a marker vouches for (a directory's ``COMPLETE`` left out)."""
+    if not path.is_dir():
+        return path.stat().st_mtime
+    newest = float("-inf")
+    for root, name in _inside(path):
+        if not (name == COMPLETE_MARKER and Path(root) == path):
+            newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
+    return newest

@@ -158,7 +158,9 @@ def _nccl(f: _Facts) -> Diagnosis | None:
         evidence.append("last enqueued == last completed NCCL work: a rank was stuck on the CPU "
                         "side (e.g. data loading)")
     if timeouts := _matches(f.lines, _NCCL_TIMEOUT):
-        signature = f"nccl:SeqNum={timeouts[-1][1]}:{timeouts[-1][2]}"
+        # The op, not the sequence number: SeqNum counts collectives since the process started,
+        # so it differs at every attempt and would hide a repeat from the crash-loop guard.
+        signature = f"nccl:timeout:{timeouts[-1][2]}"
         return _make("environment", "NCCL collective timeout", signature, evidence)
     if _matches(f.lines, _NCCL_HEARTBEAT):
         return _make("environment", "NCCL watchdog heartbeat timeout", "nccl:heartbeat", evidence)

@@ -4,10 +4,16 @@ A mistyped glob (``checkpoints/*.pt`` for a trainer writing ``ckpt/step_N.pt``) 
 throw progress away silently: every restart would begin from scratch. `GlobWatch` warns once
 steps advance and the glob still matches nothing, when
 
-* the expected checkpoint interval (``checkpoint_interval`` steps) has passed, or
+* ``checkpoint_interval`` is set: the interval has passed (no save was due before that, so
+  nothing else can raise the alarm: pretrained weights lying around or a first save still in
+  progress are no evidence); otherwise
 * the startup grace is over and files that look like checkpoints exist, or
 * files that look like checkpoints appeared since the attempt started (the trainer is saving,
   just not where the glob looks).
+
+Images, logs, text and tables (``samples/step_20.png``, ``metrics_step_20.csv``), TensorBoard
+event files and temporary names (``step_20.pt.tmp``: a save in progress) never look like
+checkpoints.
 
 The warning names the glob and the newest files that look like checkpoints
 (`checkpoint_suspects`).
@@ -20,12 +26,17 @@ import re
 import time
 from pathlib import Path
 
+from spml.toolkit.watchdog.checkpoints import is_temporary
+
 __all__ = ["GlobWatch", "checkpoint_suspects", "no_match_warning"]
 
 _CKPT_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".distcp", ".pkl", ".npz",
                   ".h5", ".msgpack", ".index", ".metadata"}
 _NOT_CKPT_SUFFIXES = {".py", ".md", ".log", ".txt", ".sh", ".toml", ".cfg", ".lock", ".yaml",
-                      ".yml", ".ipynb"}
+                      ".yml", ".ipynb", ".out", ".err", ".csv", ".tsv", ".jsonl", ".html",
+                      ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".svg", ".webp", ".tif", ".tiff",
+                      ".pdf", ".mp4", ".wav", ".mp3"}
+_NOT_CKPT_NAME = re.compile(r"(?i)tfevents")
 _CKPT_WORD = re.compile(r"(?i)ckpt|checkpoint")
 _STEP_NAME = re.compile(r"(?i)(?:step|iter|iteration|epoch)[-_=]?\d+")
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "venv", "wandb", "mlruns"}
@@ -72,7 +83,9 @@ def _looks_like_checkpoint(relative: Path) -> bool:
     suffix = relative.suffix.lower()
     if relative.name.startswith(".") and relative.name != ".metadata":
         return False
-    if suffix in _NOT_CKPT_SUFFIXES:
+    if suffix in _NOT_CKPT_SUFFIXES or _NOT_CKPT_NAME.search(relative.name):
+        return False
+    if any(is_temporary(part) for part in relative.parts):
         return False
     if suffix in _CKPT_SUFFIXES or _CKPT_WORD.search(str(relative)):
         return True
@@ -116,6 +129,8 @@ class GlobWatch:
             return self.warning
         now, advanced = time.monotonic(), last_step - first_step
         due = self._interval is not None and advanced >= self._interval
+        if self._interval is not None and not due:
+            return None  # no save was due yet: nothing is evidence of a wrong glob
         if not due and now < self._next_scan:
             return None
         self._next_scan = now + self._rescan_s

@@ -3,6 +3,12 @@
 Checkpoint completeness is judged here by stability (or a marker) only while the writer is
 alive; it decides which checkpoint an asynchronous evaluation may read. A restart does not
 rely on it: it verifies checkpoints by their structure (`spml.toolkit.watchdog.resume`).
+
+A save is activity, not a hang: the poll reports activity when a checkpoint changed or when a
+temporary file where checkpoints are written (``step_20.pt.tmp``, ``tmp-checkpoint-20/``)
+appeared, grew or was touched (`CheckpointTracker.temp_files`). A checkpoint path that cannot
+be read is skipped (`CheckpointTracker.survey`); no file-system error at a poll may stop the
+supervision or the training it supervises.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class Observer:
         # mid-save: stability alone cannot vouch for them, only a change seen now (or a marker).
         self._before = listing(tracker)
         self._last_listing = self._before
+        self._last_temp = _temp_files(tracker)
         self._monitor = AlertMonitor(baseline=_baseline(settings))
         self._last_point: MetricPoint | None = None
         log_file = tracker.base_dir / settings.log_file if settings.log_file else None
@@ -57,13 +64,16 @@ class Observer:
             Whether a checkpoint file changed since the last poll (a save in progress is
             activity, not a hang).
         """
-        now_listing = listing(self._tracker)
-        active = now_listing != self._last_listing
-        self._last_listing = now_listing
+        now_listing, temp = listing(self._tracker), _temp_files(self._tracker)
+        active = now_listing != self._last_listing or temp != self._last_temp
+        self._last_listing, self._last_temp = now_listing, temp
         newest = next((c for c in self._tracker.complete(time.time())
                        if self._trustworthy(c)), None)
         if newest is not None:
-            self._state.mark_complete(newest)
+            try:
+                self._state.mark_complete(newest)
+            except OSError as exc:  # a full disk must not stop the supervision
+                log.error("could not record checkpoint %s as complete: %s", newest.path, exc)
         if self._evaluator is not None:
             self._evaluator.poll(newest)
         new_points = self._new_points(history)
@@ -105,6 +115,13 @@ class Observer:
                 self._state.add_alert(f"checkpoints: {warning}")
         except OSError as exc:  # a full disk must not stop the supervision
             log.error("could not update experiment-context.md: %s", exc)
+
+
+def _temp_files(tracker: CheckpointTracker) -> tuple[tuple[str, int, float], ...]:
+    try:
+        return tracker.temp_files()
+    except OSError:  # os.walk reports nothing it cannot list; a stat race is no activity
+        return ()
 
 
 def listing(tracker: CheckpointTracker) -> Listing:

@@ -1,22 +1,34 @@
 """Restart policy of the watchdog: a pure decision over the attempts of one training run.
 
 A code failure never restarts. An environment failure restarts, after a capped exponential
-backoff with jitter, for as long as training progresses between failures: progress is a
-higher logged step than any failure before, or a newer (higher-step) checkpoint to resume
-from. There is no retry limit by default: a night of preemptions that each cost a few steps
-must not end the run. The crash-loop guard stops only
+backoff with jitter, for as long as training progresses between failures: an attempt
+*progressed* when it logged a higher step than any attempt before (the high-water mark), or
+left a newer (higher-step) checkpoint to resume from. There is no retry limit by default: a
+night of preemptions that each cost a few steps must not end the run. The crash-loop guard
+stops only
 
-* the same failure signature repeating without progress in between (``max_same_signature``
-  attempts of one stretch without progress, other failures in between included; default 2),
-  and
-* repeated failures before the first logged step (``max_early_failures``, default 2;
-  pytorch#60910: a restart of a startup failure makes no sense).
+* the same failure at the same place: one signature ending ``max_same_signature`` attempts
+  (default 2) at the same logged step (or all before their first step), with no progress
+  between them (no newer checkpoint, no higher logged step; other failures in between
+  included). Random external kills land at different steps; a deterministic fault does not.
+  Failures of one signature at different steps are not a loop;
+* repeated failures before the first logged step since the last attempt that progressed
+  (``max_early_failures``, default 2; pytorch#60910: a restart of a startup failure makes no
+  sense); and
+* the backstop ``max_no_progress`` (default 10): that many attempts in a row that neither
+  progressed nor ran healthily, whatever their causes (NVIDIA resiliency-ext's
+  ``max_no_progress_restarts``). It catches a loop the guards above miss, such as a failure
+  that moves from step to step; a night of preemptions regains its high-water mark long
+  before 10 failures in a row. ``None`` turns it off.
 
-Budgets exist as options, all off (``None``) by default: ``max_restarts`` (whole run),
-``max_restarts_per_hour`` and ``max_no_progress`` (consecutive attempts without progress,
-whatever their signatures; NVIDIA resiliency-ext's ``max_no_progress_restarts``). ``0`` means
-"no restarts" for the two budgets. The backoff step resets after a healthy attempt (Kubernetes
-reset-after-stability). Anchors: shared/spec/toolkit-and-watchdog-notes.md §5.7 and §5.9.
+Budgets exist as options, off (``None``) by default: ``max_restarts`` (whole run) and
+``max_restarts_per_hour``; ``0`` means "no restarts". The backoff step resets after an
+attempt that progressed or ran healthily (``healthy_reset_s`` and ``healthy_reset_steps``;
+Kubernetes reset-after-stability): a preemption every 25 minutes that loses a few steps waits
+the base delay each time. A healthy attempt also starts a new stretch for the crash-loop
+guards, so counters that do not climb (per-epoch steps, a bogus ``step=1000000`` line, a
+step-less ``last.pt``) cannot make a long run's chance repeats look like a loop. Anchors:
+shared/spec/toolkit-and-watchdog-notes.md §5.7 and §5.9.
 
 Example:
     >>> from spml.toolkit.watchdog.classify import Diagnosis
@@ -55,11 +67,11 @@ class RestartPolicy:
     jitter: float = 0.2  # delay is scaled by a uniform factor in [1 - jitter, 1 + jitter]
     max_restarts_per_hour: int | None = None  # failures ending within one hour (latest included)
     max_restarts: int | None = None  # restarts over the whole run
-    max_no_progress: int | None = None  # consecutive attempts without progress, any signature
+    max_no_progress: int | None = 10  # backstop: attempts in a row without progress, any cause
     max_early_failures: int = 2  # failures before their first logged step (stop at the 2nd)
     healthy_reset_s: float = 1800.0  # an attempt that ran this long ...
     healthy_reset_steps: int = 1  # ... and advanced this many steps resets the backoff
-    max_same_signature: int = 2  # same failure this many times in one stall (no progress)
+    max_same_signature: int = 2  # same failure at the same step this many times (no progress)
 
     def __post_init__(self) -> None:
         guards = {"max_no_progress", "max_early_failures", "max_same_signature"}
@@ -110,9 +122,10 @@ def decide_restart(
         rng: Source of the jitter; pass a seeded one for a reproducible delay.
 
     Returns:
-        A restart after ``min(base * 2**k, cap)`` seconds with jitter (k = failures since the
-        last healthy attempt, minus one) for an environment failure within every budget; else
-        ``restart=False`` with a reason that names the cause or the limit hit, and ``delay_s=0``.
+        A restart after ``min(base * 2**k, cap)`` seconds with jitter (k = attempts after the
+        last one that progressed or ran healthily) for an environment failure within every
+        budget; else ``restart=False`` with a reason that names the cause or the limit hit, and
+        ``delay_s=0``.
 
     Raises:
         ValueError: ``history`` is empty.
@@ -126,7 +139,7 @@ def decide_restart(
     for check in _STOP_CHECKS:
         if (why := check(policy, history)) is not None:
             return _stop(f"environment failure ({last.cause}), but {why}")
-    k = len(_since_healthy(policy, history)) - 1
+    k = len(_since_reset(policy, history)) - 1
     delay = min(policy.base_delay_s * 2.0 ** min(k, _MAX_DOUBLINGS), policy.cap_s)
     delay *= 1.0 + (rng or random.Random()).uniform(-policy.jitter, policy.jitter)
     limit = "" if policy.max_restarts is None else f" of at most {policy.max_restarts}"
@@ -158,52 +171,54 @@ def _hourly_budget(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> s
 
 
 def _early_failures(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> str | None:
-    early = [r for r in _since_healthy(policy, history) if r.last_step is None]
+    """Failures before the first logged step, counted since the last attempt that progressed
+    or ran healthily: a startup failure after hours of progress is a new event."""
+    early = [r for r in _since_reset(policy, history) if r.last_step is None]
     if history[-1].last_step is not None or len(early) < policy.max_early_failures:
         return None
-    return (f"{len(early)} attempts failed before logging their first step "
-            f"(max_early_failures={policy.max_early_failures}): a startup problem")
+    return (f"{len(early)} attempts failed before logging their first step since the last "
+            f"attempt that progressed (max_early_failures={policy.max_early_failures}): a "
+            "startup problem")
 
 
-def _same_signature(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> str | None:
-    """The latest failure's signature ended ``max_same_signature`` attempts of the stretch
-    without progress it closes; other failures in between do not hide the repeat (A, B, A
-    with no progress is a loop as much as A, A)."""
-    count, signature = policy.max_same_signature, history[-1].diagnosis.signature
-    stalled = _stalled_stretch(history)
-    repeats = sum(1 for record in stalled if record.diagnosis.signature == signature)
+def _same_failure_same_place(policy: RestartPolicy,
+                             history: Sequence[AttemptRecord]) -> str | None:
+    """The latest failure's signature ended ``max_same_signature`` attempts at the same logged
+    step (or before the first step) within the stretch without progress it closes. Other
+    failures in between do not hide the repeat (A, B, A at one step is a loop as much as A, A);
+    the same signature at different steps is no loop (preemptions land anywhere)."""
+    last = history[-1]
+    if _progressed(history, len(history) - 1):
+        return None
+    count, signature = policy.max_same_signature, last.diagnosis.signature
+    repeats = sum(1 for record in _stalled_stretch(policy, history)
+                  if record.diagnosis.signature == signature
+                  and record.last_step == last.last_step)
     if repeats < count:
         return None
-    return (f"the same failure {signature!r} ended {repeats} attempts with no progress "
+    where = ("before their first logged step" if last.last_step is None
+             else f"at the same step {last.last_step}")
+    return (f"the same failure {signature!r} ended {repeats} attempts {where} with no progress "
             f"between them (no higher logged step, no newer checkpoint; max_same_signature="
             f"{count}): likely a code or hardware fault")
 
 
-def _stalled_stretch(history: Sequence[AttemptRecord]) -> Sequence[AttemptRecord]:
-    """The latest attempts after the last one that progressed (that one included: its
-    failure is where the stall began)."""
-    start = 0
-    for i in range(1, len(history)):
-        if _advanced(history[i], history[:i]):
-            start = i
-    return history[start:]
-
-
 def _no_progress(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> str | None:
+    """The backstop: ``max_no_progress`` attempts in a row that neither progressed nor ran
+    healthily, whatever their causes."""
     count = policy.max_no_progress
     if count is None or len(history) < count:
         return None
-    stalled = [not _advanced(history[i], history[:i])
-               for i in range(len(history) - count, len(history))]
-    if not all(stalled):
+    if any(_resets(policy, history, i) for i in range(len(history) - count, len(history))):
         return None
     best = max((r.last_step for r in history if r.last_step is not None), default=None)
-    return (f"{count} consecutive attempts made no step progress "
-            f"(max_no_progress={count}; furthest step reached: {best})")
+    return (f"{count} consecutive attempts made no progress (none logged a step past the "
+            f"furthest reached before, {best}, or left a newer checkpoint; max_no_progress="
+            f"{count}, the backstop against loops that move from step to step)")
 
 
 _STOP_CHECKS: tuple[Callable[[RestartPolicy, Sequence[AttemptRecord]], str | None], ...] = (
-    _total_budget, _hourly_budget, _early_failures, _same_signature, _no_progress,
+    _total_budget, _hourly_budget, _early_failures, _same_failure_same_place, _no_progress,
 )
 
 
@@ -213,6 +228,17 @@ _STOP_CHECKS: tuple[Callable[[RestartPolicy, Sequence[AttemptRecord]], str | Non
 def _stop(reason: str) -> RestartDecision:
     logger.warning("not restarting: %s", reason)
     return RestartDecision(False, 0.0, reason)
+
+
+def _progressed(history: Sequence[AttemptRecord], i: int) -> bool:
+    """Whether attempt ``i`` progressed past every attempt before it (see `_advanced`)."""
+    return _advanced(history[i], history[:i])
+
+
+def _resets(policy: RestartPolicy, history: Sequence[AttemptRecord], i: int) -> bool:
+    """Whether attempt ``i`` progressed or ran healthily: the backoff and the guards restart
+    their count there."""
+    return _progressed(history, i) or _healthy(policy, history[i])
 
 
 def _advanced(record: AttemptRecord, earlier: Sequence[AttemptRecord]) -> bool:
@@ -253,7 +279,18 @@ def _healthy(policy: RestartPolicy, record: AttemptRecord) -> bool:
     return ran >= policy.healthy_reset_s and advanced >= policy.healthy_reset_steps
 
 
-def _since_healthy(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> list[AttemptRecord]:
-    """The attempts from the last healthy one on (all of them if none was healthy)."""
-    healthy = [i for i, record in enumerate(history) if _healthy(policy, record)]
-    return list(history[healthy[-1] if healthy else 0 :])
+def _since_reset(policy: RestartPolicy, history: Sequence[AttemptRecord]) -> list[AttemptRecord]:
+    """The attempts from the last one that progressed or ran healthily on (that one included);
+    all of them if none did."""
+    resets = [i for i in range(len(history)) if _resets(policy, history, i)]
+    return list(history[resets[-1] if resets else 0 :])
+
+
+def _stalled_stretch(policy: RestartPolicy,
+                     history: Sequence[AttemptRecord]) -> list[AttemptRecord]:
+    """The attempts the latest one (which did not progress) is compared with: from the last
+    earlier attempt that progressed or ran healthily on (that one included: its failure is
+    where the stall began). A healthy latest attempt does not end its own stretch: the same
+    fault reached after an hour each time is still a loop."""
+    resets = [i for i in range(len(history) - 1) if _resets(policy, history, i)]
+    return list(history[resets[-1] if resets else 0 :])

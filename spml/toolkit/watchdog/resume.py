@@ -13,6 +13,17 @@ accepted when
   accepted only when a completeness marker names it or the watchdog saw it complete while its
   writer lived. Handing out a half-written file would make the resume crash, and that crash
   reads as a code failure that stops the run, which costs more than one checkpoint interval.
+  A marker counts only when it is not older than the checkpoint's content (one left by an
+  earlier save does not vouch for a rewrite), a sighting only while the checkpoint's size and
+  mtime are still the ones seen (`spml.toolkit.watchdog.checkpoints`).
+
+Candidates are tried most recently written first (`checkpoints.newest_first`); when older
+files name a higher step than the one chosen, the choice says so (a copied old checkpoint
+looks newest). A candidate that cannot be read (permission denied, an I/O error) is skipped
+with its reason, never fatal. The skipped list keeps the first `SHOWN_SKIPPED` with their
+reasons and counts the rest. A fresh start although candidates exist is never silent:
+`fresh_start_warning` names them and the fix (a marker or a ``checkpoint_check``); this holds
+at the first attempt too, when files from before the watchdog started cannot be verified.
 """
 
 from __future__ import annotations
@@ -25,12 +36,14 @@ from pathlib import Path
 
 from spml.errors import CommandError
 from spml.toolkit.process.runner import run_command, supervisor_path
-from spml.toolkit.watchdog.checkpoints import Checkpoint, CheckpointTracker
+from spml.toolkit.watchdog.checkpoints import Checkpoint, CheckpointTracker, newest_first
 from spml.toolkit.watchdog.verify import Verdict, verify_checkpoint
 
-__all__ = ["ResumeChoice", "UserCheck", "choose_resume", "judge"]
+__all__ = ["SHOWN_SKIPPED", "ResumeChoice", "UserCheck", "choose_resume", "fresh_start_warning",
+           "judge"]
 
 log = logging.getLogger(__name__)
+SHOWN_SKIPPED = 5  # skipped candidates listed with their reasons; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -40,7 +53,8 @@ class ResumeChoice:
     Attributes:
         checkpoint: The newest accepted checkpoint, or None (a fresh start).
         how: Why it was accepted (empty when there is none).
-        skipped: ``"<path>: <reason>"`` for each newer candidate that was rejected.
+        skipped: ``"<path>: <reason>"`` for the first `SHOWN_SKIPPED` newer candidates that
+            were rejected, then ``"and N more skipped"`` when there were more.
         candidates: How many paths matched the checkpoint glob.
     """
 
@@ -102,23 +116,72 @@ def judge(checkpoint: Checkpoint, vouched: Callable[[Checkpoint], bool],
 
 def choose_resume(tracker: CheckpointTracker, vouched: Callable[[Checkpoint], bool],
                   user_check: UserCheck | None = None) -> ResumeChoice:
-    """The newest candidate that ``judge`` accepts, with every newer one it skipped.
+    """The newest candidate that ``judge`` accepts, with the newer ones it skipped.
 
     Args:
         tracker: Knows the glob and the directory (only its current listing is used).
         vouched: See `judge`.
         user_check: See `judge`.
     """
-    candidates = tracker.newest_first()
-    skipped: list[str] = []
+    measured, problems = tracker.survey()
+    candidates = newest_first(measured)
+    rejected = [f"{_shown(path, tracker.base_dir)}: {reason}" for path, reason in problems]
+    chosen: Checkpoint | None = None
+    how = ""
     for checkpoint in candidates:
-        verdict = judge(checkpoint, vouched, user_check)
+        try:
+            verdict = judge(checkpoint, vouched, user_check)
+        except OSError as exc:  # a path that turned unreadable between listing and reading
+            verdict = Verdict("bad", f"cannot be read ({exc})")
         if verdict.ok:
-            return ResumeChoice(checkpoint, verdict.reason, tuple(skipped), len(candidates))
-        name = _shown(checkpoint.path, tracker.base_dir)
-        log.warning("checkpoint %s skipped: %s", name, verdict.reason)
-        skipped.append(f"{name}: {verdict.reason}")
-    return ResumeChoice(None, "", tuple(skipped), len(candidates))
+            chosen, how = checkpoint, verdict.reason + _higher_steps_note(checkpoint, candidates,
+                                                                          tracker.base_dir)
+            break
+        rejected.append(f"{_shown(checkpoint.path, tracker.base_dir)}: {verdict.reason}")
+    for line in rejected[:SHOWN_SKIPPED]:
+        log.warning("checkpoint skipped: %s", line)
+    skipped = rejected[:SHOWN_SKIPPED]
+    if len(rejected) > SHOWN_SKIPPED:
+        skipped.append(f"and {len(rejected) - SHOWN_SKIPPED} more skipped")
+        log.warning("and %d more checkpoint(s) skipped", len(rejected) - SHOWN_SKIPPED)
+    return ResumeChoice(chosen, how, tuple(skipped), len(candidates) + len(problems))
+
+
+def fresh_start_warning(choice: ResumeChoice, pattern: str) -> str | None:
+    """The warning for a fresh start although checkpoints match the glob (None otherwise).
+
+    At the first attempt no checkpoint was seen complete by this watchdog, so a format
+    without a structural check needs a marker: the files are not used, but never silently
+    (the fresh run may overwrite them).
+    """
+    if choice.checkpoint is not None or not choice.candidates:
+        return None
+    named = [line.split(": ", 1) for line in choice.skipped if ": " in line]
+    names = ", ".join(name for name, _ in named)
+    more = choice.candidates - len(named)
+    example = f"; {named[0][0]}: {named[0][1]}" if named else ""
+    return (f"starting from SCRATCH although {choice.candidates} checkpoint(s) match "
+            f"{pattern!r} ({names}{f' and {more} more' if more > 0 else ''}): none could be "
+            f"used{example}. To resume from one whose format cannot be verified (a legacy "
+            "torch pickle, .pkl, .h5, ...), write a marker next to it once it is complete "
+            "(<path>.complete, or COMPLETE inside a directory) or set checkpoint_check "
+            "(--checkpoint-check 'python check.py {checkpoint}'); the fresh run may "
+            "overwrite them")
+
+
+def _higher_steps_note(chosen: Checkpoint, candidates: list[Checkpoint], base: Path) -> str:
+    """Older candidates that name a higher step than the chosen one (a copied old checkpoint
+    gets a new mtime and looks newest; a run restarted from scratch keeps old high steps)."""
+    if chosen.step is None:
+        return ""
+    higher = [c for c in candidates if c.step is not None and c.step > chosen.step
+              and c.mtime < chosen.mtime]
+    if not higher:
+        return ""
+    top = max(higher, key=lambda c: c.step or 0)
+    return (f"; note: {len(higher)} older file(s) name a higher step, e.g. "
+            f"{_shown(top.path, base)} (step {top.step}): newest written wins; if that one "
+            "holds the newer state, its mtime was reset (copied without cp -p?)")
 
 
 def _shown(path: Path, base: Path) -> str:

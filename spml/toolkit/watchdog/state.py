@@ -80,12 +80,10 @@ class WatchdogState:
 
     def remembers(self, checkpoint: Checkpoint) -> bool:
         """Whether ``checkpoint`` was seen complete while its writer lived, and is unchanged
-        since (a directory's own mtime changes with its listing, so only its path counts)."""
+        since: the same size and mtime (for a directory those of its files, which a rewrite
+        in place changes; see `spml.toolkit.watchdog.checkpoints`), never the path alone."""
         entry = self._known().get(str(checkpoint.path))
-        if entry is None:
-            return False
-        return checkpoint.path.is_dir() or (entry[1], entry[2]) == (checkpoint.size,
-                                                                      checkpoint.mtime)
+        return entry is not None and (entry[1], entry[2]) == (checkpoint.size, checkpoint.mtime)
 
     def resume_point(self) -> Checkpoint | None:
         """The newest remembered-complete checkpoint that still exists unchanged."""

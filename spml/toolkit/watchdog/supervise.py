@@ -31,7 +31,12 @@ from spml.toolkit.watchdog.policy import (
     RestartPolicy,
     decide_restart,
 )
-from spml.toolkit.watchdog.resume import ResumeChoice, UserCheck, choose_resume
+from spml.toolkit.watchdog.resume import (
+    ResumeChoice,
+    UserCheck,
+    choose_resume,
+    fresh_start_warning,
+)
 from spml.toolkit.watchdog.state import WatchdogState
 
 __all__ = ["AttemptReport", "Observer", "WatchdogState", "policy_of", "progress_line",
@@ -127,6 +132,10 @@ def _announce_start(run: _Run, choice: ResumeChoice) -> None:
     warning = _scratch_warning(run, choice)
     if warning:
         log.warning(warning)
+    elif warning := fresh_start_warning(choice, run.settings.checkpoint_glob):
+        log.warning(warning)  # no progress yet (first attempt): files it cannot vouch for
+        _record(run.context.add_alert, f"checkpoints: {warning}")
+        _record(run.state.add_alert, f"checkpoints: {warning}")
     resumed = choice.describe() if choice.checkpoint else "fresh start"
     log.info("attempt %d resumes from %s", run.number, resumed)
     _record(run.context.set_status, "running", attempt=str(run.number), resumed_from=resumed,

@@ -7,10 +7,14 @@ whole multi-GB file):
 * torch archives (``.pt``/``.pth``/``.bin``/``.ckpt`` zip files, what ``torch.save`` writes
   since 1.6): the zip central directory (written last, on close) is intact, lists ``data.pkl``
   and every ``data/<key>`` record that ``data.pkl`` refers to, and each record's local header
-  and data lie inside the file before the directory. Any other zip file gets the directory and
-  offset checks only;
+  and data lie inside the file before the directory;
+* any other zip archive (``.npz``, ``.zip``, accelerate's ``random_states_0.pkl`` written by
+  ``torch.save``; one holding a ``data.pkl`` gets the torch checks): the directory and offset
+  checks. An ``.npz``/``.zip`` that is not a zip archive is ``bad``;
 * a legacy (non-zip) torch pickle cannot be verified without loading all of it: it is
-  ``unverifiable``, and the caller decides (see `spml.toolkit.watchdog.resume`);
+  ``unverifiable``, and the caller decides (see `spml.toolkit.watchdog.resume`). So is a plain
+  pickle (``.pkl``), once its last byte is the STOP opcode every pickle ends with (one that
+  does not end so was cut short: ``bad``);
 * ``.safetensors``: the 8-byte header length and the JSON header parse, every tensor's byte
   range matches its dtype and shape, and the data length the header declares (the largest
   ``data_offsets`` end) is exactly what the file holds;
@@ -39,6 +43,10 @@ __all__ = ["TORCH_SUFFIXES", "Verdict", "verify_checkpoint", "verify_file"]
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local header, or an empty archive's directory
 _PICKLE_PROTO = b"\x80"
+_PICKLE_STOP = b"."
+# torch's legacy format begins with a pickled magic number (torch.serialization.MAGIC_NUMBER).
+_TORCH_LEGACY = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+_ZIP_SUFFIXES = (".npz", ".zip")
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (skipped), name length, extra length
 _MAX_HEADER = 100 << 20  # safetensors refuses larger headers; so do we
 _MAX_PICKLE = 64 << 20  # data.pkl holds structure, not tensors; a bigger one is not parsed
@@ -77,7 +85,11 @@ def verify_checkpoint(path: Path) -> Verdict:
     Returns:
         The verdict; a path that vanished or cannot be read is ``bad``.
     """
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as exc:
+        return Verdict("bad", f"cannot be read: {exc}")
+    if is_dir:
         from spml.toolkit.watchdog.verify_dirs import verify_directory
 
         return verify_directory(path)
@@ -89,7 +101,9 @@ def verify_file(path: Path) -> Verdict:
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
-            head = handle.read(8)
+            head = handle.read(len(_TORCH_LEGACY))
+            handle.seek(max(size - 1, 0))
+            last = handle.read(1)
     except OSError as exc:
         return Verdict("bad", f"cannot be read: {exc}")
     if size == 0:
@@ -97,16 +111,29 @@ def verify_file(path: Path) -> Verdict:
     suffix = path.suffix.lower()
     if head.startswith(_ZIP_MAGIC):
         return _verify_zip(path, size, torch_archive=suffix in TORCH_SUFFIXES)
+    if (pickled := _verify_pickle(head, last, suffix)) is not None:
+        return pickled
     if suffix in TORCH_SUFFIXES:
-        if head.startswith(_PICKLE_PROTO):
-            return Verdict("unverifiable", "legacy (non-zip) torch pickle: only loading all of "
-                           "it could prove it whole")
         return Verdict("bad", "neither a zip archive nor a pickle: torch.load cannot read it")
+    if suffix in _ZIP_SUFFIXES:
+        return Verdict("bad", f"not a zip archive, which every {suffix} file is")
     if suffix == ".safetensors":
         return _verify_safetensors(path, size)
     if suffix in (".json", ".yaml", ".yml"):
         return _verify_text(path, suffix)
     return Verdict("unverifiable", f"no structural check for {suffix or 'suffix-less'} files")
+
+
+def _verify_pickle(head: bytes, last: bytes, suffix: str) -> Verdict | None:
+    """A torch legacy file or a plain pickle (None when it is neither)."""
+    if head.startswith(_TORCH_LEGACY):
+        return Verdict("unverifiable", "legacy (non-zip) torch pickle: only loading all of it "
+                       "could prove it whole")
+    if suffix not in (*TORCH_SUFFIXES, ".pkl", ".pickle") or not head.startswith(_PICKLE_PROTO):
+        return None
+    if last != _PICKLE_STOP:
+        return Verdict("bad", "pickle does not end with its STOP opcode: cut short")
+    return Verdict("unverifiable", "pickle: only loading all of it could prove it whole")
 
 
 # --- zip archives (torch.save) ---------------------------------------------------------------
@@ -120,10 +147,11 @@ def _verify_zip(path: Path, size: int, *, torch_archive: bool) -> Verdict:
             bound = getattr(archive, "start_dir", size)
             if (problem := _records_outside(path, infos, min(bound, size))) is not None:
                 return Verdict("bad", problem)
-            if not torch_archive:
+            names = [info.filename for info in infos]
+            if not torch_archive and not any(n.rsplit("/", 1)[-1] == "data.pkl" for n in names):
                 return Verdict("ok", f"zip archive: central directory lists {len(infos)} "
                                "records, all inside the file")
-            return _verify_torch_records(archive, [info.filename for info in infos])
+            return _verify_torch_records(archive, names)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
         return Verdict("bad", f"zip central directory unreadable ({exc}): cut short or corrupt")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -26,8 +27,40 @@ def test_resume_contract(tmp_path: Path) -> None:
     assert command == f"python train.py --resume {ckpt.path}"
     assert env["SPML_RESUME_FROM"] == str(ckpt.path)
     command, env = attempt_command(cfg, None)
-    assert command == "python train.py --resume "
-    assert "SPML_RESUME_FROM" not in env
+    assert command == "python train.py --resume ''"  # fresh start: an empty argument
+    assert env["SPML_RESUME_FROM"] == ""
+
+
+def test_checkpoint_placeholder_is_one_shell_word(tmp_path: Path) -> None:
+    ckpt = Checkpoint(tmp_path / "my run" / "it's" / "step_10.pt", 10, 1, 0.0)
+    cfg = config(tmp_path, "python train.py --resume {checkpoint} --tag {checkpoint}")
+    command, env = attempt_command(cfg, ckpt)
+    assert shlex.split(command) == ["python", "train.py", "--resume", str(ckpt.path),
+                                    "--tag", str(ckpt.path)]
+    assert env["SPML_RESUME_FROM"] == str(ckpt.path)  # the environment is never quoted
+    braces = config(tmp_path, "echo ${HOME} {checkpoint} | awk '{print $1}'")
+    assert attempt_command(braces, None)[0] == "echo ${HOME} '' | awk '{print $1}'"
+
+
+def test_resume_argument_reaches_the_trainer_through_a_real_shell(tmp_path: Path) -> None:
+    # Review finding: an unquoted path with a space split into two arguments (argparse exit 2,
+    # classified as a code failure: the run stopped instead of resuming).
+    exp = tmp_path / "exp dir"
+    exp.mkdir()
+    (exp / "args.py").write_text(
+        "import argparse, json, os\n"
+        "p = argparse.ArgumentParser(); p.add_argument('--resume', required=True)\n"
+        "a = p.parse_args()\n"
+        "print(json.dumps([a.resume, os.environ.get('SPML_RESUME_FROM')]))\n")
+    cfg = AttemptConfig(train_command=f"{shlex.quote(sys.executable)} args.py --resume "
+                        "{checkpoint}", exp_dir=exp, log_file=None, hang_timeout_s=30.0,
+                        startup_grace_s=30.0, poll_interval_s=0.05, state_dir=exp / "state")
+    ckpt = Checkpoint(exp / "ckpt" / "step_10.pt", 10, 1, 0.0)
+    for resume_from, expected in ((ckpt, [str(ckpt.path)] * 2), (None, ["", ""])):
+        outcome = run_attempt(cfg, 1, resume_from)
+        assert outcome.finished, outcome.end.log_tail
+        out = outcome.result.stdout_path.read_text().strip().splitlines()[-1]
+        assert json.loads(out) == expected
 
 
 def test_hung_attempt_is_killed_and_reported(tmp_path: Path) -> None:

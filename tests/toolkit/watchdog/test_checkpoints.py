@@ -141,14 +141,15 @@ def test_temporary_names_are_never_candidates(tmp_path: Path, name: str) -> None
     assert tracker.complete(now=10.0) == []
 
 
-def test_newest_is_the_highest_step_not_the_newest_mtime(tmp_path: Path) -> None:
+def test_newest_is_the_newest_written_and_the_step_breaks_exact_ties(tmp_path: Path) -> None:
     _write(tmp_path / "ckpt_900.pt", 10, mtime=1_000.0)
-    _write(tmp_path / "ckpt_1000.pt", 10, mtime=500.0)
-    _write(tmp_path / "last.pt", 10, mtime=2_000.0)
+    _write(tmp_path / "ckpt_1000.pt", 10, mtime=500.0)  # a name from an older run
+    _write(tmp_path / "last.pt", 10, mtime=2_000.0)  # the newest state, under no step
+    _write(tmp_path / "ckpt_950.pt", 10, mtime=1_000.0)  # the same second as ckpt_900
     tracker = CheckpointTracker("*.pt", tmp_path, stable_s=1.0)
     tracker.complete(now=0.0)
 
-    assert _steps(tracker.complete(now=1.0)) == [1000, 900, None]
+    assert _steps(tracker.complete(now=1.0)) == [None, 950, 900, 1000]
 
 
 def test_without_steps_the_newest_mtime_wins(tmp_path: Path) -> None:
@@ -220,6 +221,14 @@ def test_bad_arguments(tmp_path: Path, pattern: str, stable_s: float) -> None:
         ("last.ckpt", None),
         ("checkpoint-300/model.safetensors", 300),
         ("checkpoint-300/shard_2.bin", 2),
+        # Lightning: the step key wins; an epoch is used only without one; never a metric
+        ("epoch=0-step=100.ckpt", 100),
+        ("sample-mnist-epoch=02-val_loss=0.32.ckpt", 2),
+        ("val_loss=0.32.ckpt", None),
+        ("model-0.95.pt", None),
+        ("last-v1.ckpt", None),
+        ("step=12.5.pt", None),
+        ("iteration=40-loss=1.25.pt", 40),
     ],
 )
 def test_step_from_path(tmp_path: Path, relative: str, step: int | None) -> None:

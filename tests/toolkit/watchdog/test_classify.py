@@ -212,11 +212,21 @@ def test_missing_exit_status_without_hang_is_surfaced_as_code() -> None:
 
 
 @pytest.mark.parametrize("code", [-6, 134, 1])
-def test_nccl_collective_timeout_is_environment_with_seqnum_signature(code: int) -> None:
+def test_nccl_collective_timeout_is_environment_with_op_signature(code: int) -> None:
     diagnosis = classify(_end(code, NCCL_TIMEOUT))
     assert (diagnosis.kind, diagnosis.cause, diagnosis.signature) == (
-        "environment", "NCCL collective timeout", "nccl:SeqNum=12:ALLREDUCE")
+        "environment", "NCCL collective timeout", "nccl:timeout:ALLREDUCE")
     assert any("Watchdog caught collective operation timeout" in e for e in diagnosis.evidence)
+
+
+def test_nccl_timeout_signature_ignores_the_sequence_number() -> None:
+    # SeqNum differs at every attempt; a signature with it would never repeat, and the
+    # crash-loop guard would never see the same timeout twice (review p8: 166 attempts/min).
+    signatures = {classify(_end(-6, NCCL_TIMEOUT.replace("SeqNum=12", f"SeqNum={n}"))).signature
+                  for n in (12, 290531, 841337)}
+    assert signatures == {"nccl:timeout:ALLREDUCE"}
+    other_op = NCCL_TIMEOUT.replace("OpType=ALLREDUCE", "OpType=BROADCAST")
+    assert classify(_end(-6, other_op)).signature == "nccl:timeout:BROADCAST"
 
 
 def test_nccl_stuck_rank_fact_when_enqueued_equals_completed() -> None:

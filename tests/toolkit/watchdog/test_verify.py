@@ -242,7 +242,7 @@ def test_a_whole_hf_directory_verifies(tmp_path: Path) -> None:
     verdict = verify_checkpoint(hf_dir(tmp_path / "checkpoint-7"))
     assert verdict.ok, verdict
     assert verdict.reason == ("model.safetensors.index.json: all 2 shard(s) present; "
-                              "4 file(s) verified")
+                              "1 shard set(s) complete and indexed; 4 file(s) verified")
 
 
 def test_an_hf_directory_missing_a_shard_is_bad(tmp_path: Path) -> None:
@@ -267,7 +267,8 @@ def test_a_plain_directory_verifies_every_file_it_can(tmp_path: Path) -> None:
     path.mkdir()
     torch_file(path / "model_states.pt")
     torch_file(path / "optim_states.pt")
-    (path / "notes.xyz").write_text("anything")
+    (path / "notes.txt").write_text("anything")  # text: not checkpoint data
+    (path / "COMPLETE").write_text("")  # a marker: not checkpoint data either
     assert verify_checkpoint(path).reason == "2 file(s) verified"
     cut(path / "optim_states.pt")
     assert verify_checkpoint(path).reason.startswith("optim_states.pt: zip central directory")
