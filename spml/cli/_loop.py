@@ -61,7 +61,15 @@ def add_loop_commands(app: typer.Typer, kind: str) -> None:
 
 def run_loop(exp_dir: Path, max_rounds: int | None, kind: str = "autoresearch",
              allow_dirty: bool = False) -> None:
-    """Run the kind's flow with live progress, then print the final table."""
+    """Run the kind's flow with live progress, then print the final table. Ctrl-C or SIGTERM
+    ends it within seconds (exit 130 / 143) with one line saying how to resume."""
+    from spml.flows._interrupt import enabled, loop_recorder
+
+    with enabled(loop_recorder(str(exp_dir), kind, max_rounds, allow_dirty)):
+        _run_flow(exp_dir, max_rounds, kind, allow_dirty)
+
+
+def _run_flow(exp_dir: Path, max_rounds: int | None, kind: str, allow_dirty: bool) -> None:
     from spml.cli.progress import LedgerWatcher
     from spml.toolkit.loop.experiment import LEDGER_FILENAME
     from spml.toolkit.loop.kind import kind_named

@@ -44,10 +44,19 @@ def run(
 
 
 def _run(exp: Path, overrides: dict) -> None:
-    from spml.errors import TrainingStopped
     from spml.protocols.watchdog import load_watchdog_settings
 
-    load_watchdog_settings(exp, overrides)  # a bad setting exits 2 before Prefect starts
+    settings = load_watchdog_settings(exp, overrides)  # a bad one exits 2 before Prefect starts
+    from spml.flows._interrupt import enabled, watchdog_recorder
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # Ctrl-C / SIGTERM: training ended, `state: interrupted`, exit 130 / 143 within seconds
+    with enabled(watchdog_recorder(str(exp), given, settings.log_file)):
+        _watch(exp, given)
+
+
+def _watch(exp: Path, given: dict) -> None:
+    from spml.errors import TrainingStopped
     from spml.flows.watchdog import watchdog_flow
 
     # One progress line per poll even when Prefect's own logs are quiet.
@@ -55,7 +64,7 @@ def _run(exp: Path, overrides: dict) -> None:
 
     console.print(f"[bold]Watchdog[/] on {exp}")
     try:
-        watchdog_flow(str(exp), {k: v for k, v in overrides.items() if v is not None})
+        watchdog_flow(str(exp), given)
     except TrainingStopped as exc:
         err_console.print(f"[bold red]stopped:[/] {exc}", highlight=False)
         err_console.print(f"diagnosis: {exp / 'experiment-context.md'}", highlight=False,

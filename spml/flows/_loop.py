@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from prefect import get_run_logger
 
+from spml.flows._interrupt import guarding, loop_recorder
 from spml.tasks.artifacts import (
     publish_experiences,
     publish_review,
@@ -22,9 +23,13 @@ from spml.toolkit.loop.summary import LoopSummary
 
 def run_loop(kind: str, experiment_dir: str, max_rounds: int | None,
              round_flow: Callable[[str, int], str], allow_dirty: bool = False) -> LoopSummary:
-    """Run (or resume) a loop of ``kind``; each round is ``round_flow`` (a subflow)."""
+    """Run (or resume) a loop of ``kind``; each round is ``round_flow`` (a subflow). Ctrl-C or
+    SIGTERM ends it within seconds with the ledger `interrupted` (see `_interrupt`)."""
     logger = get_run_logger()
-    with hold_experiment(experiment_dir, kind_named(kind).protocol_filename):
+    # The lock is held until an interrupted supervisor has recorded and exited (`status` then
+    # sees it free); the guard re-installs the signal handlers Prefect's engine replaced.
+    with hold_experiment(experiment_dir, kind_named(kind).protocol_filename), \
+            guarding(loop_recorder(experiment_dir, kind, max_rounds, allow_dirty)):
         limit = open_experiment(experiment_dir, max_rounds, kind, allow_dirty)
         crash_stale_runs(experiment_dir, kind)
         progress = start_progress(experiment_dir, kind)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from spml.flows._interrupt import guarding
 from spml.flows._loop import run_loop
 from spml.tasks.loop import TaskSteps
 from spml.toolkit.loop.round import run_round
@@ -19,7 +20,8 @@ STEPS = TaskSteps("autoresearch")
 @flow(name="autoresearch-round", flow_run_name="round-{round_no}")
 def autoresearch_round(experiment_dir: str, round_no: int) -> str:
     """One round (round 0 measures the baseline). Returns the verdict or 'aborted'."""
-    return run_round(STEPS, experiment_dir, round_no)
+    with guarding():  # the subflow's engine put Prefect's SIGTERM handler back
+        return run_round(STEPS, experiment_dir, round_no)
 
 
 @flow(name="autoresearch")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from spml.flows._interrupt import guarding
 from spml.flows._loop import run_loop
 from spml.tasks.loop import TaskSteps
 from spml.toolkit.loop.round import run_round
@@ -21,7 +22,8 @@ STEPS = TaskSteps("ml-iteration")
 @flow(name="ml-iteration-round", flow_run_name="round-{round_no}")
 def iteration_round(experiment_dir: str, round_no: int) -> str:
     """One round (round 0 measures the baseline). Returns the verdict or 'aborted'."""
-    return run_round(STEPS, experiment_dir, round_no)
+    with guarding():  # the subflow's engine put Prefect's SIGTERM handler back
+        return run_round(STEPS, experiment_dir, round_no)
 
 
 @flow(name="ml-iteration")

@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from spml.flows._interrupt import guarding, watchdog_recorder
 from spml.tasks.watchdog import load_settings, publish_watch_summary, supervise_training
 
 
@@ -25,7 +26,9 @@ def watchdog_flow(experiment_dir: str, overrides: dict[str, Any] | None = None) 
         overrides: settings that win over the files (the CLI flags).
     """
     settings = load_settings(experiment_dir, overrides or {})
-    state = supervise_training(settings, experiment_dir, return_state=True)
+    # Ctrl-C / SIGTERM: training ended, `state: interrupted`, exit within seconds (`_interrupt`)
+    with guarding(watchdog_recorder(experiment_dir, overrides, settings.log_file)):
+        state = supervise_training(settings, experiment_dir, return_state=True)
     summary = publish_watch_summary(experiment_dir)
     get_run_logger().info(summary)
     return state.result()  # re-raises TrainingStopped: the flow run fails with the diagnosis

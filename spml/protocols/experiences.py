@@ -30,7 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from spml.errors import ProtocolError
 
-Status = Literal["not_started", "running", "completed", "target_reached", "stopped"]
+# `interrupted`: the supervisor was stopped by a signal (Ctrl-C, SIGTERM); the next run resumes.
+Status = Literal["not_started", "running", "interrupted", "completed", "target_reached",
+                 "stopped"]
 Verdict = Literal["committed", "committed_with_note", "rolled_back", "override: commit",
                   "override: rollback"]
 Compliance = Literal["pass", "fail", "n/a"]

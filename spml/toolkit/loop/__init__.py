@@ -26,7 +26,9 @@ Contents, in the order a round runs them:
   `review` (ml-iteration's compound `ReviewPolicy`), `incumbent` (HEAD's measured state);
   `settle` (decide, commit or archive + roll back, crash-safe order) and `record` (ledger
   row, researcher feedback, journal cleared).
-- `recovery`: finish or undo the round a killed supervisor left in flight, exactly once.
+- `recovery`: finish or undo the round a killed supervisor left in flight, exactly once;
+  `interrupt`: what a supervisor stopped by Ctrl-C / SIGTERM writes (ledger `status:
+  interrupted`, the journal kept for recovery) and the one line it prints.
 - `ledger`: `experiences.md` (and the supervisor's copy) and the round journal on disk;
   `handedits`: a person's edits of the ledger and the protocol while a loop runs.
 - `control`: the person on the loop — notes and stop requests as files.

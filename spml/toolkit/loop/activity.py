@@ -38,7 +38,7 @@ class LoopActivity:
         if self.round_no is not None:
             return (f"interrupted at round {self.round_no} (phase {self.phase}): no supervisor "
                     f"is running; {run} finishes or redoes that round")
-        if self.status == "running":
+        if self.status in ("running", "interrupted"):
             return f"interrupted between rounds: no supervisor is running; {run} resumes"
         if self.status is None:
             return "not started"

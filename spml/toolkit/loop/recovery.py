@@ -56,7 +56,7 @@ def recover_unfinished_round(session: LoopSession) -> str:
     if row is not None:
         workspace.rollback(workspace.head(), restore_refs=saved)
         record(session, row)
-    message = f"{action} round {journal.round} interrupted by a supervisor crash"
+    message = f"{action} round {journal.round} interrupted (supervisor killed or stopped)"
     log.warning(message)
     return message
 

@@ -7,6 +7,10 @@ gets SIGTERM, then SIGKILL after a grace period; after a normal exit any leftove
 group are SIGKILLed. An optional pid file lets a restarted supervisor kill a group orphaned by
 a supervisor that died without cleaning up (:func:`kill_stale_process_group`).
 
+Every started group is registered until its call has cleaned it up, so a supervisor that is
+interrupted (Ctrl-C, SIGTERM) can end them all at once from its signal handler
+(:func:`end_live_groups`) without waiting for the calls to unwind.
+
 Linux-first: process-group membership and pid-reuse checks read ``/proc``.
 """
 
@@ -39,6 +43,9 @@ logger = logging.getLogger(__name__)
 _SHELL = "/bin/sh"
 _REAP_TIMEOUT_S = 2.0  # how long to wait for SIGKILLed group members to disappear
 _MAX_POLL_S = 0.25
+# pgid -> token of every group started and not yet cleaned up. Plain dict operations only (each
+# atomic under the GIL): a signal handler reads it while the interrupted code may be changing it.
+_LIVE: dict[int, str] = {}
 
 
 def run_command(  # noqa: PLR0913 - the documented, keyword-only API of the shared runner
@@ -117,6 +124,7 @@ class RunningCommand:
             _finish_group(self.proc, self.display)
             kill_by_token(self._token)
         finally:
+            _LIVE.pop(self.proc.pid, None)
             if self._pid_file is not None:
                 self._pid_file.unlink(missing_ok=True)
         result = CommandResult(
@@ -148,6 +156,7 @@ def start_command(  # noqa: PLR0913 - same keyword-only API as run_command
     paths = _log_paths(log_dir, name, display)
     token = uuid.uuid4().hex
     proc = _spawn(argv, display, cwd, {**(env or {}), TOKEN_VAR: token}, *paths)
+    _LIVE[proc.pid] = token
     logger.info("started %r as pgid %d (cwd=%s, limit=%ss)", display, proc.pid, cwd, time_limit_s)
     running = RunningCommand(proc, display, token, paths, pid_file, time_limit_s)
     if pid_file is not None:
@@ -194,6 +203,36 @@ def kill_stale_process_group(pid_file: Path) -> bool:
         )
     pid_file.unlink(missing_ok=True)
     return killed
+
+
+def live_groups() -> list[int]:
+    """The process groups started by this process whose calls have not cleaned them up yet."""
+    return list(_LIVE.copy())
+
+
+def end_live_groups(grace_s: float = 2.0) -> list[int]:
+    """End every live group at once: SIGTERM, up to ``grace_s`` to exit, then SIGKILL (and
+    their descendants that left the group). For an interrupted supervisor; safe to call from
+    a signal handler or another thread while the calls that own the groups are suspended
+    (their own cleanup, should they resume, finds nothing left to kill).
+
+    Returns:
+        The process group ids that were signalled.
+    """
+    live = _LIVE.copy()
+    for pgid in live:
+        _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + max(grace_s, 0.0)
+    for pgid in live:
+        _wait_group_gone(pgid, deadline)
+    for pgid, token in live.items():
+        if live_group_members(pgid):  # no logging here: the interrupted thread may hold its lock
+            _signal_group(pgid, signal.SIGKILL)
+        kill_by_token(token)
+    reaped = time.monotonic() + _REAP_TIMEOUT_S
+    for pgid in live:
+        _wait_group_gone(pgid, reaped)
+    return list(live)
 
 
 # --- starting -------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ TITLE = "# Experiment Context"
 STATUS, DIAGNOSES, EVALUATIONS, ALERTS = (
     "Watchdog Status", "Diagnosis History", "Evaluation History", "Alerts")
 SECTION_ORDER = (STATUS, DIAGNOSES, EVALUATIONS, ALERTS)
-STATES = ("running", "completed", "stopped_code_failure", "stopped_crash_loop")
+# `interrupted`: the watchdog itself was stopped by a signal (Ctrl-C, SIGTERM); a new
+# `spml watchdog run` resumes from the newest checkpoint that verifies.
+STATES = ("running", "completed", "stopped_code_failure", "stopped_crash_loop", "interrupted")
 _FIELD = re.compile(r"^- ([A-Za-z_][A-Za-z0-9_]*): ?(.*)$")
 _ISSUE = re.compile(r"^### Issue #(\d+)\b")
 _EVAL = re.compile(r"^### Eval #(\d+)\b")

@@ -40,7 +40,7 @@ def same(a: ExperienceRow, b: ExperienceRow) -> bool:
 
 
 def crashed(msg: str) -> str:
-    return f"{msg} round 1 interrupted by a supervisor crash"
+    return f"{msg} round 1 interrupted (supervisor killed or stopped)"
 
 
 @pytest.fixture
