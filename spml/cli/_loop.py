@@ -25,8 +25,6 @@ MaxRounds = Annotated[int | None, typer.Option(help="Cap the rounds for this run
 AllowDirty = Annotated[bool, typer.Option(
     "--allow-dirty", help="Run although fixed or variable files have uncommitted changes "
     "(the loop runs the committed code; the ignored files are named).")]
-# The `spml` command group of each loop kind, for messages that say what to run.
-CLI_GROUP = {"autoresearch": "autoresearch", "ml-iteration": "iteration"}
 
 
 def add_loop_commands(app: typer.Typer, kind: str) -> None:
@@ -156,7 +154,7 @@ def locate(experiment_dir: Path, kind: str):  # noqa: ANN201 - Experiment, impor
     if not experiment.protocol_path.is_file():
         raise ProtocolError(
             f"{experiment.exp_dir} must hold {loop_kind.protocol_filename}, found none: it is "
-            f"not an {loop_kind.title} experiment. Create one with `spml {CLI_GROUP[kind]} "
+            f"not an {loop_kind.title} experiment. Create one with `spml {loop_kind.cli_group} "
             f"create {experiment_dir}`.")
     return experiment
 

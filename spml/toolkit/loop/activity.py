@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spml.toolkit.loop.experiment import Experiment, is_running
+from spml.toolkit.loop.kind import KINDS
 from spml.toolkit.loop.ledger import ledger_copy_path, read_journal, read_ledger
 
 
@@ -60,4 +61,4 @@ def loop_activity(experiment: Experiment) -> LoopActivity:
         phase=journal.phase if journal is not None else None,
         status=ledger.status if ledger is not None else None,
         ledger_deleted=deleted,
-        command="autoresearch" if experiment.stage == "autoresearch" else "iteration")
+        command=KINDS[experiment.stage].cli_group)

@@ -182,7 +182,7 @@ class ExperimentLock:
 
     def __init__(self, experiment: Experiment) -> None:
         self._path = experiment.state_root / LOCK_FILENAME
-        self._group = "autoresearch" if experiment.stage == "autoresearch" else "iteration"
+        self._group = KINDS[experiment.stage].cli_group
         self._fd: int | None = None
 
     def __enter__(self) -> ExperimentLock:

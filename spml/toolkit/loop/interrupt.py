@@ -21,11 +21,10 @@ from pathlib import Path
 from spml.protocols.experiences import parse_experiences
 from spml.toolkit.files import write_atomic
 from spml.toolkit.loop.experiment import Experiment
+from spml.toolkit.loop.kind import KINDS
 from spml.toolkit.loop.ledger import ledger_copy_path, read_journal, read_ledger
 
 _RUNNING = re.compile(r"^status:[ \t]*running[ \t]*$", re.MULTILINE)
-# The `spml` command group that runs each loop kind.
-_COMMAND = {"autoresearch": "autoresearch", "ml-iteration": "iteration"}
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def record_interrupted(experiment: Experiment, flags: tuple[str, ...] = ()) -> I
     except Exception:  # noqa: BLE001 - a hand-broken ledger must not hide the resume line
         ledger = None
     return Interruption(
-        exp_dir=experiment.exp_dir, command=_COMMAND.get(experiment.stage, experiment.stage),
+        exp_dir=experiment.exp_dir, command=KINDS[experiment.stage].cli_group,
         round_no=journal.round if journal is not None else None,
         last_round=max((r.round for r in ledger.rows), default=None) if ledger else None,
         status=ledger.status if ledger is not None else None, flags=flags)

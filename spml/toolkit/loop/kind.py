@@ -37,6 +37,7 @@ class LoopKind:
     make_policy: Callable[[Any], Policy]
     commit_prefix: str
     artifact_prefix: str
+    cli_group: str                              # `spml <cli_group> run|status|stop ...`
     implicit_fixed: tuple[str, ...] = ()        # locked although not listed in fixed.files
     variable_prefix: str = "spml"               # Prefect Variables spml-note-<experiment> ...
 
@@ -73,7 +74,7 @@ AUTORESEARCH = LoopKind(
     protocol_model=autoresearch.AutoresearchProtocol, load_protocol=autoresearch.load_protocol,
     read_body=autoresearch.read_protocol_body, locked_changes=autoresearch.locked_changes,
     columns=lambda _p: COLUMNS, render_brief=render_brief, make_policy=_autoresearch_policy,
-    commit_prefix="autoresearch", artifact_prefix="autoresearch",
+    commit_prefix="autoresearch", artifact_prefix="autoresearch", cli_group="autoresearch",
 )
 ITERATION = LoopKind(
     name="ml-iteration", title="ml-iteration",
@@ -82,6 +83,7 @@ ITERATION = LoopKind(
     read_body=iteration.read_protocol_body, locked_changes=iteration.locked_changes,
     columns=_iteration_columns, render_brief=render_iteration_brief,
     make_policy=_iteration_policy, commit_prefix="ml-iteration", artifact_prefix="iteration",
+    cli_group="iteration",
     implicit_fixed=(iteration.PROTOCOL_FILENAME, ".gitignore"),
 )
 KINDS: dict[str, LoopKind] = {k.name: k for k in (AUTORESEARCH, ITERATION)}

@@ -42,9 +42,8 @@ class LoopSession:
         experiment = Experiment.locate(experiment_dir, kind.protocol_filename)
         state = read_json(_session_path(experiment), None)
         if state is None:
-            command = "autoresearch" if kind is AUTORESEARCH else "iteration"
             raise ProtocolError(f"no loop was opened in {experiment.exp_dir}; run "
-                                f"`spml {command} run` first.")
+                                f"`spml {kind.cli_group} run` first.")
         protocol = kind.protocol_model.model_validate(state["accepted_protocol"])
         workspace = Workspace.open_or_create(experiment.repo_root,
                                              experiment.worktree_dir(kind.name),
