@@ -40,3 +40,7 @@ class EnvironmentFailure(SpmlError, RuntimeError):
 
 class TrainingStopped(SpmlError, RuntimeError):
     """A code failure, or the crash-loop guard refused another restart: a person must look."""
+
+
+class SupervisorBusy(SpmlError, RuntimeError):
+    """Another live supervisor (a watchdog) already holds this directory."""

@@ -47,6 +47,12 @@ def _run(exp: Path, overrides: dict) -> None:
     from spml.protocols.watchdog import load_watchdog_settings
 
     settings = load_watchdog_settings(exp, overrides)  # a bad one exits 2 before Prefect starts
+    from spml.toolkit.watchdog.state import WatchdogState
+
+    # Taken and let go at once: a second watchdog stops here, with no Prefect traceback. The
+    # flow takes the lock again for the whole run.
+    with WatchdogState(exp).hold():
+        pass
     from spml.flows._interrupt import enabled, watchdog_recorder
 
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -75,14 +81,22 @@ def _watch(exp: Path, given: dict) -> None:
 
 @app.command()
 def status(experiment_dir: DirArg) -> None:
-    """Print the watchdog status recorded in experiment-context.md."""
+    """Print the watchdog status recorded in experiment-context.md, and whether a watchdog
+    supervises the run now (a `running` record without one is a killed watchdog)."""
     def _status() -> None:
+        from spml.errors import ProtocolError
         from spml.toolkit.watchdog.context import ContextFile
+        from spml.toolkit.watchdog.state import liveness
 
-        fields = ContextFile(experiment_dir / "experiment-context.md").read_status()
+        exp = experiment_dir.resolve()
+        if not exp.is_dir():
+            raise ProtocolError(f"experiment directory must exist, got '{experiment_dir}'")
+        fields = ContextFile(exp / "experiment-context.md").read_status()
         if not fields:
             console.print("no watchdog status yet")
         for key, value in fields.items():
             console.print(f"{key}: {value}", highlight=False)
+        console.print(f"watchdog: {liveness(exp, fields.get('state'))}", highlight=False,
+                      soft_wrap=True)
 
     guarded(_status)

@@ -9,12 +9,19 @@ and crash loops (the same failure without progress) stop the flow with a diagnos
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from spml.flows._interrupt import guarding, watchdog_recorder
-from spml.tasks.watchdog import load_settings, publish_watch_summary, supervise_training
+from spml.tasks.watchdog import (
+    load_settings,
+    publish_watch_summary,
+    start_episode,
+    supervise_training,
+)
+from spml.toolkit.watchdog.state import WatchdogState
 
 
 @flow(name="watchdog")
@@ -26,9 +33,13 @@ def watchdog_flow(experiment_dir: str, overrides: dict[str, Any] | None = None) 
         overrides: settings that win over the files (the CLI flags).
     """
     settings = load_settings(experiment_dir, overrides or {})
-    # Ctrl-C / SIGTERM: training ended, `state: interrupted`, exit within seconds (`_interrupt`)
-    with guarding(watchdog_recorder(experiment_dir, overrides, settings.log_file)):
-        state = supervise_training(settings, experiment_dir, return_state=True)
+    # One watchdog per run (a second would launch the training twice): refused before any
+    # state is touched; the kernel frees the lock of a killed watchdog.
+    with WatchdogState(Path(experiment_dir).resolve()).hold():
+        start_episode(experiment_dir)
+        # Ctrl-C / SIGTERM: training ended, `state: interrupted`, exit in seconds (`_interrupt`)
+        with guarding(watchdog_recorder(experiment_dir, overrides, settings.log_file)):
+            state = supervise_training(settings, experiment_dir, return_state=True)
     summary = publish_watch_summary(experiment_dir)
     get_run_logger().info(summary)
     return state.result()  # re-raises TrainingStopped: the flow run fails with the diagnosis

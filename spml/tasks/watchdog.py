@@ -60,14 +60,18 @@ def supervise_training(settings: WatchdogSettings, experiment_dir: str) -> Attem
 
 @task(name="load-watchdog-settings", cache_policy=NO_CACHE, retries=0)
 def load_settings(experiment_dir: str, overrides: dict) -> WatchdogSettings:
-    """The run's settings (watchdog.yaml / context front matter + overrides); starts an episode:
-    failures of an earlier watchdog run do not count against this one's restart budget."""
-    exp = Path(experiment_dir).resolve()
-    settings = load_watchdog_settings(exp, overrides)
-    state = WatchdogState(exp)
+    """The run's settings (watchdog.yaml / context front matter + overrides), validated before
+    any state is written."""
+    return load_watchdog_settings(Path(experiment_dir).resolve(), overrides)
+
+
+@task(name="start-episode", cache_policy=NO_CACHE, retries=0)
+def start_episode(experiment_dir: str) -> None:
+    """A new watchdog run begins: failures of an earlier one do not count against its restart
+    budget, and no backoff is carried over."""
+    state = WatchdogState(Path(experiment_dir).resolve())
     state.start_episode()
     state.save_delay(0.0)
-    return settings
 
 
 @task(name="publish-watch-summary", cache_policy=NO_CACHE, retries=1)

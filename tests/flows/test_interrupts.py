@@ -307,3 +307,44 @@ def test_a_signal_mid_attempt_interrupts_quickly_and_the_resume_continues_from_t
     assert starts == ["0", str(newest)]  # one more attempt, from the newest checkpoint
     assert "- state: completed" in (exp / "experiment-context.md").read_text().splitlines()
     assert (exp / "train.log").read_text().splitlines()[-1].startswith("step=400 ")
+
+
+def test_status_tells_a_live_watchdog_from_a_killed_one_and_a_second_watchdog_is_refused(
+        tmp_path, prefect_api_url) -> None:
+    exp = watchdog_experiment(tmp_path)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "SPML_TEST_RUN": tmp_path.name}
+    log = tmp_path / "run.log"
+    proc = start(["watchdog", "run", str(exp)], env, log)
+    wait_for((exp / "ckpt" / "step_000020.json").is_file, proc, log)
+
+    def spml(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "spml", *args], capture_output=True,
+                              text=True, env=env, timeout=120)
+
+    live = spml("watchdog", "status", str(exp))
+    assert live.returncode == 0
+    assert f"watchdog: live (pid {proc.pid})" in live.stdout
+    second = spml("watchdog", "run", str(exp))  # would launch the same training twice
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "another watchdog is already supervising this run" in second.stderr
+    assert "Traceback" not in second.stdout + second.stderr
+
+    os.killpg(proc.pid, signal.SIGKILL)  # no handler runs: the context still says running
+    proc.wait(timeout=60)
+    dead = spml("watchdog", "status", str(exp))
+    assert "state: running" in dead.stdout
+    assert "watchdog: not running: the watchdog was killed while training ran" in dead.stdout
+    assert f"spml watchdog run {exp}" in dead.stdout
+    # the kernel freed the lock: the resume is not refused (trainer orphans are reaped by it)
+    resumed = spml("watchdog", "run", str(exp))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert spml("watchdog", "status", str(exp)).stdout.splitlines()[-1] == "watchdog: not running"
+
+
+def test_status_of_a_missing_directory_is_bad_input(tmp_path) -> None:
+    missing = tmp_path / "nowhere"
+    done = subprocess.run([sys.executable, "-m", "spml", "watchdog", "status", str(missing)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: experiment directory must exist, got '{missing}'")
+    assert not missing.exists()

@@ -10,11 +10,7 @@ An experiment's name and ledger generation come from `spml.toolkit.loop.identity
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
-import os
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,6 +26,7 @@ from spml.toolkit.loop.identity import (
     write_identity,
 )
 from spml.toolkit.loop.kind import KINDS
+from spml.toolkit.process.lock import SupervisorLock, is_held
 
 log = logging.getLogger(__name__)
 STATE_DIRNAME = ".spml"
@@ -177,66 +174,21 @@ class Experiment:
         return None if self.generation else f"{ATTEMPTS_REF_PREFIX}{round_no}"
 
 
-class ExperimentLock:
+class ExperimentLock(SupervisorLock):
     """An exclusive advisory lock on the experiment; the kernel releases it if we are killed."""
 
     def __init__(self, experiment: Experiment) -> None:
-        self._path = experiment.state_root / LOCK_FILENAME
-        self._group = KINDS[experiment.stage].cli_group
-        self._fd: int | None = None
-
-    def __enter__(self) -> ExperimentLock:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _lock_within(fd, fcntl.LOCK_EX, _PROBE_GRACE_S):
-            holder = os.read(fd, 200).decode(errors="replace").strip()
-            os.close(fd)
-            raise LoopAlreadyRunning(
-                f"another supervisor is already running this experiment ({holder or 'unknown'})."
-                f" Wait for it, or stop it with `spml {self._group} stop`."
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid()}).encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-# `is_running` holds a shared lock for an instant: a supervisor starting then waits it out.
-_PROBE_GRACE_S = 1.0
-
-
-def _lock_within(fd: int, mode: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+        group = KINDS[experiment.stage].cli_group
+        super().__init__(
+            experiment.state_root / LOCK_FILENAME, LoopAlreadyRunning,
+            "another supervisor is already running this experiment ({holder})."
+            f" Wait for it, or stop it with `spml {group} stop`.")
 
 
 def is_running(experiment: Experiment) -> bool:
     """Whether a supervisor holds this experiment's lock now (the kernel drops the lock of a
     killed one, so a journal left without a lock holder is an interrupted round)."""
-    try:
-        fd = os.open(experiment.state_root / LOCK_FILENAME, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        if not _lock_within(fd, fcntl.LOCK_SH, 0.0):
-            return True
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    return is_held(experiment.state_root / LOCK_FILENAME)
 
 
 def hold_experiment(experiment_dir: str | Path, protocol_filename: str = "") -> ExperimentLock:

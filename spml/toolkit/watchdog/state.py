@@ -6,7 +6,9 @@ restarted watchdog (or the next Prefect retry) continues the same history.
 * ``complete-checkpoints.json``: checkpoints seen complete while their writer lived;
 * ``next-resume.json``: the checkpoint chosen for the next attempt, with the listing it was
   chosen from (reused only while that listing is unchanged);
-* ``next-delay.txt``, ``alerts.log``, ``attempt-NNN/`` (each attempt's output).
+* ``next-delay.txt``, ``alerts.log``, ``attempt-NNN/`` (each attempt's output);
+* ``supervisor.lock``: held by the live watchdog (`hold`); free while none runs, so a context
+  saying `running` beside a free lock is a killed watchdog (`is_live`).
 """
 
 from __future__ import annotations
@@ -16,17 +18,20 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from spml.errors import SupervisorBusy
 from spml.toolkit.files import write_atomic
+from spml.toolkit.process.lock import SupervisorLock, holder_of, is_held
 from spml.toolkit.watchdog.checkpoints import Checkpoint
 from spml.toolkit.watchdog.classify import Diagnosis
 from spml.toolkit.watchdog.policy import AttemptRecord
 from spml.toolkit.watchdog.resume import ResumeChoice
 
-__all__ = ["Listing", "WatchdogState"]
+__all__ = ["Listing", "WatchdogState", "liveness"]
 
 log = logging.getLogger(__name__)
 
 Listing = dict[str, list[float]]  # checkpoint path -> [size, mtime]
+_LOCK = "supervisor.lock"
 
 
 class WatchdogState:
@@ -38,6 +43,18 @@ class WatchdogState:
         self._attempts = self.dir / "attempts.jsonl"
         self._complete = self.dir / "complete-checkpoints.json"
         self._choice = self.dir / "next-resume.json"
+
+    def hold(self) -> SupervisorLock:
+        """The lock one watchdog holds while it supervises (a second one would launch the same
+        training twice); use as a context manager."""
+        return SupervisorLock(
+            self.dir / _LOCK, SupervisorBusy,
+            "another watchdog is already supervising this run ({holder}); "
+            "watch it with `spml watchdog status`, or end it first")
+
+    def is_live(self) -> bool:
+        """Whether a watchdog supervises this directory now."""
+        return is_held(self.dir / _LOCK)
 
     def history(self) -> list[AttemptRecord]:
         """Every recorded attempt, oldest first."""
@@ -146,3 +163,16 @@ class WatchdogState:
             log.warning("ignoring an unreadable %s", self._complete.name)
             return {}
         return {k: v for k, v in known.items() if isinstance(v, list) and len(v) == 3}
+
+
+def liveness(exp_dir: Path, recorded_state: str | None) -> str:
+    """Whether a watchdog supervises ``exp_dir`` now, read from its lock without creating any
+    state: `live (pid N)`, or `not running` with what a stale `running` record means."""
+    lock = exp_dir / ".spml" / "watchdog" / _LOCK
+    if is_held(lock):
+        pid = holder_of(lock)
+        return f"live (pid {pid})" if pid else "live"
+    if recorded_state == "running":
+        return (f"not running: the watchdog was killed while training ran (the context still "
+                f"says running); resume with `spml watchdog run {exp_dir}`")
+    return "not running"
