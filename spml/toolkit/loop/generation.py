@@ -23,12 +23,16 @@ from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.handedits import NOTES_FILENAME, SAVED_DIRNAME
 from spml.toolkit.loop.identity import new_generation
 from spml.toolkit.loop.ledger import ledger_copy_path, read_journal
+from spml.toolkit.loop.researchers.factory import OPTUNA_STUDY_FILENAME
 
 log = logging.getLogger(__name__)
 MARKER_FILENAME = "new-ledger-pending"
 GENERATIONS_DIRNAME = "generations"
-# What a generation keeps under its round numbers (paths relative to the state dir).
-_OWNED = ("rounds", NOTES_FILENAME, SAVED_DIRNAME, "overrides/inbox", "overrides/held")
+# What a generation keeps under its round numbers (paths relative to the state dir). The Optuna
+# study too: its trials carry the old rounds' numbers and values measured against the old
+# ledger's baseline, and a new ledger's round 0 seeds a fresh study with its own baseline.
+_OWNED = ("rounds", NOTES_FILENAME, SAVED_DIRNAME, "overrides/inbox", "overrides/held",
+          OPTUNA_STUDY_FILENAME)
 
 
 def new_ledger_pending(experiment: Experiment) -> bool:

@@ -7,6 +7,8 @@
 - `result`: `CommandResult` and `ExitKind` (ok, error, signal, timeout) with one-line causes.
 - `interrupt`: Ctrl-C / SIGTERM for a supervisor: end the live groups, record, report, leave
   with 130 / 143 within seconds (the Prefect layer adds its part in `spml.flows._interrupt`).
+- `lock`: `SupervisorLock` (one supervisor per directory, freed by the kernel on kill -9) and
+  `is_held` (how `status` tells a live supervisor from a killed one).
 - `procfs`: /proc helpers (descendants that left the group, found by an environment token).
 """
 

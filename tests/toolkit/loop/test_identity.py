@@ -103,6 +103,8 @@ def test_a_restarted_ledger_keeps_the_old_generations_rounds_and_attempts(tmp_pa
     old = experiment(exp)
     old_brief = (old.round_dir(1) / "brief.md").read_text()
     old_attempt = git(exp, "rev-parse", old.attempt_ref(1))
+    study = old.state_dir / "optuna.db"  # an Optuna researcher's study (bytes stand in for it)
+    study.write_bytes(b"old generation's trials")
     (exp / "experiences.md").unlink()  # the advice for a broken header: start a new ledger
 
     drive(exp, max_rounds=1)  # the branch has old round 2's commit: not a ledger that lost rows
@@ -114,6 +116,8 @@ def test_a_restarted_ledger_keeps_the_old_generations_rounds_and_attempts(tmp_pa
     archive = new.state_dir / "generations" / old.generation
     assert (archive / "rounds" / "0001" / "brief.md").read_text() == old_brief
     assert (archive / "rounds" / "0002").is_dir()
+    assert (archive / "optuna.db").read_bytes() == b"old generation's trials"
+    assert not study.exists()  # the new ledger's round 0 seeds a new study
     assert (new.round_dir(1) / "brief.md").read_text() != old_brief  # a fresh round 1
     assert not new.round_dir(2).exists()
     assert [r.round for r in parse_experiences((archive / "ledger-copy.md").read_text()).rows
