@@ -6,7 +6,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,10 +18,13 @@ from spml.cli._output import (
     quiet_prefect,
 )
 from spml.errors import ProtocolError
+from spml.protocols.experiences import Experiences
 
 DirArg = Annotated[Path, typer.Argument(help="Experiment directory (holds the protocol).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")]
 MaxRounds = Annotated[int | None, typer.Option(help="Cap the rounds for this run.")]
+Plot = Annotated[bool, typer.Option(
+    "--plot", help="Also draw the ledger as experiences.png beside experiences.md.")]
 AllowDirty = Annotated[bool, typer.Option(
     "--allow-dirty", help="Run although fixed or variable files have uncommitted changes "
     "(the loop runs the committed code; the ignored files are named).")]
@@ -41,9 +44,10 @@ def add_loop_commands(app: typer.Typer, kind: str) -> None:
         run_loop(exp_dir, max_rounds, kind, allow_dirty)
 
     @app.command()
-    def status(experiment_dir: DirArg) -> None:
-        """Show the ledger, the round in flight, queued notes and overrides."""
-        show_status(experiment_dir, kind)
+    def status(experiment_dir: DirArg, plot: Plot = False) -> None:
+        """Show the ledger, the round in flight, queued notes and overrides (--plot: and draw
+        the ledger as experiences.png)."""
+        show_status(experiment_dir, kind, plot)
 
     @app.command()
     def note(experiment_dir: DirArg,
@@ -68,6 +72,7 @@ def run_loop(exp_dir: Path, max_rounds: int | None, kind: str = "autoresearch",
 
 
 def _run_flow(exp_dir: Path, max_rounds: int | None, kind: str, allow_dirty: bool) -> None:
+    from spml.cli._ui import announcing_ui, server_in_use
     from spml.cli.progress import LedgerWatcher
     from spml.toolkit.loop.experiment import LEDGER_FILENAME
     from spml.toolkit.loop.kind import kind_named
@@ -79,9 +84,10 @@ def _run_flow(exp_dir: Path, max_rounds: int | None, kind: str, allow_dirty: boo
         from spml.flows.autoresearch import autoresearch_flow as loop_flow
     else:
         from spml.flows.iteration import iteration_flow as loop_flow
-    console.print(f"[bold]{loop_kind.title}[/] in {exp_dir} (Prefect starts in a few seconds)")
+    hint = "" if server_in_use() else " (Prefect starts in a few seconds)"
+    console.print(f"[bold]{loop_kind.title}[/] in {exp_dir}{hint}", soft_wrap=True)
     with LedgerWatcher(exp_dir / LEDGER_FILENAME), expected_errors_off_console():
-        summary = loop_flow(str(exp_dir), max_rounds, allow_dirty)
+        summary = announcing_ui(loop_flow)(str(exp_dir), max_rounds, allow_dirty)
     ledger = read_ledger(LoopSession.load(exp_dir, loop_kind).experiment)
     if ledger is not None:
         console.print(ledger_table(ledger))
@@ -120,8 +126,9 @@ def check_protocol(experiment_dir: Path, kind: str, max_rounds: int | None = Non
     return experiment.exp_dir
 
 
-def show_status(experiment_dir: Path, kind: str) -> None:
-    """The ledger, the round in flight, queued notes, overrides and stop request."""
+def show_status(experiment_dir: Path, kind: str, plot: bool = False) -> None:
+    """The ledger, the round in flight, queued notes, overrides and stop request; with
+    ``plot``, the ledger drawn as `experiences.png` beside `experiences.md` too."""
     from spml.toolkit.loop import control
     from spml.toolkit.loop.activity import loop_activity
     from spml.toolkit.loop.ledger import read_ledger
@@ -140,6 +147,20 @@ def show_status(experiment_dir: Path, kind: str) -> None:
         console.print(f"queued override: round {override.round} -> {override.verdict}")
     if reason := control.stop_requested(experiment):
         console.print(f"stop requested: {reason}", highlight=False)
+    if plot:
+        _write_plot(experiment.ledger_path.parent, ledger)
+
+
+def _write_plot(directory: Path, ledger: Experiences | None) -> None:
+    """Draw the ledger beside it and print the file's path (a plain line, for scripts)."""
+    if ledger is None:
+        console.print("plot: nothing to draw, the loop has not started (no experiences.md)",
+                      highlight=False)
+        return
+    from spml.toolkit.loop.plot import PLOT_FILENAME, plot_ledger  # matplotlib: on demand
+
+    path = plot_ledger(ledger, directory / PLOT_FILENAME)
+    console.print(f"plot: {path}", highlight=False, soft_wrap=True)
 
 
 def locate(experiment_dir: Path, kind: str):  # noqa: ANN201 - Experiment, imported lazily
@@ -165,8 +186,25 @@ def add_note(experiment_dir: Path, kind: str, text: str) -> None:
 
     if not text.strip():
         raise ProtocolError("a note must say something, got an empty text.")
-    control.add_note(locate(experiment_dir, kind), text)
+    experiment = locate(experiment_dir, kind)
+    control.add_note(experiment, text)
     console.print("note queued for the next round")
+    if warning := note_unread_warning(experiment, kind):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+def note_unread_warning(experiment: Any, kind: str) -> str:
+    """Why a note will not steer the search ('' when the researcher reads notes)."""
+    from spml.toolkit.loop.kind import kind_named
+
+    try:
+        researcher = kind_named(kind).load_protocol(experiment.protocol_path).researcher
+    except ProtocolError:
+        return ""  # `run` names what is wrong with the protocol
+    if researcher.reads_notes:
+        return ""
+    return (f"the {researcher.kind} researcher does not read notes: the note is kept in the "
+            "ledger's Note column, but cannot steer its search")
 
 
 def request_stop(experiment_dir: Path, kind: str) -> None:

@@ -16,19 +16,21 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
+from rich.cells import cell_len, set_cell_size
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from spml.errors import BaselineFailed, SpmlError
-from spml.protocols.experiences import Experiences
+from spml.protocols.experiences import ExperienceRow, Experiences, format_value
 
 console = Console()
 err_console = Console(stderr=True)
@@ -168,26 +170,132 @@ def quiet_prefect(verbose: bool = False) -> None:
     # The embedded server needs more than Prefect's default 20 s on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # Only the terminal is quiet: INFO logs (each round's strategy, result, verdict, the
+        # notes picked up) still reach the server, where the run's Logs tab shows them.
+        # (PREFECT_LOGGING_LEVEL would silence the API handler too.)
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
 
 
-def ledger_table(ledger: Experiences, title: str = "experiences.md") -> Table:
-    """The ledger as a rich table."""
-    # One line per round: long Strategy/Insight/Note cells are cut here; experiences.md has
-    # them in full.
-    columns = [c for c in ledger.columns if c not in ("Note", "User Hint")
-               or any(r.note for r in ledger.rows)]
-    table = Table(title=title, expand=True)
-    for column in columns:
-        wide = column in ("Strategy", "Insight", "Note", "User Hint", "Metrics")
-        table.add_column(column, no_wrap=True, overflow="ellipsis", ratio=3 if wide else None)
-    best = ledger.best
-    for row in ledger.rows:
-        style = "bold green" if best is not None and row.round == best.round else (
-            "red" if row.compliance == "fail" else None)
-        cells = dict(zip(ledger.columns, row.cells(ledger.columns), strict=True))
-        table.add_row(*(cells[c] for c in columns), style=style)
-    return table
+def ledger_table(ledger: Experiences, title: str = "experiences.md") -> LedgerTable:
+    """The ledger as a rich table, laid out for the width it is printed at."""
+    return LedgerTable(ledger, title)
+
+
+# Short codes that never wrap; the least wide each other column may get (Strategy and Insight
+# are what a person reads); the columns that give way, first to last, when the console is too
+# narrow for those widths (experiences.md keeps every column in full).
+_NO_WRAP = ("Round", "Compliance", "Verdict")
+_MIN_WIDTH = {"Strategy": 15, "Insight": 15}
+_OTHER_MIN_WIDTH = 10
+_DROP_ORDER = ("Compliance", "Note", "User Hint", "Time", "Custom", "Stability",
+               "Observability", "Speed")
+_ONE_LINE_WIDTH = 30  # a column this wide reads fine cut at a word: one line per round
+_BORDERS = 3          # per column: two cells of padding and one rule (plus one at the end)
+
+
+@dataclass(frozen=True)
+class LedgerTable:
+    """The ledger as a table that fits the console: one line per round, long cells cut after a
+    whole word, where every column gets 30 cells or its whole text; else cells wrapped at words
+    and, when Strategy and Insight would get under 15 cells, the least important columns left
+    out. A word is never cut to a few letters and an ellipsis."""
+
+    ledger: Experiences
+    title: str = "experiences.md"
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """Lay the table out for the width it is printed at."""
+        yield self.table(options.max_width)
+
+    def table(self, width: int) -> Table:
+        """The table laid out for ``width`` cells."""
+        cells = [_shown_cells(row, self.ledger.columns) for row in self.ledger.rows]
+        columns = [c for c in self.ledger.columns if c not in ("Note", "User Hint")
+                   or any(r.note for r in self.ledger.rows)]
+        widths = _fit(columns, cells, width)
+        one_line = all(w >= min(_natural(c, cells), _ONE_LINE_WIDTH) for c, w in widths.items())
+        table = Table(title=self.title)
+        for column, column_width in widths.items():
+            wraps = not one_line and column not in _NO_WRAP
+            table.add_column(column, width=column_width, no_wrap=not wraps,
+                             overflow="fold" if wraps else "ellipsis")
+        best = self.ledger.best
+        for row, row_cells in zip(self.ledger.rows, cells, strict=True):
+            style = "bold green" if best is not None and row.round == best.round else (
+                "red" if row.compliance == "fail" else None)
+            # Text, not markup: a strategy like "lr in [1e-4, 1e-2]" is printed as written.
+            table.add_row(*(Text(_shorten(row_cells[c], w) if one_line else row_cells[c])
+                            for c, w in widths.items()), style=style)
+        return table
+
+
+def _shown_cells(row: ExperienceRow, columns: tuple[str, ...]) -> dict[str, str]:
+    """The row's cells by column, its Result to six digits (the ledger keeps every digit so
+    decisions can read it back; a person reads six, and a 17-digit mean squeezes the prose)."""
+    cells = dict(zip(columns, row.cells(columns), strict=True))
+    if "Result" in cells and row.result is not None:
+        number, space, rest = cells["Result"].partition(" ")
+        with suppress(ValueError):
+            if float(number) == row.result:
+                cells["Result"] = format_value(row.result) + space + rest
+    return cells
+
+
+def _fit(columns: list[str], cells: list[dict[str, str]], width: int) -> dict[str, int]:
+    """Each shown column's width, leaving columns out (in `_DROP_ORDER`) until the rest fit."""
+    columns = list(columns)
+    for drop in (None, *_DROP_ORDER):
+        if drop is not None:
+            if drop not in columns:
+                continue
+            columns.remove(drop)
+        widths = _share(columns, cells, width - _BORDERS * len(columns) - 1)
+        if widths is not None:
+            return widths
+    return {c: _least_width(c, cells) for c in columns}  # a tiny console: rich squeezes
+
+
+def _share(columns: list[str], cells: list[dict[str, str]], room: int) -> dict[str, int] | None:
+    """Widths within ``room``: the widest columns are capped, all at the same width, and none
+    goes under its least width; None when even the least widths do not fit."""
+    bounds = {c: (_least_width(c, cells), _natural(c, cells)) for c in columns}
+    if sum(low for low, _ in bounds.values()) > room:
+        return None
+    for cap in range(max((high for _, high in bounds.values()), default=0), -1, -1):
+        widths = {c: max(low, min(high, cap)) for c, (low, high) in bounds.items()}
+        if sum(widths.values()) <= room:
+            return widths
+    return {c: low for c, (low, _) in bounds.items()}
+
+
+def _natural(column: str, cells: list[dict[str, str]]) -> int:
+    """The width that shows the column's header and every cell whole on one line."""
+    return max([cell_len(column), *(cell_len(row[column]) for row in cells)])
+
+
+def _least_width(column: str, cells: list[dict[str, str]]) -> int:
+    """Short codes keep their width and numbers their longest word; prose may wrap down to
+    15 cells (Strategy, Insight) or 10."""
+    if column in _NO_WRAP:
+        return _natural(column, cells)
+    if column == "Result":
+        return max([cell_len(column), *(cell_len(word) for row in cells
+                                         for word in row[column].split())])
+    least = max(_MIN_WIDTH.get(column, _OTHER_MIN_WIDTH), cell_len(column))
+    return min(_natural(column, cells), least)
+
+
+def _shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` cells after its last whole word, then " …" (the space says
+    the word before it is whole)."""
+    if cell_len(text) <= width:
+        return text
+    cut = set_cell_size(text, width - 2).rstrip()
+    if " " in cut and not text[len(cut)].isspace():  # the cut fell inside a word: drop it
+        cut = cut.rsplit(" ", 1)[0].rstrip()
+    return cut + " …"
 
 
 def ledger_header(ledger: Experiences) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from rich.console import Console
+from rich.markup import escape
+
 from spml.cli._output import console
 from spml.errors import SpmlError
 from spml.protocols.experiences import ExperienceRow, parse_experiences
@@ -43,10 +46,22 @@ class LedgerWatcher:
             if row.round not in self._seen:
                 self._seen.add(row.round)
                 if announce:
-                    console.print(_line(row, ledger.max_rounds, ledger.metric), highlight=False)
+                    print_line(row, ledger.max_rounds, ledger.metric)
+
+
+def print_line(row: ExperienceRow, max_rounds: int, metric: str,
+               out: Console | None = None) -> None:
+    """Print a round's line whole (on ``out``, default the CLI's console). soft_wrap: rich
+    inserts no newlines, so a pipe or a log gets one line per round (grep-able) and a terminal
+    wraps it at its own edge; cutting it to the width instead would lose the insight, the
+    part a person reads the line for."""
+    (out or console).print(_line(row, max_rounds, metric), highlight=False, soft_wrap=True)
+
 
 def _line(row: ExperienceRow, max_rounds: int, metric: str) -> str:
     colour = "green" if row.verdict == "committed" else "yellow"
     value = row.result_text or (f"{row.result:.6g}" if row.result is not None else "—")
-    return (f"[bold]R{row.round}/{max_rounds}[/] {metric}={value} "
-            f"[{colour}]{row.verdict}[/] — {row.insight}  [dim]{row.strategy}[/]")
+    # escape: insights quote code and ranges ("lr in [1e-4, 1e-2]"), not rich markup
+    return (f"[bold]R{row.round}/{max_rounds}[/] {escape(metric)}={escape(value)} "
+            f"[{colour}]{escape(row.verdict)}[/] — {escape(row.insight)}  "
+            f"[dim]{escape(row.strategy)}[/]")

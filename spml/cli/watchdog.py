@@ -62,6 +62,7 @@ def _run(exp: Path, overrides: dict) -> None:
 
 
 def _watch(exp: Path, given: dict) -> None:
+    from spml.cli._ui import announcing_ui
     from spml.errors import TrainingStopped
     from spml.flows.watchdog import watchdog_flow
 
@@ -70,7 +71,7 @@ def _watch(exp: Path, given: dict) -> None:
 
     console.print(f"[bold]Watchdog[/] on {exp}")
     try:
-        watchdog_flow(str(exp), given)
+        announcing_ui(watchdog_flow)(str(exp), given)
     except TrainingStopped as exc:
         err_console.print(f"[bold red]stopped:[/] {exc}", highlight=False)
         err_console.print(f"diagnosis: {exp / 'experiment-context.md'}", highlight=False,

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prefect import get_run_logger
+from prefect import get_run_logger, tags
+from prefect.states import Completed, State
 
 from spml.flows._interrupt import guarding, loop_recorder
-from spml.tasks.artifacts import (
-    publish_experiences,
-    publish_review,
-    publish_summary,
-    start_progress,
-)
-from spml.tasks.loop import close_experiment, open_experiment, plan_next_step
-from spml.tasks.stale_runs import crash_stale_runs
-from spml.tasks.ui_controls import pull_controls
-from spml.toolkit.loop.experiment import hold_experiment
+from spml.tasks.artifacts import publish_summary, start_progress
+from spml.tasks.flow_run import claim_flow_run
+from spml.tasks.loop import between_rounds, close_experiment, open_experiment
+from spml.toolkit.loop.experiment import Experiment, hold_experiment
 from spml.toolkit.loop.kind import kind_named
+from spml.toolkit.loop.ledger import read_ledger
+from spml.toolkit.loop.narrate import round_label
 from spml.toolkit.loop.summary import LoopSummary
 
 
@@ -31,20 +28,27 @@ def run_loop(kind: str, experiment_dir: str, max_rounds: int | None,
     with hold_experiment(experiment_dir, kind_named(kind).protocol_filename), \
             guarding(loop_recorder(experiment_dir, kind, max_rounds, allow_dirty)):
         limit = open_experiment(experiment_dir, max_rounds, kind, allow_dirty)
-        crash_stale_runs(experiment_dir, kind)
-        progress = start_progress(experiment_dir, kind)
-        publish_experiences(experiment_dir, progress, kind)
-        while True:
-            pull_controls(experiment_dir, kind)  # notes / stop / overrides from the UI
-            step = plan_next_step(experiment_dir, kind)
-            if step.kind == "end":
-                break
-            logger.info("round %d of %d", step.round_no, limit)
-            round_flow(experiment_dir, step.round_no)
-            publish_experiences(experiment_dir, progress, kind)
-            if kind != "autoresearch":
-                publish_review(experiment_dir, step.round_no, kind)
-        summary = close_experiment(experiment_dir, step, kind)
-        publish_summary(experiment_dir, summary, kind)
+        run = claim_flow_run(experiment_dir, kind)  # `<kind>-<experiment>-<n>`, tags
+        with tags(*run.tags):  # every round and task of the loop carries them too
+            progress = start_progress(experiment_dir, kind)
+            step = between_rounds(experiment_dir, kind, progress, None)
+            while step.kind != "end":
+                logger.info("round %d of %d", step.round_no, limit)
+                round_flow(experiment_dir, step.round_no)
+                step = between_rounds(experiment_dir, kind, progress, step.round_no)
+            summary = close_experiment(experiment_dir, step, kind)
+            publish_summary(experiment_dir, summary, kind)
     logger.info("%s — %s", summary.status, summary.headline())
     return summary
+
+
+def round_ended(kind: str, experiment_dir: str, round_no: int, verdict: str) -> State:
+    """The round run's final state: Completed, named after the verdict in words (`Committed`,
+    `Rolled back`, `Failed compliance`, `Aborted`...) with the metric and its change in the
+    message; its result is still the verdict."""
+    experiment = Experiment.locate(experiment_dir, kind_named(kind).protocol_filename)
+    ledger = read_ledger(experiment)
+    if ledger is None:
+        return Completed(data=verdict)
+    label = round_label(ledger, round_no)
+    return Completed(name=label.name, message=label.message, data=verdict)

@@ -7,9 +7,10 @@ Deployment name `autoresearch/default` (see prefect.yaml). Each round is a subfl
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import State
 
 from spml.flows._interrupt import guarding
-from spml.flows._loop import run_loop
+from spml.flows._loop import round_ended, run_loop
 from spml.tasks.loop import TaskSteps
 from spml.toolkit.loop.round import run_round
 from spml.toolkit.loop.summary import LoopSummary
@@ -18,10 +19,12 @@ STEPS = TaskSteps("autoresearch")
 
 
 @flow(name="autoresearch-round", flow_run_name="round-{round_no}")
-def autoresearch_round(experiment_dir: str, round_no: int) -> str:
-    """One round (round 0 measures the baseline). Returns the verdict or 'aborted'."""
+def autoresearch_round(experiment_dir: str, round_no: int) -> State:
+    """One round (round 0 measures the baseline). Its state is named after the verdict; the
+    caller gets the verdict, or 'aborted'."""
     with guarding():  # the subflow's engine put Prefect's SIGTERM handler back
-        return run_round(STEPS, experiment_dir, round_no)
+        verdict = run_round(STEPS, experiment_dir, round_no)
+    return round_ended(STEPS.kind, experiment_dir, round_no, verdict)
 
 
 @flow(name="autoresearch")

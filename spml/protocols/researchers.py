@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -72,6 +72,8 @@ class CommandResearcherSpec(_Spec):
     Placeholders in `command`: {prompt_file}, {round}, {workdir}.
     """
 
+    reads_notes: ClassVar[bool] = True  # notes are in the brief the agent reads
+
     kind: Literal["command"]
     command: str = Field(min_length=1, description="Shell command; exit 0 = code ready.")
     timeout: PositiveDuration | None = Field(
@@ -93,6 +95,9 @@ class CommandResearcherSpec(_Spec):
 
 class OptunaResearcherSpec(_Spec):
     """Proposes parameter values with an Optuna sampler and writes them into a params file."""
+
+    # A sampler reads values, not prose: a person's note reaches the ledger, not the search.
+    reads_notes: ClassVar[bool] = False
 
     kind: Literal["optuna"]
     params_file: str = Field(

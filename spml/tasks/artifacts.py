@@ -1,8 +1,14 @@
-"""Publishing the ledger to Prefect: a table artifact per round, progress, a final summary, and
-for ml-iteration the per-criterion review of each round."""
+"""Publishing the ledger to Prefect: one timeline of artifacts per experiment.
+
+Keys carry the experiment's name (`autoresearch-experiences-<experiment>`, `-round-`,
+`-progress-`, `-summary-`; `iteration-...` for ml-iteration), so two experiments on one server
+never mix their versions. Each version's description says after which round it was written and
+the best so far. Publishing never fails a round: a server hiccup costs a version, not the work.
+"""
 
 from __future__ import annotations
 
+import logging
 from uuid import UUID
 
 from prefect import task
@@ -14,71 +20,120 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from spml.tasks.loop import _session
+from spml.protocols.experiences import Experiences
+from spml.toolkit.loop.begin import RoundPlan
 from spml.toolkit.loop.kind import kind_named
 from spml.toolkit.loop.ledger import read_ledger
+from spml.toolkit.loop.narrate import round_markdown, version_note
+from spml.toolkit.loop.session import LoopSession
+from spml.toolkit.loop.settle import RoundOutcome
 from spml.toolkit.loop.summary import LoopSummary, render_summary
 
-EXPERIENCES_KEY = "autoresearch-experiences"
-SUMMARY_KEY = "autoresearch-summary"
+log = logging.getLogger(__name__)
 
 
-@task(name="publish-experiences", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def publish_experiences(experiment_dir: str, progress_id: UUID | None,
-                        kind: str = "autoresearch") -> None:
-    """The ledger rows as a table artifact (a new version per call) and the progress bar."""
-    session = _session(experiment_dir, kind)
-    ledger = read_ledger(session.experiment)
-    assert ledger is not None
-    rows = [_typed(dict(zip(ledger.columns, r.cells(ledger.columns), strict=True)), r.round,
-                   r.result) for r in ledger.rows]
-    create_table_artifact(key=session.kind.artifact_key("experiences"), table=rows,
-                          description=f"experiences.md of {session.experiment.exp_dir}")
-    if progress_id is not None and ledger.max_rounds > 0:
-        done = min(ledger.rounds_done, ledger.max_rounds)
-        update_progress_artifact(progress_id, progress=100.0 * done / ledger.max_rounds)
+def artifact_key(session: LoopSession, what: str) -> str:
+    """The key of one of the experiment's artifacts (`experiences`, `round`, `summary`...)."""
+    return session.kind.artifact_key(what, session.experiment.name)
 
 
-def _typed(cells: dict[str, object], round_no: int, result: float | None) -> dict[str, object]:
-    """Numbers stay numbers in the artifact (the UI sorts them)."""
-    cells["Round"] = round_no
-    if "Result" in cells:
-        cells["Result"] = result
-    return cells
+def publish_ledger(session: LoopSession, progress_id: UUID | None) -> None:
+    """The ledger rows as a table artifact (a new version per call; none before a row exists)
+    and the progress bar. Never raises: it runs between rounds."""
+    try:
+        ledger = read_ledger(session.experiment)
+        if ledger is None or not ledger.rows:
+            return
+        create_table_artifact(key=artifact_key(session, "experiences"), table=ledger_table(ledger),
+                              description=version_note(ledger, session.experiment.name))
+        if progress_id is not None and ledger.max_rounds > 0:
+            done = min(ledger.rounds_done, ledger.max_rounds)
+            update_progress_artifact(progress_id, progress=100.0 * done / ledger.max_rounds)
+    except Exception as exc:  # noqa: BLE001 - a missed version must not stop the loop
+        log.warning("the experiences artifact was not published: %s", exc)
+
+
+def ledger_table(ledger: Experiences) -> list[dict[str, object]]:
+    """The rows with numbers kept numeric (the UI sorts them) and the Result column named after
+    the metric it holds."""
+    named = {"Result": ledger.metric}
+    rows = []
+    for row in ledger.rows:
+        cells: dict[str, object] = {named.get(column, column): cell for column, cell in
+                                    zip(ledger.columns, row.cells(ledger.columns), strict=True)}
+        cells["Round"] = row.round
+        if "Result" in ledger.columns and row.result is not None:
+            cells[ledger.metric] = row.result
+        rows.append(cells)
+    return rows
+
+
+def publish_round(session: LoopSession, plan: RoundPlan, outcome: RoundOutcome) -> None:
+    """The round's markdown artifact (strategy, diff stat, result, verdict, insight), linked
+    to the round's run. Never raises: the round is already settled."""
+    try:
+        ledger = read_ledger(session.experiment)
+        if ledger is None:
+            return
+        changed = outcome.commit or outcome.attempt_ref
+        diff_stat = session.workspace.diff_stat(plan.base, changed) if changed else ""
+        branch = session.workspace.branch
+        where = (f"commit `{outcome.commit[:12]}` on `{branch}`" if outcome.commit else
+                 f"rolled back; the attempt is kept as "
+                 f"`{session.experiment.attempt_ref(plan.round_no)}`" if outcome.attempt_ref
+                 else f"no change to `{branch}`")
+        create_markdown_artifact(
+            key=artifact_key(session, "round"),
+            markdown=round_markdown(ledger, plan.round_no, session.experiment.name, where,
+                                    diff_stat),
+            description=version_note(ledger, session.experiment.name))
+    except Exception as exc:  # noqa: BLE001 - the round is settled; only its page misses it
+        log.warning("the round %d artifact was not published: %s", plan.round_no, exc)
 
 
 @task(name="create-progress", cache_policy=NO_CACHE)
 def start_progress(experiment_dir: str, kind: str = "autoresearch") -> UUID:
-    """A progress artifact for the loop (0..100 % of max rounds)."""
-    return create_progress_artifact(progress=0.0, description=f"{kind_named(kind).title} "
-                                    f"rounds in {experiment_dir}")
+    """A progress artifact for the loop (0..100 % of max rounds), listed under its key."""
+    session = LoopSession.load(experiment_dir, kind_named(kind))
+    return create_progress_artifact(
+        progress=0.0, key=artifact_key(session, "progress"),
+        description=f"{session.kind.title} rounds of {session.experiment.name}")
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def publish_summary(experiment_dir: str, summary: LoopSummary,
                     kind: str = "autoresearch") -> None:
     """The final report as a markdown artifact."""
-    session = _session(experiment_dir, kind)
+    session = LoopSession.load(experiment_dir, kind_named(kind))
     ledger = read_ledger(session.experiment)
     assert ledger is not None
-    create_markdown_artifact(key=session.kind.artifact_key("summary"),
-                             markdown=render_summary(summary, ledger, session.kind.title),
-                             description=summary.headline())
+    # ml-iteration records its best commit (a commit with a note may follow it); every Auto
+    # Research commit beat the best before it, so there the best is the branch's head.
+    best_commit = ledger.best_commit or session.workspace.head()
+    create_markdown_artifact(
+        key=artifact_key(session, "summary"),
+        markdown=render_summary(summary, ledger, session.kind.title,
+                                experiment=session.experiment.name,
+                                branch=session.workspace.branch, best_commit=best_commit),
+        description=f"{session.experiment.name} on {session.workspace.branch}: "
+                    f"{summary.headline()}")
 
 
-@task(name="publish-review", task_run_name="R{round_no} review", cache_policy=NO_CACHE,
-      retries=2, retry_delay_seconds=1)
-def publish_review(experiment_dir: str, round_no: int, kind: str) -> None:
-    """ml-iteration: a round's review per dimension, its verdict and rationale, as a table."""
-    session = _session(experiment_dir, kind)
-    ledger = read_ledger(session.experiment)
-    row = next((r for r in reversed(ledger.rows) if r.round == round_no and not r.is_override),
-               None) if ledger is not None else None
-    if row is None:  # the round was aborted by a stop request
-        return
-    table = [{"Dimension": column, "Review": cell} for column, cell in row.extra.items()]
-    table += [{"Dimension": "Verdict", "Review": row.verdict},
-              {"Dimension": "Rationale", "Review": row.insight}]
-    create_table_artifact(key=session.kind.artifact_key("review"), table=table,
-                          description=f"round {round_no} of {session.experiment.exp_dir}: "
-                          f"{row.verdict}")
+def publish_review(session: LoopSession, round_no: int) -> None:
+    """ml-iteration: a round's review per dimension, its verdict and rationale, as a table.
+    Never raises: it runs between rounds."""
+    try:
+        ledger = read_ledger(session.experiment)
+        row = next((r for r in reversed(ledger.rows)
+                    if r.round == round_no and not r.is_override),
+                   None) if ledger is not None else None
+        if row is None:  # the round was aborted by a stop request
+            return
+        table = [{"Dimension": column, "Review": cell} for column, cell in row.extra.items()]
+        table += [{"Dimension": "Verdict", "Review": row.verdict},
+                  {"Dimension": "Rationale", "Review": row.insight}]
+        create_table_artifact(key=artifact_key(session, "review"), table=table,
+                              description=f"{session.experiment.name}: round {round_no}, "
+                              f"{row.verdict}")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("the review of round %d was not published: %s", round_no, exc)

@@ -10,10 +10,14 @@ re-planning a round). `TaskSteps` hands these tasks to the one round sequence
 from __future__ import annotations
 
 from dataclasses import dataclass
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
 
+from spml.protocols.experiences import format_value
+from spml.tasks.artifacts import publish_ledger, publish_review, publish_round
 from spml.tasks.ui_controls import pull_ui_controls
 from spml.toolkit.loop import control
 from spml.toolkit.loop.begin import RoundPlan, begin_round
@@ -23,6 +27,7 @@ from spml.toolkit.loop.lifecycle import NextStep, close_loop, next_step, open_lo
 from spml.toolkit.loop.measure import Measurement, measure
 from spml.toolkit.loop.researchers import Proposal
 from spml.toolkit.loop.researchers.dispatch import run_researcher
+from spml.toolkit.loop.round import Checked
 from spml.toolkit.loop.session import LoopSession
 from spml.toolkit.loop.settle import RoundOutcome, abort_round, decide, settle
 from spml.toolkit.loop.summary import LoopSummary, summarize
@@ -42,10 +47,24 @@ def open_experiment(experiment_dir: str, max_rounds: int | None, kind: str,
     return session.max_rounds
 
 
-@task(name="next-step", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def plan_next_step(experiment_dir: str, kind: str) -> NextStep:
-    """Run another round, or end (target, max rounds, stop request)."""
-    return next_step(_session(experiment_dir, kind))
+def _after_round_name() -> str:
+    after = task_run.parameters.get("after_round")
+    return "before round 0: next step" if after is None else f"R{after} done: next step"
+
+
+@task(name="next-step", task_run_name=_after_round_name, cache_policy=NO_CACHE, retries=1,
+      retry_delay_seconds=1)
+def between_rounds(experiment_dir: str, kind: str, progress_id: UUID | None,
+                   after_round: int | None) -> NextStep:
+    """Between rounds, in one orchestrator round-trip: publish the ledger (and ml-iteration's
+    review of the round), take in notes / stop / overrides set in the Prefect UI, and decide
+    whether another round runs (target, max rounds, stop request)."""
+    session = _session(experiment_dir, kind)
+    publish_ledger(session, progress_id)
+    if after_round is not None and kind != "autoresearch":
+        publish_review(session, after_round)
+    pull_ui_controls(experiment_dir, kind)
+    return next_step(session)
 
 
 # persist_result=False: a RoundPlan carries copies of .git/config and hooks (which may hold
@@ -55,6 +74,8 @@ def plan_next_step(experiment_dir: str, kind: str) -> NextStep:
 def start_round(experiment_dir: str, round_no: int, kind: str) -> RoundPlan:
     """Clean tree, protocol edits, human notes and overrides, journal, brief."""
     _, plan = begin_round(_session(experiment_dir, kind), round_no)
+    for note in plan.notes:
+        get_run_logger().info("R%d brief carries a note from a person: %s", round_no, note)
     return plan
 
 
@@ -65,11 +86,15 @@ def dispatch_researcher(experiment_dir: str, plan: RoundPlan, kind: str) -> Prop
     return run_researcher(_session(experiment_dir, kind), plan)
 
 
-@task(name="S2-compliance", task_run_name="R{plan.round_no} S2: compliance",
+@task(name="S2-compliance", task_run_name="R{plan.round_no} S2: compliance, stop request",
       cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def check_compliance(experiment_dir: str, plan: RoundPlan, kind: str) -> list[Violation]:
-    """S2: only allowed files changed; git state untouched."""
-    return check_round(_session(experiment_dir, kind), plan)
+def check_compliance(experiment_dir: str, plan: RoundPlan, kind: str) -> Checked:
+    """S2: only allowed files changed, git state untouched; and a stop request from the person
+    on the loop (CLI or Prefect UI), which aborts the round."""
+    session = _session(experiment_dir, kind)
+    violations = check_round(session, plan)
+    pull_ui_controls(experiment_dir, kind)
+    return Checked(violations, control.stop_requested(session.experiment))
 
 
 @task(name="S3-S4-train-eval", task_run_name="R{plan.round_no} S3+S4: train and evaluate",
@@ -77,8 +102,9 @@ def check_compliance(experiment_dir: str, plan: RoundPlan, kind: str) -> list[Vi
 def train_and_evaluate(experiment_dir: str, plan: RoundPlan, kind: str) -> Measurement:
     """S3+S4: the fixed training and evaluation commands, with hard limits."""
     result = measure(_session(experiment_dir, kind), plan)
+    shown = ", ".join(format_value(v) for v in result.values) or "no value"
     get_run_logger().info("R%d measured %s in %.1fs train + %.1fs eval%s", plan.round_no,
-                          list(result.values), result.train_s, result.eval_s,
+                          shown, result.train_s, result.eval_s,
                           f" — {result.cause}" if result.cause else "")
     return result
 
@@ -92,17 +118,16 @@ def settle_round(experiment_dir: str, plan: RoundPlan, proposal: Proposal | None
     session = _session(experiment_dir, kind)
     row = decide(session, plan, proposal, violations, measurement)
     outcome = settle(session, plan, row)
-    get_run_logger().info("R%d %s: %s — %s", row.round, row.verdict,
-                          row.result_text or row.result, row.insight)
+    metric = session.protocol.metric or "criteria"
+    get_run_logger().info("R%d %s: %s = %s; strategy: %s; insight: %s", row.round, row.verdict,
+                          metric, row.result_text or _shown(row.result), row.strategy or "—",
+                          row.insight or "—")
+    publish_round(session, plan, outcome)  # the round's own artifact, on its run's page
     return outcome
 
 
-@task(name="stop-requested", task_run_name="R{round_no} stop requested?", cache_policy=NO_CACHE,
-      retries=1)
-def stop_requested(experiment_dir: str, kind: str, round_no: int) -> str | None:
-    """The stop reason, if the person on the loop asked it to stop (CLI or Prefect UI)."""
-    pull_ui_controls(experiment_dir, kind)
-    return control.stop_requested(_session(experiment_dir, kind).experiment)
+def _shown(value: float | None) -> str:
+    return "no value" if value is None else format_value(value)
 
 
 @task(name="abort-round", task_run_name="R{plan.round_no} abort", cache_policy=NO_CACHE,
@@ -133,13 +158,9 @@ class TaskSteps:
         """S1."""
         return dispatch_researcher(experiment_dir, plan, self.kind)
 
-    def comply(self, experiment_dir: str, plan: RoundPlan) -> list[Violation]:
-        """S2."""
+    def comply(self, experiment_dir: str, plan: RoundPlan) -> Checked:
+        """S2, and a stop request (CLI file or Prefect Variable)."""
         return check_compliance(experiment_dir, plan, self.kind)
-
-    def stop_requested(self, experiment_dir: str, plan: RoundPlan) -> str | None:
-        """A stop request (CLI file or Prefect Variable), if any."""
-        return stop_requested(experiment_dir, self.kind, plan.round_no)
 
     def abort(self, experiment_dir: str, plan: RoundPlan, reason: str) -> None:
         """Undo a round a stop request interrupted."""

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import re
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from prefect.variables import Variable
 
 from spml.errors import SpmlError
@@ -43,7 +42,12 @@ def pull_ui_controls(experiment_dir: str, kind: str = "autoresearch") -> None:
         for text in note if isinstance(note, list) else [note]:
             control.add_note(experiment, str(text))
         Variable.unset(note_name)
-        get_run_logger().info("note(s) from Prefect variable %s queued", note_name)
+        get_run_logger().info("note(s) from Prefect variable %s queued: %s", note_name, note)
+        researcher = loop_kind.load_protocol(experiment.protocol_path).researcher
+        if not researcher.reads_notes:
+            get_run_logger().warning(
+                "the %s researcher does not read notes: the note from %s is kept in the "
+                "ledger's Note column, but cannot steer its search", researcher.kind, note_name)
     if Variable.get(stop_name, default=None):
         control.request_stop(experiment, f"stop requested via Prefect variable {stop_name}")
         Variable.unset(stop_name)
@@ -63,9 +67,3 @@ def _queue_overrides(experiment: Experiment, overrides: list[object]) -> None:
             logger.info("override from the Prefect UI queued: %s", item)
         except (SpmlError, TypeError, ValueError) as exc:
             logger.warning("override %r ignored: %s", item, exc)
-
-
-@task(name="pull-ui-controls", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def pull_controls(experiment_dir: str, kind: str = "autoresearch") -> None:
-    """Task form of `pull_ui_controls` (run before every round)."""
-    pull_ui_controls(experiment_dir, kind)

@@ -208,3 +208,15 @@ def test_runtime_with_an_entry_module_that_does_not_exist_exits_2(tmp_path: Path
     code, output = invoke("validate", "runtime", str(tmp_path), "--no-static", "--entry",
                           "other.mod:f")
     assert first_line(output).startswith("error: --entry 'other.mod:f' names module 'other'")
+
+
+def test_a_note_for_a_researcher_that_reads_none_is_queued_with_a_warning(tmp_path: Path,
+                                                                         toy_experiment) -> None:
+    demo = copy_example(DEMO_EXAMPLE, tmp_path / "demo")  # its researcher is Optuna's sampler
+    git(demo, "init", "-q")
+    code, output = invoke("autoresearch", "note", str(demo), "try a cosine schedule")
+    assert code == 0
+    assert output.splitlines()[0] == "note queued for the next round"
+    assert "warning: the optuna researcher does not read notes" in output
+    code, output = invoke("autoresearch", "note", str(toy_experiment()), "try x = 3")
+    assert (code, output.strip()) == (0, "note queued for the next round")  # an agent reads it

@@ -36,8 +36,9 @@ from prefect.client.schemas.filters import (
 )
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from spml.tasks.artifacts import EXPERIENCES_KEY, SUMMARY_KEY
+from spml.protocols.autoresearch import PROTOCOL_FILENAME
 from spml.toolkit.examples import copy_example
+from spml.toolkit.loop.experiment import Experiment
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -45,7 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).parent / "prefect")  # the venv's CLI, never one on PATH
 POOL = "spml-process"
 ROUNDS = 2
-COLUMNS = {"Round", "Compliance", "Result", "Verdict", "Strategy", "Insight", "Note"}
+COLUMNS = {"Round", "Compliance", "val_mse", "Verdict", "Strategy", "Insight", "Note"}
 SERVER_START_S = 90.0  # a fresh database takes ~15-25 s here; leave room on a loaded box
 RUN_TIMEOUT_S = 240.0
 
@@ -163,19 +164,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             service.stop()
 
 
-def _experiences_rows(api_url: str, flow_run_id: Any) -> list[dict[str, Any]]:
-    key = ArtifactFilterKey(any_=[EXPERIENCES_KEY])
+def _experiences_rows(api_url: str, flow_run_id: Any, name: str) -> list[dict[str, Any]]:
+    key = ArtifactFilterKey(any_=[f"autoresearch-experiences-{name}"])
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         with get_client(sync_client=True) as client:
             latest = client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=key))
             of_run = client.read_artifacts(artifact_filter=ArtifactFilter(
                 key=key, flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
             summaries = client.read_latest_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[SUMMARY_KEY])))
+                key=ArtifactFilterKey(any_=[f"autoresearch-summary-{name}"])))
     assert len(latest) == 1
     assert latest[0].type == "table"
     assert latest[0].flow_run_id == flow_run_id
-    assert len(of_run) == ROUNDS + 2  # one version before round 0 and one after every round
+    assert len(of_run) == ROUNDS + 1  # one version after every round, none before round 0
     assert len(summaries) == 1
     assert summaries[0].flow_run_id == flow_run_id
     data = latest[0].data
@@ -213,7 +214,10 @@ def test_autoresearch_default_runs_on_a_process_worker(stack: Stack, tmp_path: P
         assert watched.returncode == 0
         assert flow_run.parameters == {"experiment_dir": str(exp), "max_rounds": ROUNDS}
 
-        rows = _experiences_rows(stack.api_url, flow_run.id)
+        name = Experiment.locate(exp, PROTOCOL_FILENAME).name
+        assert flow_run.name == f"autoresearch-{name}-1"
+        assert {"spml", "autoresearch", f"experiment:{name}"} <= set(flow_run.tags)
+        rows = _experiences_rows(stack.api_url, flow_run.id, name)
         assert [row["Round"] for row in rows] == list(range(ROUNDS + 1))
         assert all(set(row) == COLUMNS for row in rows)
         assert rows[0]["Strategy"] == "baseline"

@@ -11,7 +11,6 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlo
 from spml.errors import BaselineFailed
 from spml.flows.autoresearch import autoresearch_flow
 from spml.protocols.autoresearch import PROTOCOL_FILENAME
-from spml.tasks.artifacts import EXPERIENCES_KEY, SUMMARY_KEY
 from spml.tasks.ui_controls import variable_names
 from spml.toolkit.loop.experiment import Experiment
 
@@ -30,11 +29,12 @@ def test_flow_runs_rounds_as_subflows_and_publishes_artifacts(unique_experiment,
     assert summary.baseline == pytest.approx(9.0)
 
     run_id = state.state_details.flow_run_id
-    table = json.loads(run_artifact(run_id, EXPERIENCES_KEY).data)
+    name = Experiment.locate(exp, PROTOCOL_FILENAME).name
+    table = json.loads(run_artifact(run_id, f"autoresearch-experiences-{name}").data)
     assert [r["Round"] for r in table] == [0, 1, 2, 3]
     assert table[2]["Verdict"] == "rolled_back"
     assert table[2]["Insight"].startswith("researcher crashed: exit 3")
-    assert "completed" in run_artifact(run_id, SUMMARY_KEY).data
+    assert "completed" in run_artifact(run_id, f"autoresearch-summary-{name}").data
 
     with get_client(sync_client=True) as client:
         parent = client.read_flow_run(run_id)

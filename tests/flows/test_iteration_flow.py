@@ -32,14 +32,15 @@ def test_rounds_are_subflows_reviewed_per_criterion(tmp_path: Path, run_artifact
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
     assert sorted(c.name for c in children) == ["round-0", "round-1", "round-2", "round-3"]
-    review = json.loads(run_artifact(run_id, "iteration-review").data)
+    name = Experiment.locate(exp, "iteration-protocol.md").name
+    review = json.loads(run_artifact(run_id, f"iteration-review-{name}").data)
     assert {r["Dimension"]: r["Review"] for r in review}["Verdict"] == "committed"
     assert {r["Dimension"] for r in review} >= {"Metrics", "Speed", "Observability",
                                                   "Stability", "Rationale"}
-    table = json.loads(run_artifact(run_id, "iteration-experiences").data)
+    table = json.loads(run_artifact(run_id, f"iteration-experiences-{name}").data)
     assert [(r["Round"], r["Verdict"]) for r in table] == [
         (0, "committed"), (1, "committed"), (2, "rolled_back"), (3, "committed")]
-    assert "target_reached" in run_artifact(run_id, "iteration-summary").data
+    assert "target_reached" in run_artifact(run_id, f"iteration-summary-{name}").data
 
 
 def test_note_and_override_from_prefect_variables(tmp_path: Path) -> None:

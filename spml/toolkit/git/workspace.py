@@ -304,6 +304,12 @@ class Workspace:
         self._runner.run("update-ref", "-m", "spml: archive an attempt", ref, sha)
         return sha
 
+    def diff_stat(self, old: str, new: str) -> str:
+        """`git diff --stat` from ``old`` to ``new`` ('' when git cannot tell): the size of a
+        round's change, for people (never for a decision)."""
+        return self._runner.probe("diff", "--stat=80", "--no-color", "--no-ext-diff",
+                                  old, new) or ""
+
     def attempt(self, ref: str) -> str | None:
         """The commit ``ref`` points to (an archived attempt), or None."""
         return self._runner.probe("rev-parse", "--verify", "-q", f"{ref}^{{commit}}")

@@ -69,12 +69,21 @@ def clear_stop(experiment: Experiment) -> None:
     _stop_path(experiment).unlink(missing_ok=True)
 
 
-def swap_supervisor_run(experiment: Experiment, run_id: str) -> str | None:
-    """Record the orchestrator run now supervising the experiment; return the previous one.
+def swap_supervisor_run(experiment: Experiment, run_id: str) -> tuple[str | None, int]:
+    """Record the orchestrator run now supervising the experiment.
 
     Called with the experiment lock held: the previous run, if it is not this one, is dead.
+
+    Returns:
+        The previous run's id (None when none, or when it is this run: a retried task), and
+        this run's number among the experiment's runs (1 for the first; it names the run).
     """
     path = experiment.state_dir / "supervisor-run.txt"
     previous = path.read_text(encoding="utf-8").strip() if path.is_file() else None
+    history = experiment.state_dir / "supervisor-runs.log"
+    runs = history.read_text(encoding="utf-8").split() if history.is_file() else []
+    if run_id not in runs:
+        runs.append(run_id)
+        write_atomic(history, "\n".join(runs) + "\n")
     write_atomic(path, run_id)
-    return previous if previous != run_id else None
+    return (previous if previous != run_id else None), runs.index(run_id) + 1

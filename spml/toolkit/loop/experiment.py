@@ -31,6 +31,7 @@ from spml.toolkit.process.lock import SupervisorLock, is_held
 log = logging.getLogger(__name__)
 STATE_DIRNAME = ".spml"
 LEDGER_FILENAME = "experiences.md"
+PLOT_FILENAME = "experiences.png"  # the ledger drawn (`spml.toolkit.loop.plot`)
 # The loop kind (stage) each protocol file starts; its state lives in `.spml/<stage>/`.
 STAGE_OF_PROTOCOL = {k.protocol_filename: k.name for k in KINDS.values()}
 ATTEMPTS_REF_PREFIX = "refs/spml/attempts/"

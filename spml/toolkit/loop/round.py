@@ -1,11 +1,12 @@
-"""The round's sequence, in one place: S0 begin, S1 researcher, S2 compliance (a stop request
-aborts here), S3+S4 measure, S5 settle. The Prefect flow runs it with task-wrapped steps
-(`spml.tasks.loop.TaskSteps`); tests and Prefect-free supervisors with `PlainSteps`."""
+"""The round's sequence, in one place: S0 begin, S1 researcher, S2 compliance (and a stop
+request, which aborts the round here), S3+S4 measure, S5 settle. The Prefect flow runs it with
+task-wrapped steps (`spml.tasks.loop.TaskSteps`); tests and Prefect-free supervisors with
+`PlainSteps`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from spml.toolkit.loop import control
 from spml.toolkit.loop.begin import RoundPlan, begin_round
@@ -18,13 +19,20 @@ from spml.toolkit.loop.session import LoopSession
 from spml.toolkit.loop.settle import RoundOutcome, abort_round, decide, settle
 
 
+class Checked(NamedTuple):
+    """S2's findings: what the researcher broke, and a stop request that came in meanwhile
+    (checked in the same step: one orchestrator round-trip fewer per round)."""
+
+    violations: list[Violation]
+    stop_reason: str | None
+
+
 class RoundSteps(Protocol):
     """The steps of a round, each a function of the experiment directory (state is on disk)."""
 
     def begin(self, experiment_dir: str, round_no: int) -> RoundPlan: ...  # noqa: D102
     def research(self, experiment_dir: str, plan: RoundPlan) -> Proposal: ...  # noqa: D102
-    def comply(self, experiment_dir: str, plan: RoundPlan) -> list[Violation]: ...  # noqa: D102
-    def stop_requested(self, experiment_dir: str, plan: RoundPlan) -> str | None: ...  # noqa: D102, E501
+    def comply(self, experiment_dir: str, plan: RoundPlan) -> Checked: ...  # noqa: D102
     def abort(self, experiment_dir: str, plan: RoundPlan, reason: str) -> None: ...  # noqa: D102
     def measure(self, experiment_dir: str, plan: RoundPlan) -> Measurement: ...  # noqa: D102
     def settle(self, experiment_dir: str, plan: RoundPlan, proposal: Proposal | None,  # noqa: D102
@@ -39,9 +47,9 @@ def run_round(steps: RoundSteps, experiment_dir: str, round_no: int) -> str:
     if not plan.measures_head:
         proposal = steps.research(experiment_dir, plan)
         # Checked even after a failed researcher: what it touched must be reported and undone.
-        violations = steps.comply(experiment_dir, plan)
-        if reason := steps.stop_requested(experiment_dir, plan):
-            steps.abort(experiment_dir, plan, reason)
+        violations, stop_reason = steps.comply(experiment_dir, plan)
+        if stop_reason:
+            steps.abort(experiment_dir, plan, stop_reason)
             return "aborted"
     measurement = None
     if (proposal is None or proposal.ok) and not violations:
@@ -67,13 +75,10 @@ class PlainSteps:
         """S1."""
         return run_researcher(self._session(experiment_dir), plan)
 
-    def comply(self, experiment_dir: str, plan: RoundPlan) -> list[Violation]:
-        """S2."""
-        return check_round(self._session(experiment_dir), plan)
-
-    def stop_requested(self, experiment_dir: str, plan: RoundPlan) -> str | None:
-        """A stop request, if any."""
-        return control.stop_requested(self._session(experiment_dir).experiment)
+    def comply(self, experiment_dir: str, plan: RoundPlan) -> Checked:
+        """S2, and a stop request if any."""
+        session = self._session(experiment_dir)
+        return Checked(check_round(session, plan), control.stop_requested(session.experiment))
 
     def abort(self, experiment_dir: str, plan: RoundPlan, reason: str) -> None:
         """Undo a round a stop request interrupted."""

@@ -17,7 +17,12 @@ from spml.errors import GitStateError, ProtocolError
 from spml.toolkit.files import write_atomic
 from spml.toolkit.git.workspace import Workspace, uncommitted_files
 from spml.toolkit.globs import compile_globs
-from spml.toolkit.loop.experiment import LEDGER_FILENAME, STATE_DIRNAME, Experiment
+from spml.toolkit.loop.experiment import (
+    LEDGER_FILENAME,
+    PLOT_FILENAME,
+    STATE_DIRNAME,
+    Experiment,
+)
 from spml.toolkit.loop.kind import AUTORESEARCH, LoopKind
 from spml.toolkit.loop.ledger import read_json
 from spml.toolkit.loop.researchers import Researcher, make_researcher
@@ -197,7 +202,7 @@ def _dirty_loop_files(experiment: Experiment, protocol: Any, kind: LoopKind) -> 
     is_variable = compile_globs(protocol.editable_files)
     # Not code the loop runs: the protocol is read from the checkout (an edit applies), the
     # ledger and the state are the loop's own.
-    own = (experiment.protocol_filename, LEDGER_FILENAME)
+    own = (experiment.protocol_filename, LEDGER_FILENAME, PLOT_FILENAME)
     prefix = "" if experiment.exp_rel == "." else experiment.exp_rel + "/"
     out = []
     for path, untracked in uncommitted_files(experiment.repo_root, experiment.exp_rel).items():

@@ -55,12 +55,18 @@ def summarize(ledger: Experiences, reason: str = "") -> LoopSummary:
     )
 
 
-def render_summary(summary: LoopSummary, ledger: Experiences,
-                   title: str = "Auto Research") -> str:
-    """Markdown for the summary artifact."""
+def render_summary(summary: LoopSummary, ledger: Experiences, title: str = "Auto Research",
+                   experiment: str = "", branch: str = "", best_commit: str = "") -> str:
+    """Markdown for the summary artifact: which experiment, where its best code is, what it
+    achieved and what worked."""
+    where = [f"- **Experiment:** {experiment}"] if experiment else []
+    if branch:
+        best = f", best commit `{best_commit[:12]}`" if best_commit else ""
+        where.append(f"- **Branch:** `{branch}`{best}")
     lines = [
-        f"# {title}: {summary.status}",
+        f"# {title}{f' of {experiment}' if experiment else ''}: {summary.status}",
         "",
+        *where,
         f"- **Result:** {summary.headline()}",
         f"- **Rounds:** {summary.rounds_done} / {summary.max_rounds}, "
         f"{summary.commits} committed",
