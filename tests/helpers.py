@@ -169,3 +169,12 @@ def drive(exp: Path, max_rounds: int | None = None,
 if __name__ == "__main__":  # python helpers.py EXP [MAX_ROUNDS [KIND]]: Prefect-free supervisor
     drive(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else None,
           kind=sys.argv[3] if len(sys.argv) > 3 else "autoresearch")
+
+
+def problem_rows(message: str) -> list[str]:
+    """The `- field (line N): problem` rows of a protocol error (`error_report`): one problem
+    is on the first line, after the title; several are listed below it."""
+    lines = message.splitlines()
+    if len(lines) == 1:
+        return ["- " + lines[0].split(": ", 1)[1]]
+    return [row.strip() for row in lines[1:]]

@@ -114,6 +114,14 @@ class SpmlGroup(TyperGroup):
             return super().invoke(ctx)
         except EXPECTED as exc:
             raise typer.Exit(report_error(exc)) from None
+        except typer.Abort:
+            if sys.stdin.isatty():
+                raise  # Ctrl-C at a prompt: Click's own "Aborted!", exit 1
+            # A prompt met the end of a non-interactive input (a script, a pipe, CI).
+            err_console.print("error: a required value was not given and cannot be prompted "
+                              "for (standard input is not a terminal). Pass every required "
+                              "option as a flag; see --help.", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USAGE) from None
 
 
 class _ExpectedErrorRecords(logging.Filter):

@@ -70,7 +70,7 @@ def static(
 @app.command()
 def runtime(
     project: Annotated[Path, typer.Argument(help="The project folder (its pyproject.toml "
-                                                 "holds [tool.spml.validate.runtime]).")],
+                                                 "holds \\[tool.spml.validate.runtime]).")],
     entry: Annotated[str | None, typer.Option(help="module:function entry point.")] = None,
     train_command: Annotated[str | None, typer.Option(help="Training command.")] = None,
     eval_command: Annotated[str | None, typer.Option(help="Eval command ({checkpoint}).")] = None,

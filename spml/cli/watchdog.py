@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from spml.cli._output import EXIT_FAILED, console, err_console, guarded, quiet_prefect
+from spml.cli._output import (
+    EXIT_FAILED,
+    console,
+    err_console,
+    expected_errors_off_console,
+    guarded,
+    quiet_prefect,
+)
 
 app = typer.Typer(help="Watchdog: keep one long training run alive.", no_args_is_help=True)
 DirArg = Annotated[Path, typer.Argument(help="Experiment directory.")]
@@ -71,7 +78,8 @@ def _watch(exp: Path, given: dict) -> None:
 
     console.print(f"[bold]Watchdog[/] on {exp}")
     try:
-        announcing_ui(watchdog_flow)(str(exp), given)
+        with expected_errors_off_console():  # the stop's own lines follow, without traceback
+            announcing_ui(watchdog_flow)(str(exp), given)
     except TrainingStopped as exc:
         err_console.print(f"[bold red]stopped:[/] {exc}", highlight=False)
         err_console.print(f"diagnosis: {exp / 'experiment-context.md'}", highlight=False,

@@ -15,6 +15,7 @@ exactly where the bad field is.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ def bounded_duration(value: Any) -> Any:
     seconds = parse_duration(value)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         return seconds  # the type check names it
+    if math.isnan(seconds):
+        raise ValueError(f"must be a duration, got {value!r} (not a number); write seconds "
+                         "(3600) or a duration ('1h')")
     if not math.isfinite(seconds):
         raise ValueError(f"must be a finite duration, got {value!r} (a number too large for a "
                          "float reads as infinity); write seconds (3600) or a duration ('1h')")
@@ -218,15 +222,39 @@ def _get(model: BaseModel, dotted: str) -> Any:
 
 
 def format_validation_error(name: str, exc: ValidationError, doc: FrontMatter) -> str:
-    """One line per error: ``- <field path> (line N): <message>``."""
-    rows = [f"{name} is not a valid protocol ({exc.error_count()} error(s)):"]
-    for err in exc.errors(include_url=False):
+    """The first problem on the first line; with several, one line each below it."""
+    return error_report(f"{name} is not a valid protocol", validation_rows(exc, doc))
+
+
+def error_report(title: str, rows: list[str]) -> str:
+    """``title: <first problem>`` first (what a terminal or a log line shows first), then,
+    when there are several, every problem on a line of its own."""
+    first = rows[0].removeprefix("  - ")
+    if len(rows) == 1:
+        return f"{title}: {first}"
+    return "\n".join([f"{title} ({len(rows)} problems; all below): {first}", *rows])
+
+
+def validation_rows(exc: ValidationError, doc: FrontMatter) -> list[str]:
+    """One line per error: ``  - <field path> (line N): <message>``."""
+    errors = exc.errors(include_url=False)
+    missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
+    rows = []
+    for err in errors:
         loc = _document_path(tuple(err["loc"]), doc, err["type"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         line = doc.line_of(loc)
         where = f" (line {line})" if line is not None else ""
-        rows.append(f"  - {dotted}{where}: {err['msg']}{_hint(err)}")
-    return "\n".join(rows)
+        rows.append(f"  - {dotted}{where}: {_message(err)}{_hint(err, missing)}")
+    return rows
+
+
+def _message(err: dict[str, Any]) -> str:
+    if err["type"] == "union_tag_invalid":  # `kind: claude`: say which kinds there are
+        ctx = err.get("ctx", {})
+        return (f"must be one of {ctx.get('expected_tags', '?')}, got "
+                f"{ctx.get('tag', err.get('input'))!r}")
+    return err["msg"]
 
 
 def _document_path(loc: Loc, doc: FrontMatter, err_type: str) -> Loc:
@@ -262,9 +290,16 @@ def _has_part(node: Any, part: str | int) -> bool:
     return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
 
 
-def _hint(err: dict[str, Any]) -> str:
+def _hint(err: dict[str, Any], missing: set[Loc] = frozenset()) -> str:
     if err["type"] == "extra_forbidden":
+        loc = tuple(err["loc"])
+        siblings = [str(m[-1]) for m in missing if m[:-1] == loc[:-1]]
+        close = difflib.get_close_matches(str(loc[-1]), siblings, n=1, cutoff=0.6)
+        if close:
+            return f" — did you mean {close[0]!r}?"
         return " — remove it or check its spelling"
+    if err["type"] == "union_tag_invalid":
+        return ""
     if err["type"] == "missing":
         return " — add this field"
     if isinstance(err.get("input"), dict) or "got " in err["msg"]:

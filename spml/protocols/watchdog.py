@@ -37,9 +37,10 @@ from spml.protocols.frontmatter import (
     Loc,
     PositiveDuration,
     bounded_duration,
-    format_validation_error,
+    error_report,
     parse_yaml_fields,
     read_front_matter,
+    validation_rows,
 )
 
 CONTEXT_FILENAME = "experiment-context.md"
@@ -229,7 +230,7 @@ def _merge(into: dict[str, Any], data: dict[str, Any], source: _Source, loc: Loc
 def _describe(exc: ValidationError, origin: dict[Loc, _Source]) -> str:
     """One line per error, naming the field and the file+line or flag that set it."""
     errors = exc.errors(include_url=False)
-    rows = [f"watchdog settings are not valid ({len(errors)} error(s)):"]
+    rows: list[str] = []
     groups: dict[str, tuple[_Source, list[dict[str, Any]]]] = {}
     for err in errors:
         loc = tuple(err["loc"])
@@ -240,7 +241,7 @@ def _describe(exc: ValidationError, origin: dict[Loc, _Source]) -> str:
         groups.setdefault(source.name, (source, []))[1].append(err)
     for source, errs in groups.values():
         rows.extend(_source_rows(source, exc.title, errs))
-    return "\n".join(rows)
+    return error_report("watchdog settings are not valid", rows)
 
 
 def _source_of(loc: Loc, origin: dict[Loc, _Source]) -> _Source:
@@ -265,7 +266,7 @@ def _source_rows(source: _Source, title: str, errs: list[dict[str, Any]]) -> lis
                           for e in errs]
     sub = ValidationError.from_exception_data(title, details)
     doc = source.doc or FrontMatter(data=source.data, body="")
-    text = format_validation_error(source.name, sub, doc)
+    found = validation_rows(sub, doc)
 
     def where(match: re.Match[str]) -> str:
         field, line = match.group("field"), match.group("line")
@@ -275,4 +276,4 @@ def _source_rows(source: _Source, title: str, errs: list[dict[str, Any]]) -> lis
             place = f"{source.name} line {line}" if line else source.name
         return f"  - {field} ({place}): "
 
-    return [_ROW.sub(where, row) for row in text.splitlines()[1:]]
+    return [_ROW.sub(where, row) for row in found]

@@ -15,6 +15,7 @@ Each is moved into the experiment's file-based controls (`spml.toolkit.loop.cont
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.variables import Variable
@@ -43,8 +44,8 @@ def pull_ui_controls(experiment_dir: str, kind: str = "autoresearch") -> None:
             control.add_note(experiment, str(text))
         Variable.unset(note_name)
         get_run_logger().info("note(s) from Prefect variable %s queued: %s", note_name, note)
-        researcher = loop_kind.load_protocol(experiment.protocol_path).researcher
-        if not researcher.reads_notes:
+        researcher = _researcher(loop_kind, experiment)
+        if researcher is not None and not researcher.reads_notes:
             get_run_logger().warning(
                 "the %s researcher does not read notes: the note from %s is kept in the "
                 "ledger's Note column, but cannot steer its search", researcher.kind, note_name)
@@ -55,6 +56,14 @@ def pull_ui_controls(experiment_dir: str, kind: str = "autoresearch") -> None:
     if override:
         _queue_overrides(experiment, override if isinstance(override, list) else [override])
         Variable.unset(override_name)
+
+
+def _researcher(loop_kind: Any, experiment: Experiment) -> Any:
+    """The protocol's researcher (None while a person's edit leaves the file unreadable)."""
+    try:
+        return loop_kind.load_protocol(experiment.protocol_path).researcher
+    except SpmlError:
+        return None
 
 
 def _queue_overrides(experiment: Experiment, overrides: list[object]) -> None:

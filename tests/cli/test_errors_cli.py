@@ -4,6 +4,7 @@ created. These fail before Prefect starts (typer's CliRunner, real repositories)
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -89,8 +90,9 @@ def test_a_second_run_stops_before_prefect_and_prints_no_rows(toy_experiment) ->
         code, output = invoke("autoresearch", "run", str(exp))
 
     assert code == 2
-    assert first_line(output).startswith("error: another supervisor is already running this "
-                                         "experiment")
+    assert " ".join(output.split()) == (
+        f"error: another supervisor is already running this experiment (pid {os.getpid()}). "
+        f"Wait for it, or stop it with `spml autoresearch stop {exp}`.")
     assert "R0" not in output
     assert "Prefect starts" not in output
 
@@ -220,3 +222,11 @@ def test_a_note_for_a_researcher_that_reads_none_is_queued_with_a_warning(tmp_pa
     assert "warning: the optuna researcher does not read notes" in output
     code, output = invoke("autoresearch", "note", str(toy_experiment()), "try x = 3")
     assert (code, output.strip()) == (0, "note queued for the next round")  # an agent reads it
+
+
+def test_create_without_its_flags_and_no_terminal_to_ask_is_bad_input(tmp_path: Path) -> None:
+    code, output = invoke("autoresearch", "create", str(tmp_path / "exp"))  # stdin: empty
+    assert code == 2
+    assert "error: a required value was not given and cannot be prompted for (standard input " \
+        "is not a terminal)" in " ".join(output.split())
+    assert not (tmp_path / "exp").exists()

@@ -120,7 +120,8 @@ def training_started(exp: Path, round_no: int):
     return log.is_file
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP (terminal closed)"])
 def test_a_signal_mid_round_interrupts_quickly_and_the_resume_redoes_that_round_once(
         sig, toy_experiment, prefect_api_url, tmp_path) -> None:
     exp = loop_experiment(toy_experiment, tmp_path)

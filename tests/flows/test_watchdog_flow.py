@@ -102,6 +102,7 @@ def test_cli_exit_codes_and_status(tmp_path, prefect_api_url) -> None:
                           timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"diagnosis: {exp / 'experiment-context.md'}" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr  # the stop's own lines say it all
     status = subprocess.run([*spml, "status", str(exp)], env=env, capture_output=True,
                             text=True, timeout=60)
     assert "stopped_code_failure" in status.stdout
@@ -214,3 +215,26 @@ def test_a_mistyped_glob_is_warned_about_and_a_restart_from_scratch_called_out(t
     alerts = context.split("## Alerts", 1)[1]
     assert "checkpoints: checkpoint_glob 'checkpoints/*.json' matches nothing after " in alerts
     assert "- Restart from: none" in context
+
+
+@pytest.mark.parametrize(("command", "cause"), [
+    ("sleep 1", "exited 0 but no training seen after 1s: the log file train.log has not "
+                "appeared, no step was logged"),
+    ("nosuchtrainer --epochs 1", "exit 127 (command not found): check the train command"),
+], ids=["exit-0-unseen", "exit-127"])
+def test_a_command_that_never_trains_is_a_code_failure_never_training_finished(
+        tmp_path, prefect_api_url, command: str, cause: str) -> None:
+    import os
+    import subprocess
+
+    exp = experiment(tmp_path, {}, train_command=command, startup_grace=0.5)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url}
+    done = subprocess.run([sys.executable, "-m", "spml", "watchdog", "run", str(exp)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "training finished" not in output
+    assert "Traceback" not in output
+    assert f"stopped: attempt 1: {cause}" in " ".join(output.split())
+    context = (exp / "experiment-context.md").read_text()
+    assert "- state: stopped_code_failure" in context.splitlines()

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import problem_rows
 
 from spml.errors import ProtocolError
 from spml.protocols.autoresearch import (
@@ -98,7 +99,7 @@ def _error(path: Path) -> str:
 
 
 def _error_lines(message: str) -> list[str]:
-    return [row.strip() for row in message.splitlines()[1:]]
+    return problem_rows(message)
 
 
 # --- a valid protocol ------------------------------------------------------------------------
@@ -220,7 +221,7 @@ def test_protocol_models_are_frozen(tmp_path: Path) -> None:
     ("--dir {workdir}", "--dir {workdir} {0}", "researcher.command", "command: my-agent",
      "placeholders"),
     ("  kind: command", "  kind: llm", "researcher", "researcher:",
-     "does not match any of the expected tags: 'command', 'optuna'"),
+     "must be one of 'command', 'optuna', got 'llm'"),
     ("  kind: command\n", "", "researcher", "researcher:", "Unable to extract tag using "
      "discriminator 'kind'"),
     ("--dir {workdir}", "--dir {workdir}\n  timeout: -5", "researcher.timeout", "timeout:",
@@ -247,7 +248,8 @@ def test_missing_field_names_the_field_and_where_to_add_it(tmp_path: Path) -> No
 
     message = _error(path)
 
-    assert message.startswith("autoresearch-protocol.md is not a valid protocol (1 error(s)):")
+    assert message == ("autoresearch-protocol.md is not a valid protocol: train_command "
+                       "(line 1): Field required — add this field")  # one line: all a log shows
     assert _error_lines(message) == ["- train_command (line 1): Field required — add this field"]
 
 
@@ -265,7 +267,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
     message = _error(path)
 
-    assert "(4 error(s))" in message
+    assert message.splitlines()[0].startswith(
+        "autoresearch-protocol.md is not a valid protocol (4 problems; all below): ")
     fields = [row.split(" (")[0] for row in _error_lines(message)]
     assert sorted(fields) == ["- eval.direction", "- max_round", "- max_rounds",
                               "- train_command"]
@@ -293,7 +296,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     ("act: {type: categorical, choices: [relu, tanh]}",
      "act: {type: categorical, choices: [relu, tanh], low: 1}", "act.low", "Extra inputs"),
     ("act: {type: categorical, choices: [relu, tanh]}", "act: {type: choice, choices: [relu]}",
-     "act", "expected tags: 'float', 'int', 'categorical'"),
+     "act", "must be one of 'float', 'int', 'categorical', got 'choice'"),
 ])
 def test_space_errors_name_the_parameter_without_union_tags(tmp_path: Path, old: str, new: str,
                                                             param: str, words: str) -> None:

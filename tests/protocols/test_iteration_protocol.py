@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import problem_rows
 
 from spml.errors import ProtocolError
 from spml.protocols.frontmatter import read_front_matter
@@ -113,7 +114,7 @@ def _line(path: Path, text: str) -> int:
 def _rows(path: Path) -> list[str]:
     with pytest.raises(ProtocolError) as info:
         load_protocol(path)
-    return [row.strip() for row in str(info.value).splitlines()[1:]]
+    return problem_rows(str(info.value))
 
 
 def _generator() -> ModuleType:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import problem_rows
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from spml.protocols.frontmatter import format_validation_error, read_front_matter
@@ -78,7 +79,7 @@ def _doc_errors(tmp_path: Path, old: str, new: str) -> tuple[Path, list[str]]:
     with pytest.raises(ValidationError) as info:
         _DesignDoc.model_validate(doc.data)
     message = format_validation_error(path.name, info.value, doc)
-    return path, [row.strip() for row in message.splitlines()[1:]]
+    return path, problem_rows(message)
 
 
 def _line(path: Path, text: str) -> int:

@@ -163,7 +163,7 @@ def test_context_without_front_matter_and_no_yaml_need_flags(tmp_path: Path) -> 
     message = _error(tmp_path)
 
     assert settings.log_file == "logs/train.log"
-    assert "3 error(s)" in message
+    assert "(3 problems; all below)" in message.splitlines()[0]
     assert ("train_command: missing — add it to watchdog.yaml (or the front matter of "
             "experiment-context.md) or pass --train-command") in message
     assert "pass --checkpoint-glob" in message

@@ -40,6 +40,13 @@ class UnparsableFile(Check):
 
     def run(self, facts: Facts) -> Iterator[Finding]:
         for bad in facts.project.unparsable:
+            unreadable = bad.detail.startswith("cannot read")  # a dangling link, no permission
+            message = (UNREADABLE if unreadable else self.message) + f" ({bad.detail})"
             yield Finding(path=bad.display, line=bad.line, col=bad.col, id=self.id,
-                          message=f"{self.message} ({bad.detail})", severity=self.severity,
-                          fix=self.fix)
+                          message=message, severity=self.severity,
+                          fix=UNREADABLE_FIX if unreadable else self.fix)
+
+
+UNREADABLE = "file cannot be read, so none of its code was checked"
+UNREADABLE_FIX = ("Remove or repair the link (or the permissions), or skip the file with "
+                  "--exclude (exclude = [...] in the config)")

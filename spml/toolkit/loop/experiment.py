@@ -183,7 +183,7 @@ class ExperimentLock(SupervisorLock):
         super().__init__(
             experiment.state_root / LOCK_FILENAME, LoopAlreadyRunning,
             "another supervisor is already running this experiment ({holder})."
-            f" Wait for it, or stop it with `spml {group} stop`.")
+            f" Wait for it, or stop it with `spml {group} stop {experiment.exp_dir}`.")
 
 
 def is_running(experiment: Experiment) -> bool:

@@ -66,8 +66,11 @@ def reconcile_ledger(experiment: Experiment) -> list[str]:
         return []
     kept = copy.read_bytes()
     if not path.is_file():
+        moved = _move_aside(experiment, path)  # a directory or a dangling link in its place
         write_atomic(path, kept)
-        return add_note(experiment, "experiences.md was deleted while the loop ran: rebuilt "
+        what = f"replaced by something that is not a file (kept in {moved})" if moved else \
+            "deleted"
+        return add_note(experiment, f"experiences.md was {what} while the loop ran: rebuilt "
                         "from the supervisor's copy (to start a new ledger, stop the loop, then "
                         "delete it)")
     edited = path.read_bytes()
@@ -108,6 +111,16 @@ def _row_facts(row: Any) -> tuple[Any, ...]:
     value = "nan" if result is not None and math.isnan(result) else result
     # An override row's Insight holds its id, which keeps the override from applying twice.
     return row.round, row.verdict, row.compliance, value, row.insight if row.is_override else ""
+
+
+def _move_aside(experiment: Experiment, path: Path) -> str:
+    """Move whatever is at ``path`` (not a file) out of the way; '' when nothing is there."""
+    if not (path.exists() or path.is_symlink()):
+        return ""
+    target = experiment.state_dir / SAVED_DIRNAME / f"{path.name}-{time.time_ns()}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path.rename(target)
+    return target.relative_to(experiment.exp_dir).as_posix()
 
 
 def save_aside(experiment: Experiment, stem: str, content: bytes) -> str:

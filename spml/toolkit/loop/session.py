@@ -68,8 +68,19 @@ class LoopSession:
         return self.workspace.path / self.experiment.exp_rel
 
     def prose(self) -> str:
-        """The protocol's prose body, read fresh (edits apply at the next round)."""
-        return self.kind.read_body(self.experiment.protocol_path)
+        """The protocol's prose body, read fresh (edits apply at the next round). A protocol
+        that a person is editing (half-saved, or deleted for a moment) costs no round: the
+        last prose that could be read is used, and the problem logged."""
+        kept = self.experiment.state_dir / "protocol-prose.md"
+        try:
+            body = self.kind.read_body(self.experiment.protocol_path)
+        except (ProtocolError, OSError) as exc:
+            log.warning("the protocol cannot be read (%s); this round's brief uses its last "
+                        "readable prose", " ".join(str(exc).split()))
+            return kept.read_text(encoding="utf-8") if kept.is_file() else ""
+        if not kept.is_file() or kept.read_text(encoding="utf-8") != body:
+            write_atomic(kept, body)
+        return body
 
     @property
     def fixed_globs(self) -> list[str]:
@@ -138,8 +149,10 @@ def _check_variable_glob(session: LoopSession, glob: str, files: list[str],
     if problem:
         raise ProtocolError(f"variable.files pattern {glob!r} matches no committed file, and "
                             f"{problem}. Fix the pattern, or commit the file it should match.")
-    log.info("variable.files pattern %r matches no committed file yet: the researcher may "
-             "create one", glob)
+    # Shown on the terminal: a typo here would otherwise only surface as rounds that change
+    # nothing the loop can see.
+    log.warning("variable.files pattern %r matches no committed file yet: the researcher may "
+                "create one (if that is a typo, fix the pattern)", glob)
 
 
 def _uncreatable(session: LoopSession, glob: str, files: list[str], is_fixed: Any) -> str:

@@ -27,11 +27,13 @@ from spml.errors import MetricNotFound
 logger = logging.getLogger(__name__)
 
 # Where a number may end: not before an exponent that has no digits ("5e"), letters or `_`
-# leading to a digit ("0x10", "1_000"), or another group of digits ("1.2.3", "1,234.5"), so a
-# prefix of a longer token is never read as the value; a unit ("12.5s", "2678M") may follow.
-_NUMBER_END = r"(?![eE]|[A-Za-z_]*\d|[.,]\d)"
-# The atomic group keeps the regex from backtracking into a shorter number ("12,3" -> 1).
-_NUMBER = (r"[-+]?(?:(?>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)" + _NUMBER_END
+# leading to a digit ("0x10", "1_000"), or another group of digits ("1.2.3", "1,234.5",
+# "45/50", "2024-01-05", "12:30", "1+2"), so a prefix of a longer token is never read as the
+# value; a unit ("12.5s", "2678M") may follow.
+_NUMBER_END = r"(?![eE]|[A-Za-z_]*\d|[.,/:+\-]\d)"
+# ASCII digits only: float() would read "٣" or "１" as 3 and 1. The atomic group keeps the
+# regex from backtracking into a shorter number ("12,3" -> 1).
+_NUMBER = (r"[-+]?(?:(?>(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)" + _NUMBER_END
            + r"|(?i:nan|inf(?:inity)?)(?!\w))")
 # The whole value token after `key:` / `key=` (up to whitespace), to quote a refused one.
 _RAW_VALUE = r"(?P<raw>[^\s]+)"

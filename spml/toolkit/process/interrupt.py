@@ -46,7 +46,9 @@ from spml.toolkit.process.runner import end_live_groups
 KILL_GRACE_S = 2.0  # SIGTERM to SIGKILL for the child process groups
 BUDGET_S = 4.0      # recording and reporting, from the signal on
 HANDOFF_S = 0.3     # how long the watcher lets a handler in the main thread take over first
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: the terminal closed or the ssh session dropped; left to its default, the supervisor
+# would die at once and leave the training (and its GPU) running with no time limit.
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # Called with the signal's name (e.g. "SIGINT"); writes the interruption to disk and returns
 # the line to print (where it stopped and how to resume).
@@ -86,7 +88,8 @@ def uninstall(previous: dict[int, object] | None = None) -> None:
     STATE.active = False
     STATE.recorders.clear()
     if threading.current_thread() is threading.main_thread():
-        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL,
+                    signal.SIGHUP: signal.SIG_DFL}
         for sig, handler in (previous or defaults).items():
             if handler is not None:
                 signal.signal(sig, handler)

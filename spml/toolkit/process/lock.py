@@ -37,9 +37,10 @@ class SupervisorLock:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         if not _lock_within(fd, fcntl.LOCK_EX, _PROBE_GRACE_S):
-            holder = os.read(fd, 200).decode(errors="replace").strip()
             os.close(fd)
-            raise self._refuse(self._busy.format(holder=holder or "unknown")) from None
+            pid = holder_of(self._path)
+            raise self._refuse(self._busy.format(
+                holder=f"pid {pid}" if pid else "pid unknown")) from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid()}).encode())
         self._fd = fd

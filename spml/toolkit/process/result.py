@@ -13,7 +13,7 @@ _SHELL_SIGNALS = frozenset(
     {signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV, signal.SIGABRT, signal.SIGINT}
 )
 # What the shell means by these codes: the command never ran (a typo, a missing venv, no +x).
-_SHELL_EXIT_NAMES = {126: "command not executable", 127: "command not found"}
+SHELL_EXIT_NAMES = {126: "command not executable", 127: "command not found"}
 _TAIL_READ_BYTES = 256 * 1024
 _DESCRIBE_MAX = 200
 
@@ -87,7 +87,7 @@ class CommandResult:
         elif self.kind is ExitKind.OK:
             text = f"exit 0 after {self.duration_s:.1f}s"
         else:
-            name = _SHELL_EXIT_NAMES.get(self.exit_code or 0, "")
+            name = SHELL_EXIT_NAMES.get(self.exit_code or 0, "")
             text = (f"exit {self.exit_code}{f' ({name})' if name else ''}: "
                     f"{self._last_output_line() or '(no output)'}")
         return _one_line(text, _DESCRIBE_MAX)

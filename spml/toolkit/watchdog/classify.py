@@ -16,6 +16,8 @@ from functools import partial
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from spml.toolkit.process.result import SHELL_EXIT_NAMES
+
 logger = logging.getLogger(__name__)
 
 FailureKind = Literal["environment", "code"]
@@ -211,6 +213,9 @@ def _unrecognised(f: _Facts) -> Diagnosis:
                      f"signal:{number}", [f"exit status {f.code}", *last])
     if f.code is None:
         return _make("code", "ended without an exit status or a recognised cause", "unknown", last)
+    if name := SHELL_EXIT_NAMES.get(f.code):  # the command never ran: a typo, a missing venv
+        return _make("code", f"exit {f.code} ({name}): check the train command", f"exit:{f.code}",
+                     last)
     return _make("code", f"exit {f.code} without a recognised cause", f"exit:{f.code}", last)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from spml.protocols.watchdog import WatchdogSettings
 from spml.toolkit.metrics.log import MetricHistory, MetricPoint
@@ -25,7 +26,7 @@ from spml.toolkit.watchdog.evaluator import AsyncEvaluator
 from spml.toolkit.watchdog.globcheck import GlobWatch
 from spml.toolkit.watchdog.state import Listing, WatchdogState
 
-__all__ = ["Observer", "listing", "progress_line"]
+__all__ = ["Observer", "listing", "progress_line", "training_seen", "unseen_text"]
 
 log = logging.getLogger("spml.toolkit.watchdog.supervise")  # the CLI shows this logger's lines
 
@@ -51,6 +52,8 @@ class Observer:
                                exclude={log_file} if log_file else None)
         self._warned: str | None = None
         self._first_step: int | None = None
+        self._log_file = log_file
+        self._started = time.monotonic()
 
     def _trustworthy(self, checkpoint: Checkpoint) -> bool:
         before = self._before.get(str(checkpoint.path))
@@ -79,7 +82,8 @@ class Observer:
         new_points = self._new_points(history)
         if self._first_step is None:
             self._first_step = next((p.step for p in new_points if p.step is not None), None)
-        warning = self._glob.check(bool(now_listing), self._first_step, history.last_step)
+        glob = self._glob.check(bool(now_listing), self._first_step, history.last_step)
+        warning = f"checkpoints: {glob}" if glob else self._unseen(history, bool(now_listing))
         if warning != self._warned:
             self._announce(warning)
         if not new_points:
@@ -93,6 +97,16 @@ class Observer:
             self._state.add_alert(text)
         return active
 
+    def _unseen(self, history: MetricHistory, any_checkpoint: bool) -> str | None:
+        """After the startup grace, a run that shows no sign of training (no log file, no step,
+        no checkpoint) is named: a wrong `log_file` or a command that does not train."""
+        waited = time.monotonic() - self._started
+        if waited < (self._settings.startup_grace or UNSEEN_AFTER_S):
+            return None
+        if not training_seen(self._log_file, history.last_step, any_checkpoint):
+            return f"training: {unseen_text(self._log_file, waited)}"
+        return None
+
     def _new_points(self, history: MetricHistory) -> list[MetricPoint]:
         """Points after the last one seen (by identity: the history drops its oldest)."""
         points = history.points
@@ -105,16 +119,33 @@ class Observer:
         return points[start:]
 
     def _announce(self, warning: str | None) -> None:
-        """A glob warning (or its end) goes to the log, the status and, once, the alerts."""
+        """A warning (or its end) goes to the log, the status and, once, the alerts: a glob
+        that matches nothing while steps advance, a run that shows no sign of training."""
         self._warned = warning
         try:
-            self._context.update_status(checkpoint_warning=warning or "none")
+            self._context.update_status(warning=warning or "none")
             if warning is not None:
-                log.warning("checkpoints: %s", warning)
-                self._context.add_alert(f"checkpoints: {warning}")
-                self._state.add_alert(f"checkpoints: {warning}")
+                log.warning(warning)
+                self._context.add_alert(warning)
+                self._state.add_alert(warning)
         except OSError as exc:  # a full disk must not stop the supervision
             log.error("could not update experiment-context.md: %s", exc)
+
+
+# With a startup grace of 0, a run still gets this long to show its first sign of training.
+UNSEEN_AFTER_S = 10.0
+
+
+def training_seen(log_file: Path | None, last_step: int | None, any_checkpoint: bool) -> bool:
+    """Whether the watchdog has seen the run train: its log file, a logged step, a checkpoint."""
+    return last_step is not None or any_checkpoint or (log_file is not None and log_file.exists())
+
+
+def unseen_text(log_file: Path | None, waited_s: float) -> str:
+    """What a run that shows no sign of training is told (status, alerts, diagnosis)."""
+    where = f"the log file {log_file.name} has not appeared, " if log_file else ""
+    return (f"no training seen after {waited_s:.0f}s: {where}no step was logged and no "
+            "checkpoint matched the glob; check train_command and log_file")
 
 
 def _temp_files(tracker: CheckpointTracker) -> tuple[tuple[str, int, float], ...]:

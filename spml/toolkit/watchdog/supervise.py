@@ -24,7 +24,13 @@ from spml.toolkit.watchdog.context import ContextFile
 from spml.toolkit.watchdog.evaluator import AsyncEvaluator
 from spml.toolkit.watchdog.globcheck import checkpoint_suspects, no_match_warning
 from spml.toolkit.watchdog.gpu import make_xid_watcher
-from spml.toolkit.watchdog.observer import Observer, listing, progress_line
+from spml.toolkit.watchdog.observer import (
+    Observer,
+    listing,
+    progress_line,
+    training_seen,
+    unseen_text,
+)
 from spml.toolkit.watchdog.policy import (
     AttemptRecord,
     RestartDecision,
@@ -140,7 +146,7 @@ def _announce_start(run: _Run, choice: ResumeChoice) -> None:
     log.info("attempt %d resumes from %s", run.number, resumed)
     _record(run.context.set_status, "running", attempt=str(run.number), resumed_from=resumed,
             skipped_checkpoints="; ".join(choice.skipped) or None,
-            checkpoint_warning=warning)
+            warning=f"checkpoints: {warning}" if warning else None)
 
 
 def _scratch_warning(run: _Run, choice: ResumeChoice,
@@ -174,12 +180,12 @@ def _conclude(run: _Run, outcome: AttemptOutcome) -> AttemptReport:
     resumed = str(outcome.resume_from) if outcome.resume_from else None
     last = outcome.end.last_step
     short = settings.total_steps is not None and (last or 0) < settings.total_steps
-    if outcome.finished and not short:
+    log_file = run.exp_dir / settings.log_file if settings.log_file else None
+    seen = training_seen(log_file, last, bool(listing(run.tracker)))
+    if outcome.finished and not short and seen:
         _record(context.set_status, "completed", attempts=str(number), last_step=last)
         return AttemptReport(number, True, None, None, last, resumed)
-    diagnosis = (classify(outcome.end) if not outcome.finished else Diagnosis(
-        "environment", f"exited 0 at step {last} before total_steps {settings.total_steps} "
-        "(preempted after saving?)", "exit0-early", ("exit status 0",)))
+    diagnosis = _diagnose(outcome, seen, log_file, settings.total_steps)
     # Where a restart would resume: chosen now, while the writer is surely dead, and kept
     # for the next attempt. Its step is this attempt's progress as the policy sees it.
     choice = ResumeChoice(None)
@@ -204,6 +210,22 @@ def _conclude(run: _Run, outcome: AttemptOutcome) -> AttemptReport:
         _record(context.set_status, state_name, attempts=number, last_step=last,
                 reason=decision.reason)
     return AttemptReport(number, False, diagnosis, decision, last, resumed)
+
+
+def _diagnose(outcome: AttemptOutcome, seen: bool, log_file: Path | None,
+              total_steps: int | None) -> Diagnosis:
+    """Why an attempt that did not finish training ended. An exit 0 is no finish when the
+    watchdog never saw training (a wrong log_file, a command that does not train), nor
+    before total_steps (preempted after a save)."""
+    if not outcome.finished:
+        return classify(outcome.end)
+    if not seen:
+        waited = outcome.ended_at - outcome.started_at
+        return Diagnosis("code", f"exited 0 but {unseen_text(log_file, waited)}",
+                         "exit0-unseen", ("exit status 0",))
+    return Diagnosis("environment", f"exited 0 at step {outcome.end.last_step} before "
+                     f"total_steps {total_steps} (preempted after saving?)", "exit0-early",
+                     ("exit status 0",))
 
 
 def _record(write: Callable[..., object], *args: object, **kwargs: object) -> None:

@@ -173,3 +173,44 @@ def test_a_protocol_edit_while_the_researcher_ran_is_held_without_failing_the_ro
     assert held.relative_to(exp).as_posix() in row(exp, 1).note
     session, _ = begin_round(load(exp), 2)
     assert session.protocol.variable.files == ["params.yaml"]  # never applied
+
+
+def test_a_protocol_half_saved_or_deleted_mid_round_costs_no_round(tmp_path: Path) -> None:
+    exp = make_experiment(tmp_path, plan={"default": "good"})
+    open_and_baseline(exp)
+    protocol = exp / "autoresearch-protocol.md"
+    good = protocol.read_text()
+    prose = good.split("---\n", 2)[2].strip()
+
+    _measure_and_settle(exp, 1, lambda: protocol.write_text("--\n" + good[3:]))  # half-saved
+    assert row(exp, 1).verdict == "committed"
+    session, plan = begin_round(load(exp), 2)  # the brief keeps the last readable prose
+    assert "protocol edit ignored (invalid" in plan.note_text
+    brief = (session.experiment.round_dir(2) / "brief.md").read_text()
+    assert prose in brief
+
+    protocol.unlink()  # deleted for a moment (an editor's save, a git checkout)
+    session, plan = begin_round(load(exp), 3)
+    assert prose in (session.experiment.round_dir(3) / "brief.md").read_text()
+    protocol.write_text(good)
+
+
+def test_a_ledger_replaced_by_a_directory_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
+    exp = make_experiment(tmp_path, plan={"default": "good"})
+    open_and_baseline(exp)
+    session, plan = begin_round(load(exp), 1)
+    proposal = run_researcher(session, plan)
+    (exp / "experiences.md").unlink()
+    (exp / "experiences.md").mkdir()
+    (exp / "experiences.md" / "mine.txt").write_text("a person's file")
+
+    violations = check_round(session, plan)
+
+    assert violations == []
+    measurement = measure(session, plan)
+    settle(session, plan, decide(session, plan, proposal, violations, measurement))
+    assert row(exp, 1).verdict == "committed"
+    assert "replaced by something that is not a file (kept in .spml/" in row(exp, 1).note
+    [kept] = (session.experiment.state_dir / "hand-edits").glob("experiences.md-*")
+    assert (kept / "mine.txt").read_text() == "a person's file"
+    assert not list(exp.glob(".experiences.md.*.tmp"))  # no half-written file left

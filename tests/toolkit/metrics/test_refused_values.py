@@ -9,7 +9,8 @@ from spml.toolkit.metrics.log import parse_log_line
 from spml.toolkit.metrics.output import find_metric, find_pairs, missing_reason, parse_metric
 
 
-@pytest.mark.parametrize("value", ["0x10", "1_000", "1.2.3", "5e", "5E+", "1,000", "0b101"])
+@pytest.mark.parametrize("value", ["0x10", "1_000", "1.2.3", "5e", "5E+", "1,000", "0b101",
+                                   "45/50", "1-2", "2024-01-05", "12:30", "1+2", "٣", "１"])
 def test_a_prefix_of_a_longer_token_is_not_a_number(value: str) -> None:
     for text in (f"score={value}", f"score: {value}", f"{{'score': {value}}}"):
         assert find_metric(text, "score") is None, text

@@ -75,14 +75,15 @@ def test_a_glob_that_matches_nothing_is_warned_in_the_progress_line_and_status(
         watch(history)
     warning = ("checkpoint_glob 'checkpoints/*.json' matches nothing after 5 steps (now at step "
                "6); no file there looks like a checkpoint — a restart would begin from scratch")
-    assert context.read_status()["checkpoint_warning"] == warning
+    assert context.read_status()["warning"] == f"checkpoints: {warning}"
     assert context.read_status()["attempt"] == "1"
-    assert any(r.message.endswith(f"step 6 — loss=1 — WARNING: {warning}") for r in caplog.records)
+    assert any(r.message.endswith(f"step 6 — loss=1 — WARNING: checkpoints: {warning}")
+               for r in caplog.records)
     assert f"checkpoints: {warning}" in context.path.read_text()  # the alerts section
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "a.json").write_text("{}")
     watch(history)
-    assert context.read_status()["checkpoint_warning"] == "none"
+    assert context.read_status()["warning"] == "none"
 
 
 def test_progress_lines_continue_after_the_history_drops_its_oldest_points(
@@ -121,3 +122,25 @@ def test_the_settings_budgets_reach_the_policy() -> None:
     assert (policy.max_restarts, policy.max_restarts_per_hour, policy.max_no_progress) == (
         5, None, 3)
     assert policy.max_same_signature == 2
+
+
+def test_a_run_that_shows_no_sign_of_training_is_named_after_the_startup_grace(
+        tmp_path: Path) -> None:
+    settings = SETTINGS.model_copy(update={"startup_grace": 0.05})
+    state, context = WatchdogState(tmp_path), ContextFile(tmp_path / "ctx.md")
+    context.set_status("running", attempt="1")
+    watch = Observer(settings, state, context, CheckpointTracker(settings.checkpoint_glob,
+                                                                 tmp_path), None)
+    watch(MetricHistory())
+    assert "warning" not in context.read_status()  # within the grace: nothing to say yet
+    time.sleep(0.1)
+    watch(MetricHistory())
+    warning = context.read_status()["warning"]
+    assert warning.startswith("training: no training seen after 0s: the log file train.log "
+                              "has not appeared, no step was logged")
+    assert state.alerts() == [warning]  # once, not at every poll
+    watch(MetricHistory())
+    assert state.alerts() == [warning]
+    (tmp_path / "train.log").write_text("loading data\n")  # the run shows up
+    watch(MetricHistory())
+    assert context.read_status()["warning"] == "none"
