@@ -42,6 +42,15 @@ def run_loop(kind: str, experiment_dir: str, max_rounds: int | None,
     return summary
 
 
+def loop_ended(summary: LoopSummary) -> State:
+    """The loop run's final state: Completed, named after how the loop ended (`Target
+    reached`, `Stopped`...) with the result in the message; its result is the summary."""
+    name = summary.status.replace("_", " ").capitalize()
+    message = (f"{summary.headline()}; {summary.commits} commit(s) in {summary.rounds_done} "
+               f"round(s)")
+    return Completed(name=name, message=message, data=summary)
+
+
 def round_ended(kind: str, experiment_dir: str, round_no: int, verdict: str) -> State:
     """The round run's final state: Completed, named after the verdict in words (`Committed`,
     `Rolled back`, `Failed compliance`, `Aborted`...) with the metric and its change in the

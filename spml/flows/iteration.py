@@ -12,10 +12,9 @@ from prefect import flow
 from prefect.states import State
 
 from spml.flows._interrupt import guarding
-from spml.flows._loop import round_ended, run_loop
+from spml.flows._loop import loop_ended, round_ended, run_loop
 from spml.tasks.loop import TaskSteps
 from spml.toolkit.loop.round import run_round
-from spml.toolkit.loop.summary import LoopSummary
 
 STEPS = TaskSteps("ml-iteration")
 
@@ -31,7 +30,7 @@ def iteration_round(experiment_dir: str, round_no: int) -> State:
 
 @flow(name="ml-iteration")
 def iteration_flow(experiment_dir: str, max_rounds: int | None = None,
-                   allow_dirty: bool = False) -> LoopSummary:
+                   allow_dirty: bool = False) -> State:
     """Run (or resume) the ml-iteration loop of the experiment in ``experiment_dir``.
 
     Args:
@@ -39,5 +38,10 @@ def iteration_flow(experiment_dir: str, max_rounds: int | None = None,
         max_rounds: cap on rounds for this run (default: the protocol's `max_rounds`).
         allow_dirty: run although fixed or variable files have uncommitted changes (the
             loop runs the committed code; the ignored files are logged).
+
+    Returns:
+        A Completed state named after how the loop ended (`Target reached`, `Stopped`...)
+        with the result in its message; calling the flow gives its `LoopSummary`.
     """
-    return run_loop("ml-iteration", experiment_dir, max_rounds, iteration_round, allow_dirty)
+    return loop_ended(run_loop("ml-iteration", experiment_dir, max_rounds, iteration_round,
+                               allow_dirty))

@@ -8,6 +8,7 @@ the best so far. Publishing never fails a round: a server hiccup costs a version
 
 from __future__ import annotations
 
+import base64
 import logging
 from uuid import UUID
 
@@ -110,13 +111,30 @@ def publish_summary(experiment_dir: str, summary: LoopSummary,
     # ml-iteration records its best commit (a commit with a note may follow it); every Auto
     # Research commit beat the best before it, so there the best is the branch's head.
     best_commit = ledger.best_commit or session.workspace.head()
+    markdown = render_summary(summary, ledger, session.kind.title,
+                              experiment=session.experiment.name,
+                              branch=session.workspace.branch, best_commit=best_commit)
     create_markdown_artifact(
         key=artifact_key(session, "summary"),
-        markdown=render_summary(summary, ledger, session.kind.title,
-                                experiment=session.experiment.name,
-                                branch=session.workspace.branch, best_commit=best_commit),
+        markdown=markdown + _plot_section(session, ledger),
         description=f"{session.experiment.name} on {session.workspace.branch}: "
                     f"{summary.headline()}")
+
+
+def _plot_section(session: LoopSession, ledger: Experiences) -> str:
+    """The ledger drawn (`experiences.png`, written beside `experiences.md`), embedded in the
+    summary so the UI shows it; '' when it cannot be drawn (the summary still goes out)."""
+    try:
+        from spml.toolkit.loop.plot import PLOT_FILENAME, plot_ledger  # matplotlib: here only
+
+        path = plot_ledger(ledger, session.experiment.exp_dir / PLOT_FILENAME)
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    except Exception as exc:  # noqa: BLE001 - a missing plot must not cost the summary
+        log.warning("the plot was not drawn: %s", exc)
+        return ""
+    return (f"\n## {ledger.metric} per round\n\n"
+            f"![{ledger.metric} per round](data:image/png;base64,{encoded})\n\n"
+            f"(also in `{path}`)\n")
 
 
 def publish_review(session: LoopSession, round_no: int) -> None:

@@ -49,7 +49,7 @@ def open_experiment(experiment_dir: str, max_rounds: int | None, kind: str,
 
 def _after_round_name() -> str:
     after = task_run.parameters.get("after_round")
-    return "before round 0: next step" if after is None else f"R{after} done: next step"
+    return "run start: next step" if after is None else f"R{after} done: next step"
 
 
 @task(name="next-step", task_run_name=_after_round_name, cache_policy=NO_CACHE, retries=1,

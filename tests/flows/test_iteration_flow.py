@@ -24,6 +24,7 @@ def test_rounds_are_subflows_reviewed_per_criterion(tmp_path: Path, run_artifact
                                name=f"exp-{tmp_path.name}", max_rounds=5)
     state = iteration_flow(str(exp), return_state=True)
     assert state.is_completed()
+    assert state.name == "Target reached"  # the run's state says how the loop ended
     summary = state.result()
     assert (summary.status, summary.rounds_done, summary.commits) == ("target_reached", 3, 2)
 

@@ -5,6 +5,7 @@ the terminal stays quiet."""
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -60,6 +61,9 @@ def test_runs_rounds_and_artifacts_tell_the_story(unique_experiment) -> None:
     with get_client(sync_client=True) as client:
         parent = client.read_flow_run(run_id)
     assert parent.name == f"autoresearch-{name}-1"
+    assert (parent.state.type.value, parent.state.name) == ("COMPLETED", "Completed")
+    assert parent.state.message == ("loss: baseline 9 -> best 1 (R1) (-88.9%); 1 commit(s) in "
+                                    "3 round(s)")
     assert {"spml", "autoresearch", f"experiment:{name}"} <= set(parent.tags)
 
     rounds = rounds_of(run_id)
@@ -90,6 +94,11 @@ def test_runs_rounds_and_artifacts_tell_the_story(unique_experiment) -> None:
     [summary] = versions(f"autoresearch-summary-{name}", run_id)
     assert f"**Experiment:** {name}" in summary.data
     assert f"`spml/autoresearch/{name}`, best commit `" in summary.data
+    # the plot, beside the ledger and in the summary
+    png = (exp / "experiences.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    assert f"![loss per round](data:image/png;base64,{base64.b64encode(png).decode()})" in \
+        summary.data
 
 
 def test_two_experiments_on_one_server_keep_separate_timelines(unique_experiment, tmp_path
