@@ -239,6 +239,13 @@ def validation_rows(exc: ValidationError, doc: FrontMatter) -> list[str]:
     """One line per error: ``  - <field path> (line N): <message>``."""
     errors = exc.errors(include_url=False)
     missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
+    # A misspelt field (`max_round`) is one problem, not two: its "did you mean" row stands
+    # for the missing field it was meant to be, and comes first.
+    meant = {loc[:-1] + (close,) for e in errors if e["type"] == "extra_forbidden"
+             and (loc := tuple(e["loc"])) and (close := _closest(loc, missing))}
+    errors = sorted((e for e in errors if tuple(e["loc"]) not in meant),
+                    key=lambda e: e["type"] != "extra_forbidden" or not _closest(
+                        tuple(e["loc"]), missing))
     rows = []
     for err in errors:
         loc = _document_path(tuple(err["loc"]), doc, err["type"])
@@ -290,13 +297,17 @@ def _has_part(node: Any, part: str | int) -> bool:
     return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
 
 
+def _closest(loc: Loc, missing: set[Loc]) -> str | None:
+    """The missing sibling field an unknown field ``loc`` most likely misspells."""
+    siblings = [str(m[-1]) for m in missing if m[:-1] == loc[:-1]]
+    close = difflib.get_close_matches(str(loc[-1]), siblings, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _hint(err: dict[str, Any], missing: set[Loc] = frozenset()) -> str:
     if err["type"] == "extra_forbidden":
-        loc = tuple(err["loc"])
-        siblings = [str(m[-1]) for m in missing if m[:-1] == loc[:-1]]
-        close = difflib.get_close_matches(str(loc[-1]), siblings, n=1, cutoff=0.6)
-        if close:
-            return f" — did you mean {close[0]!r}?"
+        if close := _closest(tuple(err["loc"]), missing):
+            return f" — did you mean {close!r}?"
         return " — remove it or check its spelling"
     if err["type"] == "union_tag_invalid":
         return ""

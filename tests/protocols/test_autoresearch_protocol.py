@@ -425,3 +425,11 @@ def test_non_finite_values_never_slip_in_as_numbers(tmp_path: Path) -> None:
 
     assert protocol.target == -0.015
     assert math.isfinite(protocol.target)
+
+
+def test_a_misspelt_required_field_is_one_problem_with_its_likely_name(tmp_path: Path) -> None:
+    path = _protocol(tmp_path, **{"max_rounds: 10": "max_round: 10"})
+
+    assert _error(path) == ("autoresearch-protocol.md is not a valid protocol: max_round "
+                            f"(line {_line(path, 'max_round:')}): Extra inputs are not "
+                            "permitted — did you mean 'max_rounds'?")
