@@ -197,6 +197,7 @@ def ledger_table(ledger: Experiences, title: str = "experiences.md") -> LedgerTa
 _NO_WRAP = ("Round", "Compliance", "Verdict")
 _MIN_WIDTH = {"Strategy": 15, "Insight": 15}
 _OTHER_MIN_WIDTH = 10
+_LONGEST_KEPT_WORD = 24
 _DROP_ORDER = ("Compliance", "Note", "User Hint", "Time", "Custom", "Stability",
                "Observability", "Speed")
 _ONE_LINE_WIDTH = 30  # a column this wide reads fine cut at a word: one line per round
@@ -291,7 +292,11 @@ def _least_width(column: str, cells: list[dict[str, str]]) -> int:
     if column == "Result":
         return max([cell_len(column), *(cell_len(word) for row in cells
                                          for word in row[column].split())])
-    least = max(_MIN_WIDTH.get(column, _OTHER_MIN_WIDTH), cell_len(column))
+    # Wide enough for its longest word (up to `_LONGEST_KEPT_WORD`): `log_grad_norm=True` is
+    # never folded to `...=Tr` / `ue`; a longer token (a path) may still fold.
+    longest = max((cell_len(word) for row in cells for word in row[column].split()), default=0)
+    least = max(_MIN_WIDTH.get(column, _OTHER_MIN_WIDTH), cell_len(column),
+                min(longest, _LONGEST_KEPT_WORD))
     return min(_natural(column, cells), least)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from prefect import get_run_logger, tags
+from prefect.context import TagsContext
 from prefect.states import Completed, State
 
 from spml.flows._interrupt import guarding, loop_recorder
@@ -29,15 +31,15 @@ def run_loop(kind: str, experiment_dir: str, max_rounds: int | None,
             guarding(loop_recorder(experiment_dir, kind, max_rounds, allow_dirty)):
         limit = open_experiment(experiment_dir, max_rounds, kind, allow_dirty)
         run = claim_flow_run(experiment_dir, kind)  # `<kind>-<experiment>-<n>`, tags
-        with tags(*run.tags):  # every round and task of the loop carries them too
-            progress = start_progress(experiment_dir, kind)
-            step = between_rounds(experiment_dir, kind, progress, None)
-            while step.kind != "end":
-                logger.info("round %d of %d", step.round_no, limit)
+        progress = start_progress(experiment_dir, kind)
+        step = between_rounds(experiment_dir, kind, progress, None)
+        while step.kind != "end":
+            logger.info("round %d of %d", step.round_no, limit)
+            with tags(*run.tags):  # the round's run carries them (its tasks do not: `untagged`)
                 round_flow(experiment_dir, step.round_no)
-                step = between_rounds(experiment_dir, kind, progress, step.round_no)
-            summary = close_experiment(experiment_dir, step, kind)
-            publish_summary(experiment_dir, summary, kind)
+            step = between_rounds(experiment_dir, kind, progress, step.round_no)
+        summary = close_experiment(experiment_dir, step, kind)
+        publish_summary(experiment_dir, summary, kind)
     logger.info("%s — %s", summary.status, summary.headline())
     return summary
 
@@ -49,6 +51,15 @@ def loop_ended(summary: LoopSummary) -> State:
     message = (f"{summary.headline()}; {summary.commits} commit(s) in {summary.rounds_done} "
                f"round(s)")
     return Completed(name=name, message=message, data=summary)
+
+
+@contextmanager
+def untagged() -> Iterator[None]:
+    """Tasks started inside carry no tags. Prefect asks the server for a concurrency slot
+    before every task with a tag (one more blocking call per task, which also fails the task
+    when the server is briefly gone), so the loop tags its runs, never its tasks."""
+    with TagsContext(current_tags=set()):
+        yield
 
 
 def round_ended(kind: str, experiment_dir: str, round_no: int, verdict: str) -> State:

@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.states import State
 
 from spml.flows._interrupt import guarding
-from spml.flows._loop import loop_ended, round_ended, run_loop
+from spml.flows._loop import loop_ended, round_ended, run_loop, untagged
 from spml.tasks.loop import TaskSteps
 from spml.toolkit.loop.round import run_round
 
@@ -21,7 +21,8 @@ STEPS = TaskSteps("autoresearch")
 def autoresearch_round(experiment_dir: str, round_no: int) -> State:
     """One round (round 0 measures the baseline). Its state is named after the verdict; the
     caller gets the verdict, or 'aborted'."""
-    with guarding():  # the subflow's engine put Prefect's SIGTERM handler back
+    # guarding: the subflow's engine put Prefect's SIGTERM handler back
+    with guarding(), untagged():
         verdict = run_round(STEPS, experiment_dir, round_no)
     return round_ended(STEPS.kind, experiment_dir, round_no, verdict)
 

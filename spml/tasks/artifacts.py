@@ -9,6 +9,8 @@ the best so far. Publishing never fails a round: a server hiccup costs a version
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 from uuid import UUID
 
@@ -20,12 +22,14 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from spml.protocols.experiences import Experiences
+from spml.toolkit.files import write_atomic
 from spml.toolkit.loop.begin import RoundPlan
 from spml.toolkit.loop.kind import kind_named
 from spml.toolkit.loop.ledger import read_ledger
-from spml.toolkit.loop.narrate import round_markdown, version_note
+from spml.toolkit.loop.narrate import round_markdown, round_note, version_note
 from spml.toolkit.loop.session import LoopSession
 from spml.toolkit.loop.settle import RoundOutcome
 from spml.toolkit.loop.summary import LoopSummary, render_summary
@@ -43,7 +47,7 @@ def publish_ledger(session: LoopSession, progress_id: UUID | None) -> None:
     and the progress bar. Never raises: it runs between rounds."""
     try:
         ledger = read_ledger(session.experiment)
-        if ledger is None or not ledger.rows:
+        if ledger is None or not ledger.rows or not _changed(session, ledger):
             return
         create_table_artifact(key=artifact_key(session, "experiences"), table=ledger_table(ledger),
                               description=version_note(ledger, session.experiment.name))
@@ -52,6 +56,22 @@ def publish_ledger(session: LoopSession, progress_id: UUID | None) -> None:
             update_progress_artifact(progress_id, progress=100.0 * done / ledger.max_rounds)
     except Exception as exc:  # noqa: BLE001 - a missed version must not stop the loop
         log.warning("the experiences artifact was not published: %s", exc)
+
+
+def _changed(session: LoopSession, ledger: Experiences) -> bool:
+    """Whether this version would say something new: a changed ledger, or the first version of
+    this run (its page then shows the table it resumed from). An aborted round or a retried
+    step adds no copy. Records the version as published."""
+    record = session.experiment.state_dir / "published-experiences.json"
+    now = {"run": str(flow_run.id), "rows": hashlib.sha256(
+        ledger.model_dump_json(include={"rows", "status"}).encode()).hexdigest()}
+    try:
+        if json.loads(record.read_text()) == now:
+            return False
+    except (OSError, ValueError):
+        pass  # never published, or an unreadable record: publish
+    write_atomic(record, json.dumps(now))
+    return True
 
 
 def ledger_table(ledger: Experiences) -> list[dict[str, object]]:
@@ -69,25 +89,28 @@ def ledger_table(ledger: Experiences) -> list[dict[str, object]]:
     return rows
 
 
-def publish_round(session: LoopSession, plan: RoundPlan, outcome: RoundOutcome) -> None:
+def publish_round(session: LoopSession, plan: RoundPlan, outcome: RoundOutcome | None) -> None:
     """The round's markdown artifact (strategy, diff stat, result, verdict, insight), linked
-    to the round's run. Never raises: the round is already settled."""
+    to the round's run; ``outcome`` None: a stop request aborted it. Never raises: the round
+    is already settled."""
     try:
         ledger = read_ledger(session.experiment)
         if ledger is None:
             return
-        changed = outcome.commit or outcome.attempt_ref
+        commit = outcome.commit if outcome else None
+        attempt = outcome.attempt_ref if outcome else None
+        changed = commit or attempt
         diff_stat = session.workspace.diff_stat(plan.base, changed) if changed else ""
         branch = session.workspace.branch
-        where = (f"commit `{outcome.commit[:12]}` on `{branch}`" if outcome.commit else
+        where = (f"commit `{commit[:12]}` on `{branch}`" if commit else
                  f"rolled back; the attempt is kept as "
-                 f"`{session.experiment.attempt_ref(plan.round_no)}`" if outcome.attempt_ref
+                 f"`{session.experiment.attempt_ref(plan.round_no)}`" if attempt
                  else f"no change to `{branch}`")
         create_markdown_artifact(
             key=artifact_key(session, "round"),
             markdown=round_markdown(ledger, plan.round_no, session.experiment.name, where,
                                     diff_stat),
-            description=version_note(ledger, session.experiment.name))
+            description=round_note(ledger, plan.round_no, session.experiment.name))
     except Exception as exc:  # noqa: BLE001 - the round is settled; only its page misses it
         log.warning("the round %d artifact was not published: %s", plan.round_no, exc)
 

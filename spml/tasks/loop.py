@@ -134,7 +134,9 @@ def _shown(value: float | None) -> str:
       retries=0)
 def abort(experiment_dir: str, plan: RoundPlan, reason: str, kind: str) -> None:
     """Undo a round that a stop request interrupted; it will be redone on the next run."""
-    abort_round(_session(experiment_dir, kind), plan, reason)
+    session = _session(experiment_dir, kind)
+    abort_round(session, plan, reason)
+    publish_round(session, plan, None)  # its page says so
 
 
 @task(name="close-loop", cache_policy=NO_CACHE, retries=1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
 from prefect import get_run_logger
 from prefect.variables import Variable
 
@@ -34,7 +35,18 @@ def variable_names(experiment: Experiment, prefix: str = "spml") -> tuple[str, s
 
 
 def pull_ui_controls(experiment_dir: str, kind: str = "autoresearch") -> None:
-    """Move notes, a stop request and overrides set as Prefect Variables into the experiment."""
+    """Move notes, a stop request and overrides set as Prefect Variables into the experiment.
+    A server that does not answer costs nothing but this look: the Variables stay set and are
+    read at the next one (the CLI's file controls work without a server)."""
+    try:
+        _pull(experiment_dir, kind)
+    except (httpx.HTTPError, OSError) as exc:  # PrefectHTTPStatusError is an httpx error
+        get_run_logger().warning("Prefect Variables not read this time (the server did not "
+                                 "answer: %s); notes and stop requests set in the UI wait for "
+                                 "the next look", " ".join(str(exc).split())[:200])
+
+
+def _pull(experiment_dir: str, kind: str) -> None:
     loop_kind = kind_named(kind)
     experiment = Experiment.locate(experiment_dir, loop_kind.protocol_filename)
     note_name, stop_name, override_name = variable_names(experiment, loop_kind.variable_prefix)

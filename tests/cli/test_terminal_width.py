@@ -191,3 +191,18 @@ def test_the_plot_does_not_block_the_next_run(tmp_path: Path) -> None:
     drive(exp, kind="ml-iteration")
     assert runner.invoke(app, ["iteration", "status", str(exp), "--plot"]).exit_code == 0
     check_protocol(exp, "ml-iteration", max_rounds=2)
+
+
+def test_a_long_word_in_a_wrapped_cell_is_kept_whole_at_80_columns() -> None:
+    rows = [ExperienceRow(round=0, compliance="pass", result=0.5, verdict="committed",
+                          strategy="baseline", insight="measured"),
+            ExperienceRow(round=1, compliance="pass", result=0.25, verdict="committed",
+                          strategy="set log_grad_norm=True and warmup_ratio=0.05 for "
+                          "stability", insight=INSIGHT)]
+    ledger = Experiences(metric="val_mse", max_rounds=3, direction="minimize", rows=rows)
+    out = io.StringIO()
+    Console(file=out, width=80).print(ledger_table(ledger))
+    text = out.getvalue()
+    assert "log_grad_norm=True" in text  # not folded to `log_grad_norm=Tr` / `ue`
+    assert "warmup_ratio=0.05" in text
+    assert max(len(line) for line in text.splitlines()) <= 80

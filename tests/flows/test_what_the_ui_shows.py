@@ -69,6 +69,11 @@ def test_runs_rounds_and_artifacts_tell_the_story(unique_experiment) -> None:
     rounds = rounds_of(run_id)
     assert sorted(rounds) == ["round-0", "round-1", "round-2", "round-3"]
     assert all(f"experiment:{name}" in r.tags for r in rounds.values())
+    with get_client(sync_client=True) as client:  # tasks carry none: a tag costs a server
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(  # call per task
+            id={"any_": [r.id for r in rounds.values()]}))
+    assert tasks
+    assert all(t.tags == [] for t in tasks), {t.name: t.tags for t in tasks}
     states = {n: (r.state.type.value, r.state.name) for n, r in rounds.items()}
     assert states == {"round-0": ("COMPLETED", "Baseline"), "round-1": ("COMPLETED", "Committed"),
                       "round-2": ("COMPLETED", "Rolled back"),

@@ -11,9 +11,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from spml.protocols.experiences import KEPT, ExperienceRow, Experiences, format_value
+from spml.protocols.experiences import (
+    KEPT,
+    NO_VALUE,
+    ExperienceRow,
+    Experiences,
+    format_value,
+)
 
-__all__ = ["RoundLabel", "round_label", "round_markdown", "version_note"]
+__all__ = ["RoundLabel", "round_label", "round_markdown", "round_note", "version_note"]
 
 _VERDICT_NAMES = {"committed": "Committed", "committed_with_note": "Committed with note",
                   "rolled_back": "Rolled back"}
@@ -34,7 +40,7 @@ def round_label(ledger: Experiences, round_no: int) -> RoundLabel:
     if row is None:  # a stop request undid the round: it is redone on the next run
         return RoundLabel(ABORTED, f"round {round_no} undone by a stop request; the next run "
                           "redoes it")
-    if row.compliance == "fail":
+    if _failed_compliance(row):
         return RoundLabel("Failed compliance", _cut(row.insight))
     name = "Baseline" if row.round == 0 else _VERDICT_NAMES.get(row.verdict, row.verdict)
     return RoundLabel(name, _result_phrase(ledger, row))
@@ -48,11 +54,12 @@ def round_markdown(ledger: Experiences, round_no: int, experiment: str, where: s
     if row is None:
         return f"# Round {round_no}: {ABORTED}\n\nUndone by a stop request; redone next run.\n"
     label = round_label(ledger, round_no)
+    scalar = "Result" in ledger.columns  # ml-iteration's rows say it all in the review
     lines = [f"# Round {round_no} of {experiment}: {label.name}", "",
-             f"- **Result:** {label.message}",
+             *([f"- **Result:** {label.message}"] if scalar else []),
              f"- **Strategy:** {row.strategy or '—'}",
              f"- **Insight:** {row.insight or '—'}",
-             f"- **Compliance:** {row.compliance}",
+             *([f"- **Compliance:** {row.compliance}"] if "Compliance" in ledger.columns else []),
              f"- **Where:** {where}"]
     if row.note:
         lines.append(f"- **Note from a person:** {row.note}")
@@ -60,6 +67,12 @@ def round_markdown(ledger: Experiences, round_no: int, experiment: str, where: s
     if diff_stat.strip():
         lines += ["", "## Change", "", "```", diff_stat.rstrip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+def round_note(ledger: Experiences, round_no: int, experiment: str) -> str:
+    """The description of a round's page: `exp round 3: Rolled back — loss 49 (...)`."""
+    label = round_label(ledger, round_no)
+    return _cut(f"{experiment} round {round_no}: {label.name} — {label.message}", 200)
 
 
 def version_note(ledger: Experiences, experiment: str) -> str:
@@ -72,6 +85,11 @@ def version_note(ledger: Experiences, experiment: str) -> str:
     return f"{experiment}: {after} of {ledger.max_rounds}; {shown}"
 
 
+def _failed_compliance(row: ExperienceRow) -> bool:
+    # ml-iteration's ledger has no Compliance column: its rows say it in the insight.
+    return row.compliance == "fail" or row.insight.startswith("compliance: ")
+
+
 def _row(ledger: Experiences, round_no: int) -> ExperienceRow | None:
     return next((r for r in reversed(ledger.rows) if r.round == round_no and not r.is_override),
                 None)
@@ -82,8 +100,9 @@ def _result_phrase(ledger: Experiences, row: ExperienceRow) -> str:
     if "Result" not in ledger.columns:  # ml-iteration: criteria, no single metric
         return _cut(row.insight or row.verdict)
     if row.result is None or not math.isfinite(row.result):
-        shown = row.result_text or "no value"
-        return _cut(f"{ledger.metric} {shown}: {row.insight}" if row.insight else shown)
+        shown = row.result_text if row.result_text not in ("", NO_VALUE) else "no value"
+        return _cut(f"{ledger.metric}: {shown} ({row.insight})" if row.insight else
+                    f"{ledger.metric}: {shown}")
     value = f"{ledger.metric} {format_value(row.result)}"
     before = _best_before(ledger, row.round)
     if before is None or before.result is None:

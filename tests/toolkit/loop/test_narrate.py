@@ -40,7 +40,7 @@ def test_failed_compliance_unmeasured_noted_and_aborted_rounds() -> None:
     assert round_label(book, 2) == RoundLabel("Failed compliance",
                                               "compliance: modified fixed file eval.py")
     assert round_label(book, 3).name == "Rolled back"
-    assert round_label(book, 3).message == "val_mse no value: train crashed: exit 1"
+    assert round_label(book, 3).message == "val_mse: no value (train crashed: exit 1)"
     assert round_label(book, 4).name == "Committed with note"
     assert round_label(book, 7).name == "Aborted"  # no row: a stop request undid it
 
@@ -70,3 +70,28 @@ def test_version_notes_say_after_which_round_and_the_best_so_far() -> None:
     assert version_note(ledger(), "mlp") == "mlp: before round 0 of 5; no best yet"
     assert version_note(ledger(BASE, BETTER, WORSE), "mlp") == (
         "mlp: after round 2 of 5; best val_mse = 0.25 (round 1)")
+
+
+def test_an_iteration_compliance_failure_is_named_though_its_ledger_has_no_column() -> None:
+    row = ExperienceRow(round=3, verdict="rolled_back",
+                        insight="compliance: modified fixed file evaluate.py")
+    book = Experiences(metric="criteria", max_rounds=3, rows=[row], columns=ITERATION_COLUMNS)
+    assert round_label(book, 3) == RoundLabel("Failed compliance",
+                                              "compliance: modified fixed file evaluate.py")
+    page = round_markdown(book, 3, "exp", "rolled back")
+    assert "**Compliance:**" not in page  # no column: nothing to show but n/a
+    assert "**Result:**" not in page  # it would repeat the insight
+    assert "- **Insight:** compliance: modified fixed file evaluate.py" in page
+
+
+def test_a_round_page_is_described_by_its_own_round() -> None:
+    from spml.toolkit.loop.narrate import round_note
+
+    assert round_note(ledger(BASE, BETTER, WORSE), 2, "mlp") == (
+        "mlp round 2: Rolled back — val_mse 0.75 (+0.5 vs best 0.25 (round 1); best unchanged)")
+
+
+def test_an_aborted_round_has_a_page_that_says_so() -> None:
+    page = round_markdown(ledger(BASE), 1, "mlp", "no change")
+    assert page.startswith("# Round 1: Aborted")
+    assert round_label(ledger(BASE), 1).name == "Aborted"
