@@ -6,7 +6,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -189,22 +189,10 @@ def add_note(experiment_dir: Path, kind: str, text: str) -> None:
     experiment = locate(experiment_dir, kind)
     control.add_note(experiment, text)
     console.print("note queued for the next round")
-    if warning := note_unread_warning(experiment, kind):
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-
-
-def note_unread_warning(experiment: Any, kind: str) -> str:
-    """Why a note will not steer the search ('' when the researcher reads notes)."""
     from spml.toolkit.loop.kind import kind_named
 
-    try:
-        researcher = kind_named(kind).load_protocol(experiment.protocol_path).researcher
-    except ProtocolError:
-        return ""  # `run` names what is wrong with the protocol
-    if researcher.reads_notes:
-        return ""
-    return (f"the {researcher.kind} researcher does not read notes: the note is kept in the "
-            "ledger's Note column, but cannot steer its search")
+    if warning := control.note_unread_warning(experiment, kind_named(kind).load_protocol):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 def request_stop(experiment_dir: Path, kind: str) -> None:

@@ -241,18 +241,19 @@ def validation_rows(exc: ValidationError, doc: FrontMatter) -> list[str]:
     missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
     # A misspelt field (`max_round`) is one problem, not two: its "did you mean" row stands
     # for the missing field it was meant to be, and comes first.
-    meant = {loc[:-1] + (close,) for e in errors if e["type"] == "extra_forbidden"
-             and (loc := tuple(e["loc"])) and (close := _closest(loc, missing))}
-    errors = sorted((e for e in errors if tuple(e["loc"]) not in meant),
-                    key=lambda e: e["type"] != "extra_forbidden" or not _closest(
-                        tuple(e["loc"]), missing))
+    meant = {loc: close for e in errors if e["type"] == "extra_forbidden"
+             and (close := _closest(loc := tuple(e["loc"]), missing))}
+    covered = {loc[:-1] + (close,) for loc, close in meant.items()}
+    errors = sorted((e for e in errors if tuple(e["loc"]) not in covered),
+                    key=lambda e: tuple(e["loc"]) not in meant)
     rows = []
     for err in errors:
         loc = _document_path(tuple(err["loc"]), doc, err["type"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         line = doc.line_of(loc)
         where = f" (line {line})" if line is not None else ""
-        rows.append(f"  - {dotted}{where}: {_message(err)}{_hint(err, missing)}")
+        rows.append(f"  - {dotted}{where}: {_message(err)}"
+                    f"{_hint(err, meant.get(tuple(err['loc'])))}")
     return rows
 
 
@@ -304,11 +305,10 @@ def _closest(loc: Loc, missing: set[Loc]) -> str | None:
     return close[0] if close else None
 
 
-def _hint(err: dict[str, Any], missing: set[Loc] = frozenset()) -> str:
+def _hint(err: dict[str, Any], meant: str | None = None) -> str:
+    """How to fix it; ``meant``: the field an unknown one most likely misspells."""
     if err["type"] == "extra_forbidden":
-        if close := _closest(tuple(err["loc"]), missing):
-            return f" — did you mean {close!r}?"
-        return " — remove it or check its spelling"
+        return f" — did you mean {meant!r}?" if meant else " — remove it or check its spelling"
     if err["type"] == "union_tag_invalid":
         return ""
     if err["type"] == "missing":

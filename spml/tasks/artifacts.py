@@ -42,11 +42,11 @@ def artifact_key(session: LoopSession, what: str) -> str:
     return session.kind.artifact_key(what, session.experiment.name)
 
 
-def publish_ledger(session: LoopSession, progress_id: UUID | None) -> None:
+def publish_ledger(session: LoopSession, ledger: Experiences | None,
+                   progress_id: UUID | None) -> None:
     """The ledger rows as a table artifact (a new version per call; none before a row exists)
     and the progress bar. Never raises: it runs between rounds."""
     try:
-        ledger = read_ledger(session.experiment)
         if ledger is None or not ledger.rows or not _changed(session, ledger):
             return
         create_table_artifact(key=artifact_key(session, "experiences"), table=ledger_table(ledger),
@@ -160,11 +160,10 @@ def _plot_section(session: LoopSession, ledger: Experiences) -> str:
             f"(also in `{path}`)\n")
 
 
-def publish_review(session: LoopSession, round_no: int) -> None:
+def publish_review(session: LoopSession, ledger: Experiences | None, round_no: int) -> None:
     """ml-iteration: a round's review per dimension, its verdict and rationale, as a table.
     Never raises: it runs between rounds."""
     try:
-        ledger = read_ledger(session.experiment)
         row = next((r for r in reversed(ledger.rows)
                     if r.round == round_no and not r.is_override),
                    None) if ledger is not None else None

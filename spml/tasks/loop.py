@@ -23,6 +23,7 @@ from spml.toolkit.loop import control
 from spml.toolkit.loop.begin import RoundPlan, begin_round
 from spml.toolkit.loop.compliance import Violation, check_round
 from spml.toolkit.loop.kind import kind_named
+from spml.toolkit.loop.ledger import read_ledger
 from spml.toolkit.loop.lifecycle import NextStep, close_loop, next_step, open_loop
 from spml.toolkit.loop.measure import Measurement, measure
 from spml.toolkit.loop.researchers import Proposal
@@ -60,9 +61,10 @@ def between_rounds(experiment_dir: str, kind: str, progress_id: UUID | None,
     review of the round), take in notes / stop / overrides set in the Prefect UI, and decide
     whether another round runs (target, max rounds, stop request)."""
     session = _session(experiment_dir, kind)
-    publish_ledger(session, progress_id)
+    ledger = read_ledger(session.experiment)  # read once for both artifacts
+    publish_ledger(session, ledger, progress_id)
     if after_round is not None and kind != "autoresearch":
-        publish_review(session, after_round)
+        publish_review(session, ledger, after_round)
     pull_ui_controls(experiment_dir, kind)
     return next_step(session)
 

@@ -15,7 +15,6 @@ Each is moved into the experiment's file-based controls (`spml.toolkit.loop.cont
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import httpx
 from prefect import get_run_logger
@@ -56,11 +55,8 @@ def _pull(experiment_dir: str, kind: str) -> None:
             control.add_note(experiment, str(text))
         Variable.unset(note_name)
         get_run_logger().info("note(s) from Prefect variable %s queued: %s", note_name, note)
-        researcher = _researcher(loop_kind, experiment)
-        if researcher is not None and not researcher.reads_notes:
-            get_run_logger().warning(
-                "the %s researcher does not read notes: the note from %s is kept in the "
-                "ledger's Note column, but cannot steer its search", researcher.kind, note_name)
+        if warning := control.note_unread_warning(experiment, loop_kind.load_protocol):
+            get_run_logger().warning("%s (the note from %s)", warning, note_name)
     if Variable.get(stop_name, default=None):
         control.request_stop(experiment, f"stop requested via Prefect variable {stop_name}")
         Variable.unset(stop_name)
@@ -68,14 +64,6 @@ def _pull(experiment_dir: str, kind: str) -> None:
     if override:
         _queue_overrides(experiment, override if isinstance(override, list) else [override])
         Variable.unset(override_name)
-
-
-def _researcher(loop_kind: Any, experiment: Experiment) -> Any:
-    """The protocol's researcher (None while a person's edit leaves the file unreadable)."""
-    try:
-        return loop_kind.load_protocol(experiment.protocol_path).researcher
-    except SpmlError:
-        return None
 
 
 def _queue_overrides(experiment: Experiment, overrides: list[object]) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from spml.errors import ProtocolError
 from spml.toolkit.files import write_atomic
@@ -18,6 +20,23 @@ from spml.toolkit.loop.experiment import Experiment
 
 def _notes_dir(experiment: Experiment) -> Path:
     return experiment.state_dir / "notes"
+
+
+def note_unread_warning(experiment: Experiment, protocol_reader: Callable[[Path], Any]) -> str:
+    """Why a note will not steer the search ('' when the researcher reads notes, or while a
+    person's edit leaves the protocol unreadable: `run` names that problem).
+
+    Args:
+        protocol_reader: The loop kind's `load_protocol`.
+    """
+    try:
+        researcher = protocol_reader(experiment.protocol_path).researcher
+    except ProtocolError:
+        return ""
+    if researcher.reads_notes:
+        return ""
+    return (f"the {researcher.kind} researcher does not read notes: the note is kept in the "
+            "ledger's Note column, but cannot steer its search")
 
 
 def add_note(experiment: Experiment, text: str) -> Path:

@@ -181,7 +181,9 @@ def _conclude(run: _Run, outcome: AttemptOutcome) -> AttemptReport:
     last = outcome.end.last_step
     short = settings.total_steps is not None and (last or 0) < settings.total_steps
     log_file = run.exp_dir / settings.log_file if settings.log_file else None
-    seen = training_seen(log_file, last, bool(listing(run.tracker)))
+    # The writer is dead: the checkpoints listed now are those a restart would choose from.
+    checkpoints = listing(run.tracker)
+    seen = training_seen(log_file, last, bool(checkpoints))
     if outcome.finished and not short and seen:
         _record(context.set_status, "completed", attempts=str(number), last_step=last)
         return AttemptReport(number, True, None, None, last, resumed)
@@ -191,7 +193,7 @@ def _conclude(run: _Run, outcome: AttemptOutcome) -> AttemptReport:
     choice = ResumeChoice(None)
     if diagnosis.kind == "environment":
         choice = _choose(run)
-        state.save_choice(choice, listing(run.tracker))
+        state.save_choice(choice, checkpoints)
     state.append(AttemptRecord(outcome.started_at, outcome.ended_at, outcome.end.started_step,
                                last, diagnosis, choice.checkpoint.step if choice.checkpoint
                                else None))
