@@ -37,6 +37,9 @@ def toy_protocol(plan_path: Path, **overrides: Any) -> dict[str, Any]:
         "researcher": {"kind": "command",
                        "command": f"{sys.executable} {RESEARCHER} {plan_path}",
                        "timeout": 20},
+        # One run per round: these toys test the engine, not the statistics; the noise-aware
+        # default (`significance`) has its own tests (tests/toolkit/loop/test_noise_aware.py).
+        "acceptance": {"mode": "greedy"},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(fields.get(key), dict):
@@ -149,6 +152,7 @@ def attempt_ref(exp: Path, round_no: int, protocol: str = "autoresearch-protocol
 def drive(exp: Path, max_rounds: int | None = None,
           between_rounds: Callable[[int], None] | None = None, kind: str = "autoresearch") -> Any:
     """Run a whole loop with the toolkit alone: the flow's round sequence, without Prefect."""
+    from spml.toolkit.loop.confirm import confirm_result
     from spml.toolkit.loop.experiment import hold_experiment
     from spml.toolkit.loop.kind import kind_named
     from spml.toolkit.loop.lifecycle import close_loop, next_step, open_loop
@@ -163,6 +167,7 @@ def drive(exp: Path, max_rounds: int | None = None,
             run_round(steps, str(exp), step.round_no)
             if between_rounds is not None:
                 between_rounds(step.round_no)
+        confirm_result(LoopSession.load(exp, loop_kind), step.status)
         return close_loop(LoopSession.load(exp, loop_kind), step)
 
 

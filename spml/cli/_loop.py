@@ -93,6 +93,10 @@ def _run_flow(exp_dir: Path, max_rounds: int | None, kind: str, allow_dirty: boo
         console.print(ledger_table(ledger))
     console.print(f"[bold]{summary.status}[/]: {summary.headline()} · {summary.commits} "
                   f"commit(s) in {summary.rounds_done} round(s)", highlight=False)
+    if summary.best_estimate:
+        console.print(f"best, every run pooled: {summary.best_estimate}", highlight=False)
+    if summary.confirmed:
+        console.print(f"confirmed on fresh seeds: {summary.confirmed}", highlight=False)
 
 
 def check_protocol(experiment_dir: Path, kind: str, max_rounds: int | None = None,
@@ -140,6 +144,8 @@ def show_status(experiment_dir: Path, kind: str, plot: bool = False) -> None:
     if ledger is not None:
         console.print(ledger_header(ledger), highlight=False)
         console.print(ledger_table(ledger))
+        if confirmed := _confirmation(experiment_dir, kind, experiment.state_dir):
+            console.print(f"confirmed on fresh seeds: {confirmed}", highlight=False)
     console.print(loop_activity(experiment).describe(), highlight=False)
     for note in control.pending_notes(experiment):
         console.print(f"queued note: {note}", highlight=False)
@@ -149,6 +155,21 @@ def show_status(experiment_dir: Path, kind: str, plot: bool = False) -> None:
         console.print(f"stop requested: {reason}", highlight=False)
     if plot:
         _write_plot(experiment.ledger_path.parent, ledger)
+
+
+def _confirmation(experiment_dir: Path, kind: str, state_dir: Path) -> str:
+    """The end-of-loop confirmation of the best on the branch now, if one was measured."""
+    if not (state_dir / "confirm").is_dir():
+        return ""
+    from spml.errors import SpmlError
+    from spml.toolkit.loop.confirm import read_confirmation
+    from spml.toolkit.loop.kind import kind_named
+    from spml.toolkit.loop.session import LoopSession
+
+    try:
+        return read_confirmation(LoopSession.load(experiment_dir, kind_named(kind)))
+    except (SpmlError, OSError, ValueError):  # status shows what it can, never fails on this
+        return ""
 
 
 def _write_plot(directory: Path, ledger: Experiences | None) -> None:

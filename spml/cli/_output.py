@@ -313,8 +313,7 @@ def _shorten(text: str, width: int) -> str:
 
 def ledger_header(ledger: Experiences) -> str:
     """The ledger's three header lines in one."""
-    best = ledger.best
-    best_text = f"{best.result:.6g} (R{best.round})" if best and best.result is not None else "—"
+    best_text = ledger.best_text if ledger.best_value is not None else "—"
     return (f"best {ledger.metric} = {best_text} · rounds {ledger.rounds_done}/"
             f"{ledger.max_rounds} · status {ledger.status}")
 

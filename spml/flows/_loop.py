@@ -12,7 +12,13 @@ from prefect.states import Completed, State
 from spml.flows._interrupt import guarding, loop_recorder
 from spml.tasks.artifacts import publish_summary, start_progress
 from spml.tasks.flow_run import claim_flow_run
-from spml.tasks.loop import between_rounds, close_experiment, open_experiment
+from spml.tasks.loop import (
+    between_rounds,
+    close_experiment,
+    confirm_best,
+    needs_confirmation,
+    open_experiment,
+)
 from spml.toolkit.loop.experiment import Experiment, hold_experiment
 from spml.toolkit.loop.kind import kind_named
 from spml.toolkit.loop.ledger import read_ledger
@@ -38,6 +44,8 @@ def run_loop(kind: str, experiment_dir: str, max_rounds: int | None,
             with tags(*run.tags):  # the round's run carries them (its tasks do not: `untagged`)
                 round_flow(experiment_dir, step.round_no)
             step = between_rounds(experiment_dir, kind, progress, step.round_no)
+        if needs_confirmation(experiment_dir, kind, step):
+            confirm_best(experiment_dir, step, kind)
         summary = close_experiment(experiment_dir, step, kind)
         publish_summary(experiment_dir, summary, kind)
     logger.info("%s — %s", summary.status, summary.headline())

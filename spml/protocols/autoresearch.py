@@ -82,16 +82,63 @@ class EvalSpec(_Section):
     )
 
 
-class AcceptanceSpec(_Section):
-    """When a round counts as an improvement."""
+SIGNIFICANCE_REPEATS = 5   # most runs per candidate by default
+MIN_INCUMBENT_RUNS = 3     # a noise estimate needs the incumbent measured more than once
 
+
+class AcceptanceSpec(_Section):
+    """When a round counts as an improvement (the README's "What counts as progress").
+
+    ``significance`` (the default) keeps a change only when its gain over the incumbent is
+    larger than the measured run-to-run noise at ``confidence`` and larger than ``min_delta``;
+    ``greedy`` keeps any mean over ``repeats`` runs that beats the best by more than
+    ``min_delta`` (one run by default: a lucky draw counts as progress).
+    """
+
+    mode: Literal["significance", "greedy"] = Field(
+        default="significance", description="significance: keep only gains beyond the measured "
+        "noise (the default); greedy: keep any mean that beats the best by more than min_delta."
+    )
     min_delta: float = Field(
-        default=0.0, ge=0, description="Improvement must beat the best by more than this."
+        default=0.0, ge=0, allow_inf_nan=False,
+        description="Improvement must beat the best by more than this."
     )
-    repeats: int = Field(
-        default=1, ge=1, le=20, description="Train+eval runs per round (seeds 0..n-1 via "
-        "SPML_SEED); their mean decides."
+    repeats: int | None = Field(
+        default=None, ge=1, le=20, description="significance: the most train+eval runs a "
+        f"candidate gets (default {SIGNIFICANCE_REPEATS}; the incumbent is measured this many "
+        f"times, at least {MIN_INCUMBENT_RUNS}); greedy: runs per round (default 1). Seeds "
+        "0..n-1 via SPML_SEED."
     )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, allow_inf_nan=False,
+        description="significance: one-sided confidence that a kept change is better."
+    )
+    confirm: int | None = Field(
+        default=None, ge=0, le=20, description="Runs of the final best and of the baseline, on "
+        "fresh seeds, when the loop ends (default: repeats in significance mode, 0 in greedy)."
+    )
+
+    @property
+    def greedy(self) -> bool:
+        """Today's rule: one mean against the best, no noise estimate."""
+        return self.mode == "greedy"
+
+    @property
+    def runs(self) -> int:
+        """The most train+eval runs of one candidate."""
+        return self.repeats or (1 if self.greedy else SIGNIFICANCE_REPEATS)
+
+    @property
+    def incumbent_runs(self) -> int:
+        """Runs of the baseline and of each kept version (topped up before it is compared)."""
+        return self.runs if self.greedy else max(self.runs, MIN_INCUMBENT_RUNS)
+
+    @property
+    def confirm_runs(self) -> int:
+        """Fresh-seed runs per side when the loop ends (0: no confirmation)."""
+        if self.confirm is not None:
+            return self.confirm
+        return 0 if self.greedy else self.runs
 
 
 class AutoresearchProtocol(_Section):
@@ -106,7 +153,8 @@ class AutoresearchProtocol(_Section):
     )
     baseline: float | None = Field(
         default=None, allow_inf_nan=False,
-        description="Known baseline metric; null = measured as round 0."
+        description="Known baseline metric, checked against round 0's measurement (a "
+        "mismatch beyond noise is noted); null = none."
     )
     train_command: str = Field(min_length=1, description="Training command, run verbatim.")
     fixed: FixedSpec
@@ -153,7 +201,9 @@ class AutoresearchProtocol(_Section):
 TRAIN_GRACE_S = 30.0
 
 # Changing these mid-run would make the metric incomparable with the recorded best.
-LOCKED_FIELDS: tuple[str, ...] = ("train_command", "fixed", "eval", "baseline", "researcher.kind")
+# `acceptance` too: a best recorded under one rule is no yardstick for another.
+LOCKED_FIELDS: tuple[str, ...] = ("train_command", "fixed", "eval", "baseline", "researcher.kind",
+                                  "acceptance")
 
 
 def load_protocol(path: Path) -> AutoresearchProtocol:

@@ -4,7 +4,7 @@ Layout::
 
     # Experiences
 
-    best: val_mse = 0.0123 (R3)
+    best: val_mse = 0.0123 ± 0.0004 (n=5, R3)
     rounds: 3 / 8
     status: running
 
@@ -16,7 +16,10 @@ Round 0 is the baseline. Verdict is `committed` or `rolled_back` (ml-iteration a
 `committed_with_note`, and rows appended by a person's override: `override: commit|rollback`;
 rows are never rewritten). Compliance is `pass`, `fail` or `n/a` (not checked because the
 researcher failed first); the Insight names the cause. A `direction:` header line records the
-metric's direction and ml-iteration adds `best_commit:`. Each loop kind has its own columns
+metric's direction and ml-iteration adds `best_commit:`. The `best:` line of Auto Research's
+default acceptance is the incumbent's pooled estimate (the mean of every run of the kept code,
+its spread and count: `Estimate`), not the luckiest single draw; without one it is the newest
+kept row's Result. Each loop kind has its own columns
 (`ITERATION_COLUMNS`); the parser reads them from the table's header line.
 """
 
@@ -46,7 +49,8 @@ _FIELD_OF = {"Round": "round", "Compliance": "compliance", "Verdict": "verdict",
 _HEADER_DIRECTION = re.compile(r"^direction:\s*(maximize|minimize)\s*$")
 _HEADER_BEST_COMMIT = re.compile(r"^best_commit:\s*(\S+)")
 NO_VALUE = "—"
-_HEADER_BEST = re.compile(r"^best:\s*(?P<metric>\S+)\s*=\s*(?P<value>\S+)\s*\((?P<round>[^)]*)\)")
+_HEADER_BEST = re.compile(r"^best:\s*(?P<metric>\S+)\s*=\s*(?P<value>\S+)(?:\s*±\s*(?P<sd>\S+))?"
+                          r"\s*\((?:n=(?P<n>\d+),\s*)?R?(?P<round>[^)]*)\)")
 _HEADER_ROUNDS = re.compile(r"^rounds:\s*(\d+)\s*/\s*(\d+)")
 _HEADER_STATUS = re.compile(r"^status:\s*(\S+)")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan", re.IGNORECASE)
@@ -83,6 +87,22 @@ class ExperienceRow(BaseModel):
         return [values[c] if c in values else self.extra.get(c, "") for c in columns]
 
 
+class Estimate(BaseModel):
+    """The incumbent's pooled value: mean of its runs, their spread, count, and its round."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mean: float
+    sd: float | None = None
+    n: int = Field(ge=1)
+    round: int
+
+    def render(self) -> str:
+        """`0.0123 ± 0.0004 (n=5, R3)`."""
+        spread = f" ± {self.sd:.2g}" if self.sd is not None else ""
+        return f"{format_value(self.mean)}{spread} (n={self.n}, R{self.round})"
+
+
 class Experiences(BaseModel):
     """The whole ledger: header fields plus every round's row."""
 
@@ -93,6 +113,24 @@ class Experiences(BaseModel):
     direction: Direction | None = None
     best_commit: str | None = None
     columns: tuple[str, ...] = COLUMNS
+    incumbent: Estimate | None = None  # the kept code's pooled runs (see the module docstring)
+
+    @property
+    def best_value(self) -> float | None:
+        """The best's value: the incumbent's pooled mean when known, else the best row's."""
+        if self.incumbent is not None:
+            return self.incumbent.mean
+        best = self.best
+        return best.result if best is not None else None
+
+    @property
+    def best_text(self) -> str:
+        """`0.0123 ± 0.0004 (n=5, R3)`, `0.0123 (R3)` or `— (none)`."""
+        if self.incumbent is not None:
+            return self.incumbent.render()
+        best = self.best
+        return (f"{format_value(best.result)} (R{best.round})"
+                if best is not None and best.result is not None else f"{NO_VALUE} (none)")
 
     @property
     def rounds_done(self) -> int:
@@ -149,10 +187,7 @@ class Experiences(BaseModel):
 
     def render(self) -> str:
         """The markdown text of the ledger."""
-        best = self.best
-        best_text = (f"{format_value(best.result)} (R{best.round})"
-                     if best is not None and best.result is not None else f"{NO_VALUE} (none)")
-        lines = ["# Experiences", "", f"best: {self.metric} = {best_text}"]
+        lines = ["# Experiences", "", f"best: {self.metric} = {self.best_text}"]
         if self.direction is not None:
             lines.append(f"direction: {self.direction}")
         if self.best_commit is not None:
@@ -227,6 +262,7 @@ _REQUIRED_COLUMNS = ("Round", "Verdict", "Strategy", "Insight")
 def _parse_header_line(line: str, number: int, source: str, header: dict[str, Any]) -> None:
     if match := _HEADER_BEST.match(line):
         header["metric"] = match.group("metric")
+        header["incumbent"] = _estimate(match)
     elif match := _HEADER_DIRECTION.match(line):
         header["direction"] = match.group(1)
     elif match := _HEADER_BEST_COMMIT.match(line):
@@ -238,6 +274,18 @@ def _parse_header_line(line: str, number: int, source: str, header: dict[str, An
             raise ProtocolError(f"{source} line {number}: status must be one of "
                                 f"{', '.join(get_args(Status))}, got {match.group(1)!r}.")
         header["status"] = match.group(1)
+
+
+def _estimate(match: re.Match[str]) -> Estimate | None:
+    """The pooled estimate of a `best:` line written with ``(n=..., R..)``, else None."""
+    if match.group("n") is None:
+        return None
+    try:
+        sd = float(match.group("sd")) if match.group("sd") else None
+        return Estimate(mean=float(match.group("value")), sd=sd, n=int(match.group("n")),
+                        round=int(match.group("round")))
+    except ValueError:  # a hand-edited line: the rows still give the best
+        return None
 
 
 def _parse_row(line: str, number: int, source: str,

@@ -39,7 +39,7 @@ PROTOCOL_FILENAME = "iteration-protocol.md"
 # Changing these mid-run would make rounds incomparable with the recorded best. The review
 # criteria, max_rounds and the focus hint may change ("also watch X", "increase max_rounds").
 LOCKED_FIELDS: tuple[str, ...] = (
-    "train_command", "fixed", "eval", "researcher.kind", "acceptance.repeats")
+    "train_command", "fixed", "eval", "researcher.kind", "acceptance")
 
 
 class _Section(BaseModel):
@@ -68,6 +68,16 @@ class IterationAcceptance(_Section):
         "this fraction of the best value is noise, neither improved nor regressed "
         "(null = the documented defaults)."
     )
+
+    @property
+    def runs(self) -> int:
+        """Train+eval runs of each round (the loop engine asks every kind this)."""
+        return self.repeats
+
+    @property
+    def incumbent_runs(self) -> int:
+        """Runs of the baseline and of a re-measured HEAD."""
+        return self.repeats
 
 
 class IterationProtocol(_Section):

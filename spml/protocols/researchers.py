@@ -103,11 +103,14 @@ class OptunaResearcherSpec(_Spec):
     params_file: str = Field(
         pattern=r"\.(ya?ml|json)$", description="YAML or JSON file inside variable.files."
     )
-    sampler: Literal["tpe", "random", "cmaes"] = "tpe"
+    sampler: Literal["auto", "tpe", "gp", "random", "cmaes"] = Field(
+        default="auto", description="auto (the default): gp when every parameter is a float or "
+        "int and there are at most 8 of them, tpe otherwise. Name one to override."
+    )
     seed: int | None = Field(default=None, description="Sampler seed (reproducible search).")
     startup_trials: int | None = Field(
-        default=None, ge=1, description="tpe/cmaes: random trials (baseline included) before "
-        "the model-based search starts (Optuna's default: 10 for tpe, 1 for cmaes)."
+        default=None, ge=1, description="tpe/gp/cmaes: random trials (baseline included) before "
+        "the model-based search starts (default: 5 for gp, Optuna's 10 for tpe, 1 for cmaes)."
     )
     space: dict[str, ParamSpec] = Field(min_length=1, description="One entry per parameter.")
     timeout: PositiveDuration | None = Field(

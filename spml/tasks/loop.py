@@ -22,10 +22,11 @@ from spml.tasks.ui_controls import pull_ui_controls
 from spml.toolkit.loop import control
 from spml.toolkit.loop.begin import RoundPlan, begin_round
 from spml.toolkit.loop.compliance import Violation, check_round
+from spml.toolkit.loop.confirm import confirm_result, read_confirmation, wants_confirmation
 from spml.toolkit.loop.kind import kind_named
 from spml.toolkit.loop.ledger import read_ledger
 from spml.toolkit.loop.lifecycle import NextStep, close_loop, next_step, open_loop
-from spml.toolkit.loop.measure import Measurement, measure
+from spml.toolkit.loop.measure import Measurement, measure, top_up_incumbent
 from spml.toolkit.loop.researchers import Proposal
 from spml.toolkit.loop.researchers.dispatch import run_researcher
 from spml.toolkit.loop.round import Checked
@@ -78,6 +79,17 @@ def start_round(experiment_dir: str, round_no: int, kind: str) -> RoundPlan:
     _, plan = begin_round(_session(experiment_dir, kind), round_no)
     for note in plan.notes:
         get_run_logger().info("R%d brief carries a note from a person: %s", round_no, note)
+    return plan
+
+
+@task(name="S0-top-up-incumbent", task_run_name="R{plan.round_no} S0: more runs of the incumbent",
+      cache_policy=NO_CACHE, retries=0, persist_result=False)
+def top_up(experiment_dir: str, plan: RoundPlan, kind: str) -> RoundPlan:
+    """Run HEAD's code on more seeds before the researcher starts: a candidate is compared with
+    the incumbent's pooled runs, never with one draw."""
+    plan = top_up_incumbent(_session(experiment_dir, kind), plan)
+    get_run_logger().info("R%d ran the incumbent on seed(s) %s", plan.round_no,
+                          ", ".join(map(str, plan.top_up)))
     return plan
 
 
@@ -141,11 +153,27 @@ def abort(experiment_dir: str, plan: RoundPlan, reason: str, kind: str) -> None:
     publish_round(session, plan, None)  # its page says so
 
 
+def needs_confirmation(experiment_dir: str, kind: str, step: NextStep) -> bool:
+    """Whether `confirm_best` has work (checked here: no task run for nothing)."""
+    return step.kind == "end" and wants_confirmation(_session(experiment_dir, kind), step.status)
+
+
+@task(name="confirm-best", task_run_name="confirm the best on fresh seeds", cache_policy=NO_CACHE,
+      retries=0)
+def confirm_best(experiment_dir: str, step: NextStep, kind: str) -> str:
+    """Auto Research's default: the final best and the baseline, re-measured on fresh seeds."""
+    text = confirm_result(_session(experiment_dir, kind), step.status)
+    if text:
+        get_run_logger().info("confirmed on fresh seeds: %s", text)
+    return text
+
+
 @task(name="close-loop", cache_policy=NO_CACHE, retries=1)
 def close_experiment(experiment_dir: str, step: NextStep, kind: str) -> LoopSummary:
     """Write the final status and summarize the loop."""
-    ledger = close_loop(_session(experiment_dir, kind), step)
-    return summarize(ledger, step.reason)
+    session = _session(experiment_dir, kind)
+    ledger = close_loop(session, step)
+    return summarize(ledger, step.reason, confirmed=read_confirmation(session))
 
 
 @dataclass(frozen=True)
@@ -157,6 +185,10 @@ class TaskSteps:
     def begin(self, experiment_dir: str, round_no: int) -> RoundPlan:
         """S0."""
         return start_round(experiment_dir, round_no, self.kind)
+
+    def top_up(self, experiment_dir: str, plan: RoundPlan) -> RoundPlan:
+        """S0: more runs of the incumbent."""
+        return top_up(experiment_dir, plan, self.kind)
 
     def research(self, experiment_dir: str, plan: RoundPlan) -> Proposal:
         """S1."""

@@ -92,14 +92,22 @@ def test_demo_improves_on_its_baseline(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), COLUMNS="160")
     spml = Path(sys.executable).with_name("spml")
-    done = subprocess.run([str(spml), "demo", str(tmp_path / "demo"), "--rounds", "4"],
+    # 3 rounds: the default acceptance runs each version up to 3 times, and round 3 is the
+    # first to beat the baseline beyond that noise (then the best and the baseline are
+    # re-measured on fresh seeds).
+    done = subprocess.run([str(spml), "demo", str(tmp_path / "demo"), "--rounds", "3"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     from spml.protocols.experiences import parse_experiences
 
     ledger = parse_experiences((tmp_path / "demo" / "experiences.md").read_text())
-    assert [r.round for r in ledger.rows] == [0, 1, 2, 3, 4]
+    assert [r.round for r in ledger.rows] == [0, 1, 2, 3]
     assert ledger.status == "completed"
     assert ledger.best is not None
     assert ledger.best.result < ledger.rows[0].result
-    assert "completed: val_mse: baseline" in done.stdout
+    assert ledger.incumbent is not None
+    assert ledger.incumbent.n >= 2
+    out = " ".join(done.stdout.split())
+    assert "completed: val_mse: baseline" in out
+    assert "confirmed on fresh seeds: best " in out
+    assert out.count(", confirmed") == 1

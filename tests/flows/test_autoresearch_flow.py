@@ -83,3 +83,30 @@ def test_notes_and_stop_from_prefect_variables(unique_experiment) -> None:
     rows = parse_experiences((exp / "experiences.md").read_text()).rows
     assert [r.round for r in rows] == [0, 1]
     assert rows[1].note == "from the UI; second note; third"
+
+
+def test_the_default_acceptance_tops_up_and_confirms_as_prefect_tasks(tmp_path,
+                                                                       run_artifact) -> None:
+    from fixtures.canary.project import make_canary
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    exp = make_canary(tmp_path / f"canary-{tmp_path.name}", {1: 5}, max_rounds=2)
+    state = autoresearch_flow(str(exp), return_state=True)
+    assert state.is_completed()
+    summary = state.result()
+    assert summary.commits == 1
+    assert summary.best_estimate.startswith(f"{summary.best:.6g} ± ")
+    assert "(n=5, R1)" in summary.best_estimate  # round 1's 2 runs + 3 top-ups in round 2
+    assert summary.confirmed.endswith(", confirmed")
+
+    run_id = state.state_details.flow_run_id
+    name = Experiment.locate(exp, PROTOCOL_FILENAME).name
+    page = run_artifact(run_id, f"autoresearch-summary-{name}").data
+    assert f"**Confirmed on fresh seeds:** {summary.confirmed}" in page
+    with get_client(sync_client=True) as client:
+        rounds = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
+        names = {t.name for t in client.read_task_runs(task_run_filter=TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in rounds] + [run_id])))}
+    assert "R2 S0: more runs of the incumbent" in names
+    assert "confirm the best on fresh seeds" in names

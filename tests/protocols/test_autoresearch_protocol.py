@@ -123,7 +123,10 @@ def test_valid_protocol_loads_with_defaults(tmp_path: Path) -> None:
     assert isinstance(protocol.researcher, CommandResearcherSpec)
     assert protocol.experiences_window == 5
     assert protocol.acceptance.min_delta == 0.0
-    assert protocol.acceptance.repeats == 1
+    # The safe default: gains must clear the measured noise; up to 5 runs a candidate.
+    assert (protocol.acceptance.mode, protocol.acceptance.repeats) == ("significance", None)
+    assert (protocol.acceptance.runs, protocol.acceptance.incumbent_runs,
+            protocol.acceptance.confirm_runs, protocol.acceptance.confidence) == (5, 5, 5, 0.95)
     assert protocol.schema_version == 1
     # Timeouts default from the training budget.
     assert protocol.train_timeout_s == 330.0

@@ -7,7 +7,7 @@ Prefect tasks in `spml.tasks` stay one-line wrappers and the engine is tested wi
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from spml.toolkit.files import write_atomic
@@ -17,9 +17,9 @@ from spml.toolkit.loop.brief import BriefInputs
 from spml.toolkit.loop.faults import crash_point
 from spml.toolkit.loop.handedits import load_ledger, reconcile_ledger
 from spml.toolkit.loop.identity import IDENTITY_FILENAME
-from spml.toolkit.loop.incumbent import find_incumbent
-from spml.toolkit.loop.ledger import Journal, ledger_copy_path, read_ledger, write_journal
-from spml.toolkit.loop.measurement import MEASUREMENT_FILENAME
+from spml.toolkit.loop.incumbent import find_incumbent, measured_runs, top_up_seeds
+from spml.toolkit.loop.ledger import Journal, ledger_copy_path, write_journal
+from spml.toolkit.loop.measurement import INCUMBENT_FILENAME, MEASUREMENT_FILENAME
 from spml.toolkit.loop.overrides import apply_overrides, pending_overrides
 from spml.toolkit.loop.session import LoopSession, reload_protocol
 
@@ -43,6 +43,9 @@ class RoundPlan:
     # HEAD holds code nobody measured (an override's revert, lost state, a hand-made commit):
     # this round measures HEAD instead of asking the researcher, so the next one is judged.
     remeasure: bool = False
+    # Seeds HEAD's code runs on before the researcher starts, so that the candidate is compared
+    # with enough runs of the incumbent (see `spml.toolkit.loop.measure.top_up_incumbent`).
+    top_up: tuple[int, ...] = ()
 
     @property
     def measures_head(self) -> bool:
@@ -75,13 +78,16 @@ def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, Round
     snapshot = workspace.snapshot()
     # On disk too: after a crash, recovery restores hooks, config and watched refs from it.
     write_atomic(round_dir / SNAPSHOT_FILENAME, snapshot.to_json())
-    remeasure = round_no > 0 and find_incumbent(session) is None
+    runs = measured_runs(session.experiment, round_no) if round_no > 0 else []
+    incumbent = find_incumbent(session, runs) if round_no > 0 else None
+    remeasure = round_no > 0 and incumbent is None
     if remeasure:
         log.warning("round %d re-measures HEAD %s: no measurement of its code", round_no,
                     base[:7])
     plan = RoundPlan(round_no, base, snapshot, tuple(notes),
                      _read_all(supervisor_files(session, plan_round=round_no)),
-                     tuple(o.id for o in pending_overrides(session.experiment)), remeasure)
+                     tuple(o.id for o in pending_overrides(session.experiment)), remeasure,
+                     top_up_seeds(session, incumbent, runs))
     if not plan.measures_head:
         write_atomic(round_dir / "brief.md", _brief(session, plan))
     return session, plan
@@ -99,13 +105,21 @@ def supervisor_files(session: LoopSession, plan_round: int) -> list[Path]:
     and of the ledger are judged apart: see `handedits`)."""
     experiment = session.experiment
     state = experiment.state_dir
-    ledger = read_ledger(experiment)
-    # Kept rounds' measurements decide what the incumbent is: nobody else may rewrite them.
-    measured = [experiment.round_dir(n) / MEASUREMENT_FILENAME
-                for n in (ledger.kept_rounds() if ledger is not None else [])]
+    # Every round's measurements decide what the incumbent and the noise are: nobody else may
+    # rewrite them.
+    measured = [experiment.round_dir(n) / name for n in range(plan_round)
+                for name in (MEASUREMENT_FILENAME, INCUMBENT_FILENAME)]
+    measured.append(experiment.round_dir(plan_round) / INCUMBENT_FILENAME)
+    # And the end-of-loop confirmation of a loop that is resumed with more rounds.
+    measured += [state / "confirm" / f"{side}.json" for side in ("best", "baseline")]
     return [ledger_copy_path(experiment), state / "round.json", state / "session.json",
             state / IDENTITY_FILENAME, experiment.round_dir(plan_round) / SNAPSHOT_FILENAME,
             experiment.protocol_path, *measured]
+
+
+def protect_supervisor_files(session: LoopSession, plan: RoundPlan) -> RoundPlan:
+    """``plan`` with the supervisor's files read again (after the incumbent's top-up wrote)."""
+    return replace(plan, supervisor_files=_read_all(supervisor_files(session, plan.round_no)))
 
 
 def _read_all(paths: list[Path]) -> dict[str, bytes | None]:

@@ -56,7 +56,9 @@ def _best_line(inputs: BriefInputs) -> str:
     stale = inputs.ledger.rounds_since_improvement()
     plateau = f" No improvement in the last {stale} rounds: try something different." \
         if stale >= 3 else ""
-    return f"**Current best:** {format_value(best.result)} (round {best.round}).{plateau}"
+    shown = inputs.ledger.incumbent.render() if inputs.ledger.incumbent else \
+        f"{format_value(best.result)} (round {best.round})"
+    return f"**Current best:** {shown}.{plateau}"
 
 
 def _rules(p: AutoresearchProtocol) -> str:
@@ -71,7 +73,13 @@ def _rules(p: AutoresearchProtocol) -> str:
     ]
     if p.variable.range:
         rules.insert(1, f"What may be varied: {p.variable.range}")
-    if p.acceptance.min_delta > 0:
+    if not p.acceptance.greedy:
+        margin = f" and by more than {p.acceptance.min_delta:g}" if p.acceptance.min_delta \
+            else ""
+        rules.append("A change is kept only if it beats the best beyond the run-to-run noise "
+                     f"measured across seeds{margin} (up to {p.acceptance.runs} runs decide): "
+                     "a tweak within the noise is rolled back as inconclusive.")
+    elif p.acceptance.min_delta > 0:
         rules.append(f"A change is kept only if it beats the best by more than "
                      f"{p.acceptance.min_delta:g}.")
     return "\n".join(f"- {r}" for r in rules)

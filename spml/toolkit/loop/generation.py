@@ -32,7 +32,7 @@ GENERATIONS_DIRNAME = "generations"
 # study too: its trials carry the old rounds' numbers and values measured against the old
 # ledger's baseline, and a new ledger's round 0 seeds a fresh study with its own baseline.
 _OWNED = ("rounds", NOTES_FILENAME, SAVED_DIRNAME, "overrides/inbox", "overrides/held",
-          OPTUNA_STUDY_FILENAME)
+          OPTUNA_STUDY_FILENAME, "confirm")
 
 
 def new_ledger_pending(experiment: Experiment) -> bool:

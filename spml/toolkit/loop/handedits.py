@@ -98,6 +98,8 @@ def fact_change(kept: bytes, edited: bytes) -> str | None:
         return f"it no longer parses: {str(exc).splitlines()[0]}"
     if (mine.metric, mine.direction) != (theirs.metric, theirs.direction):
         return "the metric or direction changed"
+    if mine.incumbent != theirs.incumbent:  # the pooled best is measured, not written
+        return "the best: line's measured value changed"
     if len(mine.rows) != len(theirs.rows):
         return "rows were added or removed"
     for old, new in zip(mine.rows, theirs.rows, strict=True):

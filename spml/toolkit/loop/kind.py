@@ -17,7 +17,8 @@ from spml.errors import ProtocolError
 from spml.protocols import autoresearch, iteration
 from spml.protocols.experiences import COLUMNS, ITERATION_COLUMNS
 from spml.toolkit.loop.brief import BriefInputs, render_brief, render_iteration_brief
-from spml.toolkit.loop.policies import MinDeltaPolicy, Policy
+from spml.toolkit.loop.evidence import Noise
+from spml.toolkit.loop.policies import MinDeltaPolicy, Policy, SignificancePolicy, acceptance_rule
 from spml.toolkit.loop.review import DIMENSION_COLUMNS, ReviewPolicy
 
 
@@ -34,7 +35,7 @@ class LoopKind:
     locked_changes: Callable[[Any, Any], list[str]]
     columns: Callable[[Any], tuple[str, ...]]    # the ledger's columns for a protocol
     render_brief: Callable[[BriefInputs], str]
-    make_policy: Callable[[Any], Policy]
+    make_policy: Callable[[Any, Noise], Policy]   # (protocol, the noise measured so far)
     commit_prefix: str
     artifact_prefix: str
     cli_group: str                              # `spml <cli_group> run|status|stop ...`
@@ -48,12 +49,15 @@ class LoopKind:
         return key.replace(".", "-").replace("_", "-")
 
 
-def _autoresearch_policy(p: autoresearch.AutoresearchProtocol) -> Policy:
-    return MinDeltaPolicy(p.eval.direction, p.acceptance.min_delta, metric=p.eval.metric,
-                          target=p.target)
+def _autoresearch_policy(p: autoresearch.AutoresearchProtocol, noise: Noise) -> Policy:
+    if p.acceptance.greedy:
+        return MinDeltaPolicy(p.eval.direction, p.acceptance.min_delta, metric=p.eval.metric,
+                              target=p.target)
+    return SignificancePolicy(acceptance_rule(p), noise, metric=p.eval.metric, target=p.target)
 
 
-def _iteration_policy(p: iteration.IterationProtocol) -> Policy:
+def _iteration_policy(p: iteration.IterationProtocol, _noise: Noise) -> Policy:
+    # ml-iteration's margins come from each criterion's own runs (see `review`).
     return ReviewPolicy(p.review_criteria, p.acceptance.noise)
 
 

@@ -7,15 +7,15 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from spml.errors import ProtocolError
-from spml.protocols.experiences import ExperienceRow, Experiences, Status
+from spml.protocols.experiences import Experiences, Status
 from spml.toolkit.git.workspace import Workspace, ensure_excluded
 from spml.toolkit.loop import control, generation
+from spml.toolkit.loop.evidence import Noise
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.handedits import load_ledger
 from spml.toolkit.loop.incumbent import find_incumbent
 from spml.toolkit.loop.kind import AUTORESEARCH, LoopKind, merge_columns, refuse_other_kinds
 from spml.toolkit.loop.ledger import adopt_ledger, read_ledger, write_ledger
-from spml.toolkit.loop.measurement import Measurement, SeedRecord, save_measurement
 from spml.toolkit.loop.policies import target_reached
 from spml.toolkit.loop.record import generation_lines
 from spml.toolkit.loop.recovery import recover_unfinished_round
@@ -149,13 +149,10 @@ def _open_ledger(session: LoopSession) -> None:
     metric = p.metric or "criteria"
     ledger = read_ledger(session.experiment)
     if ledger is None:
+        # A baseline given in the protocol is still measured as round 0 (and checked against
+        # it there): a number nobody measured is no yardstick.
         ledger = Experiences(metric=metric, max_rounds=session.max_rounds,
                              direction=p.direction, columns=session.kind.columns(p))
-        if getattr(p, "baseline", None) is not None:
-            _given_baseline(session, p.baseline)
-            ledger = ledger.with_row(ExperienceRow(
-                round=0, compliance="pass", result=p.baseline, verdict="committed",
-                strategy="baseline", insight="baseline given in the protocol (not measured)"))
     elif ("Result" in ledger.columns) != (session.kind is AUTORESEARCH):
         raise ProtocolError("experiences.md is the ledger of another loop kind (its columns: "
                             f"{', '.join(ledger.columns)}). Use a new experiment directory.")
@@ -172,14 +169,6 @@ def _open_ledger(session: LoopSession) -> None:
         "columns": merge_columns(ledger.columns, session.kind.columns(p))}))
 
 
-def _given_baseline(session: LoopSession, value: float) -> None:
-    """Round 0 of a baseline given in the protocol: a record of where the number came from."""
-    save_measurement(session.experiment.round_dir(0), Measurement(
-        round=0, tree=session.workspace.head_tree(), primary=session.protocol.metric,
-        seeds=(SeedRecord(seed=0, metrics={session.protocol.metric: value}),),
-        source="protocol"))
-
-
 def next_step(session: LoopSession) -> NextStep:
     """Decide whether to run another round, and which, or how the loop ends."""
     ledger = load_ledger(session.experiment)
@@ -190,7 +179,7 @@ def next_step(session: LoopSession) -> NextStep:
     best = ledger.best
     p = session.protocol
     if session.kind is AUTORESEARCH:
-        if best is not None and target_reached(best.result, p.target, p.eval.direction):
+        if best is not None and target_reached(ledger.best_value, p.target, p.eval.direction):
             return NextStep("end", status="target_reached",
                             reason=f"target {p.target:g} reached in round {best.round}")
     elif _all_criteria_pass(session):
@@ -206,7 +195,7 @@ def _all_criteria_pass(session: LoopSession) -> bool:
     incumbent = find_incumbent(session)
     if incumbent is None:
         return False
-    decision = session.kind.make_policy(session.protocol).judge(incumbent, None)
+    decision = session.kind.make_policy(session.protocol, Noise(0.0, 0)).judge(incumbent, None)
     return decision.stop
 
 

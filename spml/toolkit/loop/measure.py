@@ -1,27 +1,45 @@
 """S3 train and S4 evaluate: the fixed commands, run with hard limits, metrics from stdout only.
 
-With `acceptance.repeats > 1` train+eval run that many times with seeds 0..n-1 (`SPML_SEED`).
-Every training run starts from the tracked files alone: ignored files (outputs, `__pycache__`)
-left by the researcher or an earlier run are removed first, so a stale checkpoint can never be
-evaluated in place of a fresh one. Each seed's record (every metric the eval printed, train wall
-time, time to the first step line, the training-output scan, custom checks) is written to
-`rounds/NNNN/measurement.json` with the git tree that was measured.
+Each run gets a seed (`SPML_SEED`). Every training run starts from the tracked files alone:
+ignored files (outputs, `__pycache__`) left by the researcher or an earlier run are removed
+first, so a stale checkpoint can never be evaluated in place of a fresh one. Each run's record
+(every metric the eval printed, train wall time, time to the first step line, the
+training-output scan, custom checks) is written to `rounds/NNNN/measurement.json` with the git
+tree that was measured, after every run (a killed supervisor loses only the run in flight).
+
+How many runs: ml-iteration and Auto Research's `acceptance.mode: greedy` run ``repeats`` seeds
+(0..n-1). Auto Research's default (`significance`) measures a candidate run by run and stops as
+soon as the evidence decides (`spml.toolkit.loop.evidence.compare` against the incumbent, the
+pooled runs of HEAD's code): better, clearly not better, or the most runs reached.
+`top_up_incumbent` runs HEAD's code at the start of a round until it has
+``acceptance.incumbent_runs`` runs (`rounds/NNNN/incumbent.json`), so a candidate is never
+compared with a single draw of the best. Runs on a version's other trees (the final
+confirmation) go through `run_seeds` in a scratch worktree.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from spml.errors import MetricNotFound
-from spml.toolkit.loop.begin import RoundPlan
+from spml.toolkit.git.workspace import Workspace
+from spml.toolkit.loop.acceptance import judge_runs
+from spml.toolkit.loop.begin import RoundPlan, protect_supervisor_files
 from spml.toolkit.loop.compliance import check_round, verify_fixed_files
 from spml.toolkit.loop.faults import crash_point
+from spml.toolkit.loop.incumbent import NO_CHANGE, find_incumbent, measured_runs, pool_tree
 from spml.toolkit.loop.measurement import (
+    INCUMBENT_FILENAME,
+    MEASUREMENT_FILENAME,
     CheckResult,
     Measurement,
     SeedRecord,
     ViolationRecord,
+    load_measurement,
     save_measurement,
 )
 from spml.toolkit.loop.observe import FirstStepClock, read_lines, scan_training_output
@@ -29,7 +47,33 @@ from spml.toolkit.loop.session import LoopSession
 from spml.toolkit.metrics.output import find_pairs, mentions, parse_metric
 from spml.toolkit.process.runner import CommandResult, ExitKind, run_command, supervisor_path
 
-__all__ = ["Measurement", "command_env", "measure"]
+__all__ = ["Measurement", "Site", "command_env", "measure", "run_seeds", "top_up_incumbent"]
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a version's runs happen: its worktree, the round directory that keeps their logs
+    and files, and the prefix of the log names (``incumbent-train-3.stdout.log``)."""
+
+    workspace: Workspace
+    exp_rel: str
+    round_no: int
+    log_dir: Path
+    prefix: str = ""
+    filename: str = MEASUREMENT_FILENAME   # where the runs are saved in ``log_dir``
+
+    @property
+    def workdir(self) -> Path:
+        """The experiment directory inside the worktree (where commands run)."""
+        return self.workspace.path / self.exp_rel
+
+
+def loop_site(session: LoopSession, round_no: int, incumbent: bool = False) -> Site:
+    """The loop's own worktree, logging into round ``round_no``'s directory (the candidate's
+    runs, or with ``incumbent`` the top-up runs of HEAD's code)."""
+    extra = {"prefix": "incumbent-", "filename": INCUMBENT_FILENAME} if incumbent else {}
+    return Site(session.workspace, session.experiment.exp_rel, round_no,
+                session.experiment.round_dir(round_no), **extra)
 
 
 def command_env(session: LoopSession, round_no: int, seed: int) -> dict[str, str]:
@@ -48,21 +92,90 @@ def command_env(session: LoopSession, round_no: int, seed: int) -> dict[str, str
 
 
 def measure(session: LoopSession, plan: RoundPlan) -> Measurement:
-    """Run train then eval ``acceptance.repeats`` times; record and return what was measured."""
+    """Train and evaluate the round's code; record and return what was measured."""
+    site = loop_site(session, plan.round_no)
     result = Measurement(round=plan.round_no, tree=session.workspace.state_tree(),
                          primary=session.protocol.metric if _strict(session) else None)
-    seeds: list[SeedRecord] = []
-    for seed in range(session.protocol.acceptance.repeats):
-        record, cause, violations = _measure_seed(session, plan, seed)
-        if record is not None:
-            seeds.append(record)
-        if cause or violations:
-            result = result.model_copy(update={"cause": cause, "violations": tuple(
-                ViolationRecord(path=v.path, reason=v.reason) for v in violations)})
-            break
-    result = result.model_copy(update={"seeds": tuple(seeds)})
-    save_measurement(session.experiment.round_dir(plan.round_no), result)
+    if not plan.measures_head and result.tree == session.workspace.head_tree():
+        # Nothing changed: committing it would call a re-draw of the same code progress (and
+        # nothing is saved: these are no runs of anything).
+        return result.model_copy(update={"cause": NO_CHANGE})
+
+    def checked() -> list[Any]:  # what training did to the files the researcher may not touch
+        return verify_fixed_files(session, plan) + check_round(session, plan,
+                                                               after_researcher=False)
+
+    if plan.measures_head or not _sequential(session):
+        acceptance = session.protocol.acceptance
+        count = acceptance.incumbent_runs if plan.measures_head else acceptance.runs
+        result = run_seeds(session, site, result, range(count), checked=checked)
+    else:
+        result = _measure_until_decided(session, site, result, checked)
     crash_point("after-measure", plan.round_no)  # measured, not decided
+    return result
+
+
+def _sequential(session: LoopSession) -> bool:
+    """Auto Research's default: a candidate is measured until the evidence decides."""
+    return _strict(session) and not session.protocol.acceptance.greedy
+
+
+def _measure_until_decided(session: LoopSession, site: Site, result: Measurement,
+                           checked: Callable[[], list[Any]]) -> Measurement:
+    """Run by run until the test decides. Code measured in an earlier round (a researcher that
+    proposes it again) continues from those runs and within the same budget: proposing the
+    same change until one draw is lucky gains nothing."""
+    runs = measured_runs(session.experiment, site.round_no)
+    incumbent = find_incumbent(session, runs)
+    prior = pool_tree(runs, result.tree)
+    done = {seed.seed for seed in prior.seeds} if prior else set()
+    budget = session.protocol.acceptance.runs - len(done)
+    if budget <= 0:
+        return result.model_copy(update={"cause": f"already measured: this code ran "
+                                          f"{len(done)} times in earlier rounds (up to round "
+                                          f"{prior.round if prior else 0}), and was not kept"})
+    for seed in [s for s in range(len(done) + budget) if s not in done][:budget]:
+        result = run_seeds(session, site, result, [seed], checked=checked)
+        if not result.ok or incumbent is None:
+            break  # a failed run fails the round; with no incumbent nothing is compared
+        judged = pool_tree([*runs, result], result.tree) or result
+        if judge_runs(session, judged, incumbent, runs).outcome != "undecided":
+            break
+    return result
+
+
+def top_up_incumbent(session: LoopSession, plan: RoundPlan) -> RoundPlan:
+    """Run HEAD's code on the plan's top-up seeds (a round's start, before the researcher): the
+    runs join the incumbent's pool. The worktree is HEAD again afterwards; the returned plan
+    protects the new file from the researcher."""
+    site = loop_site(session, plan.round_no, incumbent=True)
+    saved = load_measurement(site.log_dir, site.filename)
+    tree = session.workspace.head_tree()
+    start = saved if saved is not None and saved.tree == tree else Measurement(
+        round=plan.round_no, tree=tree, primary=session.protocol.metric)
+    todo = [s for s in plan.top_up if s not in {r.seed for r in start.seeds}]
+    run_seeds(session, site, start, todo, checked=lambda: [])
+    session.workspace.rollback(plan.base)
+    session.workspace.clean_ignored()
+    return protect_supervisor_files(session, plan)
+
+
+def run_seeds(session: LoopSession, site: Site, result: Measurement, seeds: Any, *,
+              checked: Callable[[], list[Any]]) -> Measurement:
+    """Add a run per seed to ``result`` (saved after each); stop at the first failed run."""
+    for seed in seeds:
+        crash_point(f"{site.prefix}before-seed-{seed}", site.round_no)
+        record, cause, violations = _measure_seed(session, site, seed, checked)
+        update: dict[str, Any] = {"seeds": (*result.seeds, record)} if record else {}
+        if cause or violations:
+            update |= {"cause": cause, "violations": tuple(
+                ViolationRecord(path=v.path, reason=v.reason) for v in violations)}
+        result = result.model_copy(update=update)
+        save_measurement(site.log_dir, result, site.filename)
+        if cause or violations:
+            break
+    if not result.seeds and not result.cause and not result.violations:
+        save_measurement(site.log_dir, result, site.filename)
     return result
 
 
@@ -71,34 +184,33 @@ def _strict(session: LoopSession) -> bool:
     return session.kind.name == "autoresearch"
 
 
-def _measure_seed(session: LoopSession, plan: RoundPlan,
-                  seed: int) -> tuple[SeedRecord | None, str, list[Any]]:
-    train, first_step_s = _train(session, plan, seed)
+def _measure_seed(session: LoopSession, site: Site, seed: int,
+                  checked: Callable[[], list[Any]]) -> tuple[SeedRecord | None, str, list[Any]]:
+    train, first_step_s = _train(session, site, seed)
     facts = _scan(session, train)
     if not train.ok:
         return None, _train_cause(train, session), []
-    violations = verify_fixed_files(session, plan) + check_round(session, plan,
-                                                                 after_researcher=False)
+    violations = checked()
     if violations:
         return None, "", violations
-    metrics, problems, cause, eval_s = _evaluate(session, plan, seed)
+    metrics, problems, cause, eval_s = _evaluate(session, site, seed)
     if cause:
         return None, cause, []
     record = SeedRecord(seed=seed, metrics=metrics, metric_problems=problems,
                         train_time_s=train.duration_s,
                         first_step_time_s=first_step_s, eval_time_s=eval_s,
-                        custom=_custom_checks(session, plan, seed), **facts)
+                        custom=_custom_checks(session, site, seed), **facts)
     return record, "", []
 
 
-def _train(session: LoopSession, plan: RoundPlan, seed: int) -> tuple[CommandResult, float | None]:
-    session.workspace.clean_ignored()
-    round_dir = session.experiment.round_dir(plan.round_no)
-    with FirstStepClock(round_dir / f"train-{seed}.stdout.log",
-                        round_dir / f"train-{seed}.stderr.log") as clock:
+def _train(session: LoopSession, site: Site, seed: int) -> tuple[CommandResult, float | None]:
+    site.workspace.clean_ignored()
+    name = f"{site.prefix}train-{seed}"
+    with FirstStepClock(site.log_dir / f"{name}.stdout.log",
+                        site.log_dir / f"{name}.stderr.log") as clock:
         result = run_command(
-            session.protocol.train_command, cwd=session.workdir, log_dir=round_dir,
-            name=f"train-{seed}", env=command_env(session, plan.round_no, seed),
+            session.protocol.train_command, cwd=site.workdir, log_dir=site.log_dir,
+            name=name, env=command_env(session, site.round_no, seed),
             time_limit_s=session.protocol.train_timeout_s,
             pid_file=session.experiment.state_dir / "train.pid",
         )
@@ -123,16 +235,16 @@ def _train_cause(result: CommandResult, session: LoopSession) -> str:
     return f"train crashed: {result.describe()}"
 
 
-def _evaluate(session: LoopSession, plan: RoundPlan,
+def _evaluate(session: LoopSession, site: Site,
               seed: int) -> tuple[dict[str, float], dict[str, str], str, float]:
     """The eval's metrics, the parser's reason for each named metric it could not read, the
     cause that fails the run (empty: none) and the eval's seconds."""
     # Bytecode written during training must not stand in for the fixed eval sources.
-    session.workspace.clean_ignored(keep=lambda path: "__pycache__" not in path.split("/"))
+    site.workspace.clean_ignored(keep=lambda path: "__pycache__" not in path.split("/"))
     result = run_command(
-        session.protocol.eval.command, cwd=session.workdir,
-        log_dir=session.experiment.round_dir(plan.round_no), name=f"eval-{seed}",
-        env=command_env(session, plan.round_no, seed),
+        session.protocol.eval.command, cwd=site.workdir,
+        log_dir=site.log_dir, name=f"{site.prefix}eval-{seed}",
+        env=command_env(session, site.round_no, seed),
         time_limit_s=session.protocol.eval_timeout_s,
         pid_file=session.experiment.state_dir / "eval.pid",
     )
@@ -173,14 +285,14 @@ def _primary_cause(session: LoopSession, metrics: dict[str, float],
     return "" if math.isfinite(value) else f"eval reported {metric}={value} (not a finite number)"
 
 
-def _custom_checks(session: LoopSession, plan: RoundPlan, seed: int) -> dict[str, CheckResult]:
+def _custom_checks(session: LoopSession, site: Site, seed: int) -> dict[str, CheckResult]:
     criteria = getattr(session.protocol, "review_criteria", None)
     out = {}
     for check in criteria.custom if criteria is not None else []:
         result = run_command(
-            check.command, cwd=session.workdir,
-            log_dir=session.experiment.round_dir(plan.round_no),
-            name=f"check-{check.name}-{seed}", env=command_env(session, plan.round_no, seed),
+            check.command, cwd=site.workdir, log_dir=site.log_dir,
+            name=f"{site.prefix}check-{check.name}-{seed}",
+            env=command_env(session, site.round_no, seed),
             time_limit_s=check.timeout or session.protocol.eval_timeout_s,
             pid_file=session.experiment.state_dir / "eval.pid",
         )

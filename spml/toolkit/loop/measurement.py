@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from spml.toolkit.files import write_atomic
 
 MEASUREMENT_FILENAME = "measurement.json"
+# Runs of the incumbent (HEAD's code) made at the start of a round, to top its count up.
+INCUMBENT_FILENAME = "incumbent.json"
 
 
 class CheckResult(BaseModel):
@@ -132,14 +134,15 @@ def mean_and_sem(values: list[float]) -> tuple[float, float | None]:
     return mean, statistics.stdev(values) / math.sqrt(len(values))
 
 
-def save_measurement(round_dir: Path, measurement: Measurement) -> None:
-    """Atomically write ``round_dir/measurement.json``."""
-    write_atomic(round_dir / MEASUREMENT_FILENAME, measurement.model_dump_json(indent=2))
+def save_measurement(round_dir: Path, measurement: Measurement,
+                     name: str = MEASUREMENT_FILENAME) -> None:
+    """Atomically write ``round_dir/measurement.json`` (or ``name``)."""
+    write_atomic(round_dir / name, measurement.model_dump_json(indent=2))
 
 
-def load_measurement(round_dir: Path) -> Measurement | None:
+def load_measurement(round_dir: Path, name: str = MEASUREMENT_FILENAME) -> Measurement | None:
     """The round's measurement, or None when it was never measured (or the file is unusable)."""
-    path = round_dir / MEASUREMENT_FILENAME
+    path = round_dir / name
     try:
         return Measurement.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

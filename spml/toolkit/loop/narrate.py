@@ -80,7 +80,8 @@ def version_note(ledger: Experiences, experiment: str) -> str:
     rounds = [r.round for r in ledger.rows if not r.is_override]
     after = f"after round {max(rounds)}" if rounds else "before round 0"
     best = ledger.best
-    shown = (f"best {ledger.metric} = {format_value(best.result)} (round {best.round})"
+    shown = (f"best {ledger.metric} = {ledger.incumbent.render()}" if ledger.incumbent else
+             f"best {ledger.metric} = {format_value(best.result)} (round {best.round})"
              if best is not None and best.result is not None else "no best yet")
     return f"{experiment}: {after} of {ledger.max_rounds}; {shown}"
 

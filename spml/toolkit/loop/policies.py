@@ -1,9 +1,11 @@
 """Deciding a measured round: the policy interface both loop kinds share, and Auto Research's.
 
 A policy's `judge(candidate, incumbent)` returns a `Decision`: the verdict, a status per
-criterion, the rationale, and whether the loop should stop. `MinDeltaPolicy` is the
-single-criterion case (Auto Research: keep a change only if the mean over `repeats` seeds beats
-the incumbent by more than `min_delta`); ml-iteration's compound review is
+criterion, the rationale, and whether the loop should stop. Auto Research has two:
+`SignificancePolicy` (the default: keep a change only when its gain over the incumbent's pooled
+runs is beyond the measured noise and `min_delta`, see `spml.toolkit.loop.evidence`) and
+`MinDeltaPolicy` (`acceptance.mode: greedy`: the mean over `repeats` seeds beats the incumbent
+by more than `min_delta`). ml-iteration's compound review is
 `spml.toolkit.loop.review.ReviewPolicy`.
 """
 
@@ -11,10 +13,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from spml.toolkit.loop.evidence import Noise, Rule, compare, estimate
 
 if TYPE_CHECKING:
     from spml.toolkit.loop.measurement import Measurement
+
+# How `SignificancePolicy` words a comparison that could not tell (read back to top up a noisy
+# incumbent: `spml.toolkit.loop.incumbent.top_up_seeds`).
+INCONCLUSIVE = "inconclusive against best"
 
 Verdict = Literal["committed", "committed_with_note", "rolled_back"]
 
@@ -88,6 +96,45 @@ class MinDeltaPolicy:
             return f"improved on best {best:.6g} by {abs(delta):.3g}"
         margin = f" by more than {self.min_delta:g}" if self.min_delta > 0 else ""
         return f"not better than best {best:.6g}{margin} (delta {delta:+.3g})"
+
+
+def acceptance_rule(protocol: Any) -> Rule:
+    """An Auto Research protocol's `acceptance` as the significance test's rule."""
+    acceptance = protocol.acceptance
+    return Rule(maximize=protocol.direction == "maximize", min_delta=acceptance.min_delta,
+                confidence=acceptance.confidence, looks=acceptance.runs)
+
+
+@dataclass(frozen=True)
+class SignificancePolicy:
+    """Commit only a gain beyond the measured noise and ``min_delta`` (see the module)."""
+
+    rule: Rule
+    noise: Noise
+    metric: str = "metric"
+    target: float | None = None
+
+    def judge(self, candidate: Measurement, incumbent: Measurement | None) -> Decision:
+        """Better -> commit; not better or inconclusive -> roll back, with the interval."""
+        value = candidate.mean
+        assert value is not None, "only measured rounds are judged"
+        name = f"metrics.{self.metric}"
+        if incumbent is None or not incumbent.values:
+            return Decision("committed", {name: f"improved: {value:.6g}"},
+                            f"first measured value {estimate(candidate.values)}")
+        result = compare(candidate.values, incumbent.values, self.noise, self.rule)
+        evidence = result.describe(self.rule.min_delta)
+        best = estimate(incumbent.values)
+        if result.outcome == "better":
+            direction = "maximize" if self.rule.maximize else "minimize"
+            return Decision("committed", {name: f"improved: {value:.6g}"},
+                            f"better than best {best} beyond noise: {evidence}",
+                            stop=target_reached(value, self.target, direction))
+        if result.outcome == "not_better":
+            return Decision("rolled_back", {name: f"fail: {value:.6g}"},
+                            f"not better than best {best}: {evidence}")
+        return Decision("rolled_back", {name: f"inconclusive: {value:.6g}"},
+                        f"{INCONCLUSIVE} {best}: {evidence}; the best stays")
 
 
 def target_reached(value: float | None, target: float | None,

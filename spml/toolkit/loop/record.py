@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 from spml.protocols.experiences import KEPT, ExperienceRow
+from spml.toolkit.loop.acceptance import incumbent_estimate
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.faults import crash_point
 from spml.toolkit.loop.handedits import clear_notes, pending_notes, reconcile_ledger
+from spml.toolkit.loop.incumbent import NO_CHANGE, find_incumbent
 from spml.toolkit.loop.kind import merge_columns
 from spml.toolkit.loop.ledger import clear_journal, read_ledger, write_ledger
 from spml.toolkit.loop.session import LoopSession
@@ -45,10 +47,16 @@ def record(session: LoopSession, row: ExperienceRow) -> None:
             update={"columns": columns})
         if session.kind.name != "autoresearch" and row.verdict in KEPT:
             ledger = ledger.model_copy(update={"best_commit": session.workspace.head()[:12]})
+        ledger = ledger.model_copy(update={"incumbent": incumbent_estimate(session, ledger)})
         write_ledger(experiment, ledger)
     clear_notes(experiment)
     crash_point("after-ledger", row.round)
     value = row.result if row.compliance == "pass" else None
+    if value is None and row.insight == NO_CHANGE:
+        # The proposal is HEAD's code: its value is the incumbent's (a sampler told "failed"
+        # would propose it again and again).
+        incumbent = find_incumbent(session)
+        value = incumbent.mean if incumbent is not None else None
     session.researcher().observe(row.round, value, row.verdict in KEPT)
     clear_journal(experiment)
 

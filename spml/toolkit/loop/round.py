@@ -1,4 +1,5 @@
-"""The round's sequence, in one place: S0 begin, S1 researcher, S2 compliance (and a stop
+"""The round's sequence, in one place: S0 begin (and, when the incumbent has too few runs, top
+it up), S1 researcher, S2 compliance (and a stop
 request, which aborts the round here), S3+S4 measure, S5 settle. The Prefect flow runs it with
 task-wrapped steps (`spml.tasks.loop.TaskSteps`); tests and Prefect-free supervisors with
 `PlainSteps`."""
@@ -12,7 +13,7 @@ from spml.toolkit.loop import control
 from spml.toolkit.loop.begin import RoundPlan, begin_round
 from spml.toolkit.loop.compliance import Violation, check_round
 from spml.toolkit.loop.kind import LoopKind
-from spml.toolkit.loop.measure import Measurement, measure
+from spml.toolkit.loop.measure import Measurement, measure, top_up_incumbent
 from spml.toolkit.loop.researchers import Proposal
 from spml.toolkit.loop.researchers.dispatch import run_researcher
 from spml.toolkit.loop.session import LoopSession
@@ -31,6 +32,7 @@ class RoundSteps(Protocol):
     """The steps of a round, each a function of the experiment directory (state is on disk)."""
 
     def begin(self, experiment_dir: str, round_no: int) -> RoundPlan: ...  # noqa: D102
+    def top_up(self, experiment_dir: str, plan: RoundPlan) -> RoundPlan: ...  # noqa: D102
     def research(self, experiment_dir: str, plan: RoundPlan) -> Proposal: ...  # noqa: D102
     def comply(self, experiment_dir: str, plan: RoundPlan) -> Checked: ...  # noqa: D102
     def abort(self, experiment_dir: str, plan: RoundPlan, reason: str) -> None: ...  # noqa: D102
@@ -42,6 +44,8 @@ class RoundSteps(Protocol):
 def run_round(steps: RoundSteps, experiment_dir: str, round_no: int) -> str:
     """One round (round 0 measures the baseline). Returns the verdict, or 'aborted'."""
     plan = steps.begin(experiment_dir, round_no)
+    if plan.top_up:
+        plan = steps.top_up(experiment_dir, plan)
     proposal = None
     violations: list[Violation] = []
     if not plan.measures_head:
@@ -70,6 +74,10 @@ class PlainSteps:
     def begin(self, experiment_dir: str, round_no: int) -> RoundPlan:
         """S0."""
         return begin_round(self._session(experiment_dir), round_no)[1]
+
+    def top_up(self, experiment_dir: str, plan: RoundPlan) -> RoundPlan:
+        """S0: more runs of the incumbent."""
+        return top_up_incumbent(self._session(experiment_dir), plan)
 
     def research(self, experiment_dir: str, plan: RoundPlan) -> Proposal:
         """S1."""

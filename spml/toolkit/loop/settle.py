@@ -12,8 +12,15 @@ from dataclasses import dataclass
 
 from spml.errors import BaselineFailed
 from spml.protocols.experiences import KEPT, ExperienceRow, format_result, format_value
+from spml.toolkit.loop.acceptance import (
+    baseline_note,
+    identical_runs_note,
+    judged_candidate,
+    noise_for,
+)
 from spml.toolkit.loop.begin import RoundPlan
 from spml.toolkit.loop.compliance import Violation
+from spml.toolkit.loop.evidence import Noise
 from spml.toolkit.loop.faults import crash_point
 from spml.toolkit.loop.incumbent import find_incumbent
 from spml.toolkit.loop.ledger import Journal, clear_journal, write_journal
@@ -64,34 +71,30 @@ def decide(session: LoopSession, plan: RoundPlan, proposal: Proposal | None,
 
 def _judge(session: LoopSession, plan: RoundPlan, measurement: Measurement,
            base: dict) -> ExperienceRow:
-    policy = session.kind.make_policy(session.protocol)
+    autoresearch = session.kind.name == "autoresearch"
+    if autoresearch and not plan.measures_head:
+        measurement = judged_candidate(session, measurement)
+    noise = noise_for(session, measurement) if autoresearch else Noise(0.0, 0)
+    policy = session.kind.make_policy(session.protocol, noise)
     incumbent = None if plan.measures_head else find_incumbent(session)
     decision = policy.judge(measurement, incumbent)
     samples = measurement.samples("metrics", session.protocol.metric or "")
     value = sum(samples) / len(samples) if samples else None
-    result_text = format_result(samples) if samples and session.kind.name == "autoresearch" \
-        else ""
+    result_text = format_result(samples) if samples and autoresearch else ""
     row = dict(compliance="pass", result=value, result_text=result_text,
                extra=_dimension_cells(session, decision), **base)
     if plan.measures_head:
         insight = "baseline measured on the base commit" if plan.round_no == 0 else (
             f"HEAD {plan.base[:7]} held code nobody measured (an override, lost state or a "
             "hand-made commit): measured it as the incumbent")
-        if session.kind.name != "autoresearch":
+        if not autoresearch:
             insight += "; " + ("all criteria pass" if decision.stop else _failing(decision))
+        elif plan.round_no == 0:
+            notes = [baseline_note(session, measurement),
+                     identical_runs_note(session, measurement)]
+            row["note"] = "; ".join(filter(None, [row["note"], *notes]))
         return ExperienceRow(verdict="committed", insight=insight, **row)
-    if session.kind.name != "autoresearch" and measurement.tree == incumbent_tree(incumbent):
-        return ExperienceRow(verdict="rolled_back", insight="no change: the code is HEAD's, "
-                             "already measured", **{**row, "extra": {}})
-    if session.kind.name == "autoresearch":
-        best = incumbent.mean if incumbent is not None else None
-        return ExperienceRow(verdict=decision.verdict, insight=policy.explain(value, best), **row)
     return ExperienceRow(verdict=decision.verdict, insight=decision.rationale, **row)
-
-
-def incumbent_tree(incumbent: Measurement | None) -> str | None:
-    """The tree the incumbent measured (None when there is none)."""
-    return incumbent.tree if incumbent is not None else None
 
 
 def _failing(decision: Decision) -> str:

@@ -22,6 +22,8 @@ class LoopSummary(BaseModel):
     max_rounds: int
     commits: int
     insights: list[str]
+    best_estimate: str = ""   # the pooled best with its spread and count, when known
+    confirmed: str = ""       # the final best against the baseline on fresh seeds
 
     @property
     def improvement(self) -> float | None:
@@ -42,14 +44,15 @@ class LoopSummary(BaseModel):
                 f"{format_value(self.best)} (R{self.best_round}){pct}")
 
 
-def summarize(ledger: Experiences, reason: str = "") -> LoopSummary:
-    """Condense the ledger into a `LoopSummary`."""
+def summarize(ledger: Experiences, reason: str = "", confirmed: str = "") -> LoopSummary:
+    """Condense the ledger (and the end-of-loop confirmation, if any) into a `LoopSummary`."""
     baseline = next((r.result for r in ledger.rows if r.round == 0), None)
     best = ledger.best
     committed = [r for r in ledger.rows if r.round > 0 and r.verdict in KEPT]
     return LoopSummary(
         metric=ledger.metric, status=ledger.status, reason=reason, baseline=baseline,
-        best=best.result if best else None, best_round=best.round if best else None,
+        best=ledger.best_value, best_round=best.round if best else None,
+        best_estimate=ledger.incumbent.render() if ledger.incumbent else "", confirmed=confirmed,
         rounds_done=ledger.rounds_done, max_rounds=ledger.max_rounds, commits=len(committed),
         insights=[f"R{r.round}: {r.strategy} — {r.insight}" for r in committed[-5:]],
     )
@@ -68,6 +71,9 @@ def render_summary(summary: LoopSummary, ledger: Experiences, title: str = "Auto
         "",
         *where,
         f"- **Result:** {summary.headline()}",
+        *([f"- **Best, every run pooled:** {summary.best_estimate}"]
+          if summary.best_estimate else []),
+        *([f"- **Confirmed on fresh seeds:** {summary.confirmed}"] if summary.confirmed else []),
         f"- **Rounds:** {summary.rounds_done} / {summary.max_rounds}, "
         f"{summary.commits} committed",
         f"- **Ended because:** {summary.reason or summary.status}",

@@ -66,14 +66,21 @@ def test_rules_name_variable_and_fixed_globs() -> None:
 def test_optional_rules() -> None:
     plain = _brief()
     assert "epochs" not in plain
-    assert "beats the best by more than" not in plain
+    # The default acceptance: the researcher learns that noise is not progress.
+    assert ("- A change is kept only if it beats the best beyond the run-to-run noise measured "
+            "across seeds (up to 5 runs decide): a tweak within the noise is rolled back as "
+            "inconclusive.") in plain
 
-    text = _brief(_protocol(fixed={"epoch_limit": 7}, acceptance={"min_delta": 0.002},
-                            variable={"range": ""}))
+    text = _brief(_protocol(fixed={"epoch_limit": 7}, variable={"range": ""},
+                            acceptance={"min_delta": 0.002, "mode": "greedy"}))
 
     assert "- Training budget per run: 120 s, at most 7 epochs." in text
     assert "- A change is kept only if it beats the best by more than 0.002." in text
+    assert "noise" not in text
     assert "What may be varied" not in text
+    significance = _brief(_protocol(acceptance={"min_delta": 0.002, "repeats": 3}))
+    assert "beyond the run-to-run noise measured across seeds and by more than 0.002 (up to " \
+        "3 runs decide)" in significance
 
 
 def test_the_protocol_itself_is_not_shown() -> None:

@@ -20,7 +20,13 @@ from spml.toolkit.loop.incumbent import find_incumbent
 from spml.toolkit.loop.kind import ITERATION
 from spml.toolkit.loop.lifecycle import open_loop
 from spml.toolkit.loop.measure import measure
-from spml.toolkit.loop.measurement import Measurement, SeedRecord, save_measurement
+from spml.toolkit.loop.measurement import (
+    Measurement,
+    SeedRecord,
+    ViolationRecord,
+    load_measurement,
+    save_measurement,
+)
 from spml.toolkit.loop.session import LoopSession
 from spml.toolkit.loop.settle import decide, settle
 
@@ -58,23 +64,27 @@ def test_the_kept_round_whose_tree_is_head(tmp_path: Path) -> None:
     assert incumbent.source == "measured"
 
 
-def test_the_newest_kept_round_wins_and_rolled_back_or_failed_ones_never_do(
+def test_every_run_of_heads_tree_is_pooled_and_rule_breaking_ones_never_are(
         tmp_path: Path) -> None:
     exp = make_experiment(tmp_path)
     open_and_baseline(exp)  # loss 9 on the base tree
     assert hand_measured_round(exp, 1, 5.0) == "committed"  # an empty commit: same tree
     assert hand_measured_round(exp, 2, 100.0) == "rolled_back"  # same tree, not kept
 
+    # Three runs of the same code, whichever round made them: the incumbent is all of them.
     incumbent = find_incumbent(load(exp))
     assert incumbent is not None
-    assert (incumbent.round, incumbent.mean) == (1, 5.0)
+    assert (incumbent.round, incumbent.values) == (2, (9.0, 5.0, 100.0))
+    assert incumbent.mean == pytest.approx(38.0)
 
-    # A kept round's file recording a failure is skipped: the older measurement decides.
-    failed = incumbent.model_copy(update={"cause": "eval failed: exit 1"})
-    save_measurement(experiment(exp).round_dir(1), failed)
-    older = find_incumbent(load(exp))
-    assert older is not None
-    assert (older.round, older.mean) == (0, 9.0)
+    # A run that broke the rules (a tampered file found while measuring) is no evidence.
+    broken = load_measurement(experiment(exp).round_dir(2))
+    assert broken is not None
+    save_measurement(experiment(exp).round_dir(2), broken.model_copy(update={
+        "violations": (ViolationRecord(path="evaluate.py", reason="modified"),)}))
+    pooled = find_incumbent(load(exp))
+    assert pooled is not None
+    assert (pooled.round, pooled.values) == (1, (9.0, 5.0))
 
 
 def test_head_never_measured_after_a_revert_to_measured_code_finds_that_round(

@@ -11,6 +11,7 @@ from spml.errors import ProtocolError
 from spml.protocols.autoresearch import AutoresearchProtocol
 from spml.protocols.experiences import COLUMNS, ITERATION_COLUMNS
 from spml.protocols.iteration import IterationProtocol
+from spml.toolkit.loop.evidence import Noise, Rule
 from spml.toolkit.loop.kind import (
     AUTORESEARCH,
     ITERATION,
@@ -18,7 +19,7 @@ from spml.toolkit.loop.kind import (
     kind_named,
     refuse_other_kinds,
 )
-from spml.toolkit.loop.policies import MinDeltaPolicy
+from spml.toolkit.loop.policies import MinDeltaPolicy, SignificancePolicy
 from spml.toolkit.loop.review import ReviewPolicy
 
 ACC = {"name": "acc", "op": ">=", "threshold": 0.9}
@@ -111,13 +112,19 @@ def test_stability_column_dropped_when_nothing_is_checked() -> None:
 
 
 def test_policies() -> None:
-    policy = AUTORESEARCH.make_policy(autoresearch(target=0.1, acceptance={"min_delta": 0.01}))
-    assert policy == MinDeltaPolicy("minimize", 0.01, metric="loss", target=0.1)
+    noise = Noise(0.01, 8)
+    greedy = autoresearch(target=0.1, acceptance={"min_delta": 0.01, "mode": "greedy"})
+    assert AUTORESEARCH.make_policy(greedy, noise) == MinDeltaPolicy("minimize", 0.01,
+                                                                     metric="loss", target=0.1)
+    default = AUTORESEARCH.make_policy(autoresearch(target=0.1, acceptance={"min_delta": 0.01}),
+                                       noise)
+    assert default == SignificancePolicy(Rule(maximize=False, min_delta=0.01, looks=5), noise,
+                                         metric="loss", target=0.1)
     protocol = iteration(noise=0.05, metrics=[ACC])
-    review = ITERATION.make_policy(protocol)
+    review = ITERATION.make_policy(protocol, noise)
     assert isinstance(review, ReviewPolicy)
     assert (review.criteria, review.noise) == (protocol.review_criteria, 0.05)
-    assert ITERATION.make_policy(iteration(metrics=[ACC])).noise is None  # type: ignore[attr-defined]
+    assert ITERATION.make_policy(iteration(metrics=[ACC]), noise).noise is None  # type: ignore[attr-defined]
 
 
 def test_artifact_keys() -> None:

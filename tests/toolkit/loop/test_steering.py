@@ -109,11 +109,22 @@ def test_target_reached_stops_the_loop(toy_experiment, drive_loop) -> None:
     assert ledger.rounds_done == 2
 
 
-def test_given_baseline_skips_round_zero_measurement(toy_experiment, drive_loop) -> None:
+def test_a_given_baseline_is_measured_and_a_mismatch_is_noted(toy_experiment,
+                                                               drive_loop) -> None:
     exp = toy_experiment({"default": "good"}, max_rounds=1, baseline=0.5)
     drive_loop(exp)
-    assert rows(exp)[0].insight == "baseline given in the protocol (not measured)"
-    assert rows(exp)[1].verdict == "rolled_back"  # loss 1.0 is not better than 0.5
+    baseline = rows(exp)[0]
+    assert baseline.insight == "baseline measured on the base commit"
+    assert baseline.result == 9.0  # the toy's loss at x=0, whatever the protocol claims
+    assert "the protocol's baseline 0.5 differs from the measured 9 (n=1)" in baseline.note
+    assert rows(exp)[1].verdict == "committed"  # loss 1.0 beats the measured 9, not the claim
+
+
+def test_a_given_baseline_that_matches_up_to_rounding_is_not_noted(toy_experiment,
+                                                                   drive_loop) -> None:
+    exp = toy_experiment({"default": "good"}, max_rounds=0, baseline=9.001)
+    drive_loop(exp)
+    assert rows(exp)[0].note == ""
 
 
 def test_second_supervisor_is_refused(toy_experiment) -> None:
