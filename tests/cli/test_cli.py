@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,5 +110,7 @@ def test_demo_improves_on_its_baseline(tmp_path: Path) -> None:
     assert ledger.incumbent.n >= 2
     out = " ".join(done.stdout.split())
     assert "completed: val_mse: baseline" in out
-    assert "confirmed on fresh seeds: best " in out
-    assert out.count(", confirmed") == 1
+    # After 3 rounds the kept version has 2 runs: on 3 fresh seeds it may or may not hold up.
+    assert re.search(r"confirmed on fresh seeds: best \S+ ± \S+ \(n=3\) vs baseline \S+ ± "
+                     r"\S+ \(n=3\): gain [-+]\S+, 95% interval \[\S+, \S+\], "
+                     r"(confirmed|NOT confirmed)", out), out

@@ -30,6 +30,8 @@ from spml.toolkit.loop.policies import INCONCLUSIVE
 from spml.toolkit.loop.session import LoopSession
 
 log = logging.getLogger(__name__)
+MAX_TOP_UP_FACTOR = 4  # a noisy incumbent's runs grow to at most this many times `repeats`
+NO_CHANGE = "no change: the code is HEAD's"  # a round whose code is HEAD's is not measured
 
 
 def find_incumbent(session: LoopSession,
@@ -124,10 +126,6 @@ def top_up_seeds(session: LoopSession, incumbent: Measurement | None,
     missing = max(wanted - len(incumbent.seeds), 0)
     free = (seed for seed in range(len(used) + missing + 1) if seed not in used)
     return tuple(next(free) for _ in range(missing))
-
-
-MAX_TOP_UP_FACTOR = 4
-NO_CHANGE = "no change: the code is HEAD's"  # a round whose code is HEAD's is not measured
 
 
 def _inconclusive_since_kept(session: LoopSession) -> int:
