@@ -45,18 +45,6 @@ class Policy(Protocol):
         ...
 
 
-class AcceptancePolicy(Protocol):
-    """Decides whether a measured value replaces the best."""
-
-    def improves(self, value: float, best: float | None) -> bool:
-        """True when ``value`` should become the new best."""
-        ...
-
-    def explain(self, value: float, best: float | None) -> str:
-        """One sentence for the ledger's Insight."""
-        ...
-
-
 @dataclass(frozen=True)
 class MinDeltaPolicy:
     """Improved = strictly better than the best by more than ``min_delta``."""

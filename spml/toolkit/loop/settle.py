@@ -22,7 +22,7 @@ from spml.toolkit.loop.begin import RoundPlan
 from spml.toolkit.loop.compliance import Violation
 from spml.toolkit.loop.evidence import Noise
 from spml.toolkit.loop.faults import crash_point
-from spml.toolkit.loop.incumbent import find_incumbent
+from spml.toolkit.loop.incumbent import find_incumbent, measured_runs
 from spml.toolkit.loop.ledger import Journal, clear_journal, write_journal
 from spml.toolkit.loop.measure import Measurement
 from spml.toolkit.loop.overrides import held_notes
@@ -72,11 +72,13 @@ def decide(session: LoopSession, plan: RoundPlan, proposal: Proposal | None,
 def _judge(session: LoopSession, plan: RoundPlan, measurement: Measurement,
            base: dict) -> ExperienceRow:
     autoresearch = session.kind.name == "autoresearch"
+    # Every earlier run, read once for the candidate's pool, the noise and the incumbent.
+    runs = measured_runs(session.experiment, plan.round_no)
     if autoresearch and not plan.measures_head:
-        measurement = judged_candidate(session, measurement)
-    noise = noise_for(session, measurement) if autoresearch else Noise(0.0, 0)
+        measurement = judged_candidate(session, measurement, runs)
+    noise = noise_for(session, measurement, runs) if autoresearch else Noise(0.0, 0)
     policy = session.kind.make_policy(session.protocol, noise)
-    incumbent = None if plan.measures_head else find_incumbent(session)
+    incumbent = None if plan.measures_head else find_incumbent(session, runs)
     decision = policy.judge(measurement, incumbent)
     samples = measurement.samples("metrics", session.protocol.metric or "")
     value = sum(samples) / len(samples) if samples else None
