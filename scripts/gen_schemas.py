@@ -1,4 +1,4 @@
-"""Regenerate the committed JSON Schemas of spml's protocol files.
+"""Regenerate the committed JSON Schemas of spml's protocol files (and the pipeline documents).
 
 Run after any change to the protocol models; tests/protocols/test_schema_current.py fails
 while the committed file and the models disagree::
@@ -16,12 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spml.protocols import autoresearch, iteration
+from spml.protocols import autoresearch, design, iteration, plan
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "spml" / "protocols" / "schemas"
 SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {
     "autoresearch.schema.json": autoresearch.protocol_json_schema,
     "iteration.schema.json": iteration.protocol_json_schema,
+    "design.schema.json": design.design_json_schema,
+    "plan.schema.json": plan.plan_json_schema,
 }
 
 

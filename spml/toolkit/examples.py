@@ -21,7 +21,7 @@ def examples_root() -> Path:
     raise SpmlError("the bundled examples are missing from this installation; reinstall spml.")
 
 
-def copy_example(name: str, target: Path) -> Path:
+def copy_example(name: str, target: Path, skip: tuple[str, ...] = ()) -> Path:
     """Copy example ``name`` into a new git repository at ``target`` with one commit.
 
     Raises:
@@ -37,7 +37,7 @@ def copy_example(name: str, target: Path) -> Path:
                         "Pick another directory or remove it.")
     shutil.copytree(source, target, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", "outputs", ".spml",
-                                                  "experiences.md"))
+                                                  "experiences.md", *skip))
     repo = git.Repo.init(target)
     with repo.config_writer() as config:  # a fresh machine may have no git identity
         if not config.has_option("user", "name"):

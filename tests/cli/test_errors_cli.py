@@ -156,8 +156,8 @@ def test_a_demo_copy_is_recognised_so_a_failed_demo_can_run_again(tmp_path: Path
 def test_schema_of_an_unknown_kind(tmp_path: Path) -> None:
     code, output = invoke("schema", "foo")
 
-    assert (code, output) == (2, "error: kind must be 'autoresearch' or 'iteration', got "
-                                 "'foo'.\n")
+    assert (code, output) == (2, "error: kind must be one of autoresearch, iteration, design, "
+                                 "plan, got 'foo'.\n")
 
 
 def test_verbose_adds_the_traceback_to_the_same_message(toy_experiment) -> None:

@@ -24,7 +24,7 @@ def test_schema_iteration_prints_the_protocol_schema() -> None:
     schema = json.loads(result.output)
     assert schema["title"] == "spml ml-iteration protocol (YAML front matter)"
     assert "review_criteria" in schema["required"]
-    assert runner.invoke(app, ["schema", "design"]).exit_code == 2
+    assert runner.invoke(app, ["schema", "nonsense"]).exit_code == 2
 
 
 def test_bad_criterion_exits_2_naming_field_line_and_fix(tmp_path: Path) -> None:

@@ -25,9 +25,15 @@ EXPECTED = {
     "watchdog/default": "spml.flows.watchdog.watchdog_flow",
     "validate/default": "spml.flows.validate.validate_flow",
     "ml-iteration/default": "spml.flows.iteration.iteration_flow",
+    "brainstorm/default": "spml.flows.design.brainstorm_flow",
+    "plan/default": "spml.flows.plan.plan_flow",
+    "develop/default": "spml.flows.develop.develop_flow",
+    "handoff/default": "spml.flows.handoff.handoff_flow",
 }
 FLOW_NAMES = {"autoresearch_flow": "autoresearch", "watchdog_flow": "watchdog",
-              "validate_flow": "validate", "iteration_flow": "ml-iteration"}
+              "validate_flow": "validate", "iteration_flow": "ml-iteration",
+              "brainstorm_flow": "brainstorm", "plan_flow": "plan", "develop_flow": "develop",
+              "handoff_flow": "handoff"}
 
 
 def _load() -> dict[str, Any]:

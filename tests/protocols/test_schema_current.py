@@ -70,10 +70,10 @@ def test_committed_schema_is_current() -> None:
 def test_generator_renders_the_committed_text() -> None:
     generator = _generator()
 
+    names = ("autoresearch", "iteration", "design", "plan")
     assert generator.expected_files() == {
-        "autoresearch.schema.json": SCHEMA_FILE.read_text(encoding="utf-8"),
-        "iteration.schema.json": SCHEMA_FILE.with_name("iteration.schema.json").read_text(
-            encoding="utf-8")}
+        f"{name}.schema.json": SCHEMA_FILE.with_name(f"{name}.schema.json").read_text(
+            encoding="utf-8") for name in names}
     assert generator.main(["--check"]) == 0
 
 
@@ -103,7 +103,7 @@ def test_cli_refuses_an_unknown_kind() -> None:
     result = CliRunner().invoke(app, ["schema", "nonsense"])
 
     assert result.exit_code == 2
-    assert "kind must be 'autoresearch'" in result.output
+    assert "kind must be one of autoresearch, iteration, design, plan" in result.output
 
 
 def test_schema_accepts_a_valid_protocol_with_duration_strings(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
 """What the watchdog concludes, written into ``<exp>/experiment-context.md``.
 
 The watchdog owns four level-2 sections of that file and never touches anything else (the YAML
-front matter, the title, the user's sections are kept byte for byte):
+front matter, the title, the user's sections are kept byte for byte); `spml handoff` writes a
+fifth, first of them:
+
+* ``## Handoff`` — replaced by each handoff: what was validated and how (`set_handoff`);
 
 * ``## Watchdog Status`` — replaced on each update: ``- key: value`` lines;
 * ``## Diagnosis History`` — appended ``### Issue #N — step S`` entries;
@@ -23,9 +26,9 @@ from pathlib import Path
 from spml.toolkit.files import write_atomic
 
 TITLE = "# Experiment Context"
-STATUS, DIAGNOSES, EVALUATIONS, ALERTS = (
-    "Watchdog Status", "Diagnosis History", "Evaluation History", "Alerts")
-SECTION_ORDER = (STATUS, DIAGNOSES, EVALUATIONS, ALERTS)
+HANDOFF, STATUS, DIAGNOSES, EVALUATIONS, ALERTS = (
+    "Handoff", "Watchdog Status", "Diagnosis History", "Evaluation History", "Alerts")
+SECTION_ORDER = (HANDOFF, STATUS, DIAGNOSES, EVALUATIONS, ALERTS)
 # `interrupted`: the watchdog itself was stopped by a signal (Ctrl-C, SIGTERM); a new
 # `spml watchdog run` resumes from the newest checkpoint that verifies.
 STATES = ("running", "completed", "stopped_code_failure", "stopped_crash_loop", "interrupted")
@@ -120,6 +123,11 @@ class ContextFile:
                    *skipped_rows]
         return self._append_entry(EVALUATIONS, _EVAL, "Eval",
                                   f"checkpoint step={_step(step)}", bullets)
+
+    def set_handoff(self, lines: Sequence[str]) -> None:
+        """Replace the handoff section with ``- <line>`` bullets (the pre-checks, the design
+        and the L1 numbers the run was handed off with)."""
+        self._edit(lambda doc: doc.replace_section(HANDOFF, [f"- {_one_line(x)}" for x in lines]))
 
     def add_alert(self, text: str) -> None:
         """Append one ``- <time> — <text>`` line to the alerts section."""

@@ -1,0 +1,175 @@
+"""The pipeline stages as Prefect flows on the bundled example: design -> plan -> develop
+(with the scripted implementer and the fix loop) -> handoff; revision mode; the refusals;
+the pause after five failures. Real git, real subprocesses, Prefect's test harness."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import git
+
+from spml.errors import ProtocolError
+from spml.flows.design import brainstorm_flow
+from spml.flows.develop import develop_flow
+from spml.flows.handoff import handoff_flow
+from spml.flows.plan import plan_flow
+from spml.protocols.autoresearch import load_protocol
+from spml.protocols.plan import load_plan
+from spml.toolkit.pipeline.brief import load_brief
+from spml.toolkit.pipeline.planner import find_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "pipeline"
+IMPLEMENTER = (f"{sys.executable} {EXAMPLE / 'implementer' / 'implement.py'} --subtask "
+               "{subtask} --attempt {attempt} --workdir {workdir} --prompt-file {prompt_file}")
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def new_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    exp = repo / "exp"
+    shutil.copytree(EXAMPLE, exp, ignore=shutil.ignore_patterns("implementer", "__pycache__"))
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.name", "Person")
+    git(repo, "config", "user.email", "person@example.invalid")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "the example")
+    return exp
+
+
+def subjects(repo: Path) -> list[str]:
+    return git(repo, "log", "--format=%s").splitlines()
+
+
+def test_brief_to_handoff_on_the_example_then_a_revision(tmp_path):
+    exp = new_repo(tmp_path)
+    brief = load_brief(exp / "brief.yaml")
+    design = brainstorm_flow(str(exp), brief, "brief.yaml")
+    plan = plan_flow(str(exp))
+    check_developed(exp, Path(plan["plan"]), brief["topic"])
+    check_handoff(exp)
+    check_revision(exp, brief, design, plan)
+
+
+def check_developed(exp: Path, plan: Path, topic: str) -> None:
+    state = develop_flow(str(exp), IMPLEMENTER, "stop", return_state=True)
+    assert state.is_completed(), state.message
+    doc = load_plan(plan)
+    assert [s.status for s in doc.subtasks] == ["done", "done", "done"]
+    assert [s.title for s in doc.subtasks if s.integration] == ["Training pipeline [INTEGRATION]"]
+    integration = doc.integration.conclusion
+    assert integration["Result"] in ("effective", "inconclusive")
+    assert integration["Evidence"].startswith("val_mse: ")
+    assert "(expected: <= 0.05)" in integration["Evidence"]
+    assert "L1: PASS (6/6 stages)" in integration["Evidence"]
+    assert doc.subtasks[0].conclusion["Result"] == "implemented"
+    # the scripted implementer's first integration draft failed L0; the fix loop sent it back
+    second = exp / ".spml" / "develop" / "subtask-3-attempt-2.md"
+    assert "L0-20 [critical]" in second.read_text()
+    assert subjects(exp.parent)[:5] == [
+        "experiment: Training pipeline", "experiment: Evaluator core",
+        "experiment: Model core", f"experiment: plan — {topic}",
+        f"experiment: design — {topic}"]
+    assert git(exp.parent, "status", "--porcelain") == ""
+
+
+def check_handoff(exp: Path) -> None:
+    handed = handoff_flow(str(exp), "autoresearch", return_state=True)
+    assert handed.is_completed(), handed.message
+    result = handed.result()
+    assert result["recommended"] == "iteration"  # val_mse after 60 L1 steps misses 0.05
+    assert load_protocol(exp / "autoresearch-protocol.md").train_command == "python train.py"
+    assert subjects(exp.parent)[0] == "experiment: handoff — autoresearch"
+    assert git(exp.parent, "status", "--porcelain") == "?? exp/experiences.md"
+
+
+def check_revision(exp: Path, brief: dict, design: dict, plan: dict) -> None:
+    # revision mode: a new cadence edits the design and the plan in place, re-runs L0 + L1
+    revised = {**brief, "evaluation": {**brief["evaluation"], "cadence": "every 100 steps"}}
+    again = brainstorm_flow(str(exp), revised, "brief.yaml")
+    assert again["design"] == design["design"]
+    assert again["changed"] == ["evaluation"]
+    replanned = plan_flow(str(exp))
+    assert replanned["plan"] == plan["plan"]
+    assert len(list((exp / "plans").glob("*.md"))) == 2
+    doc = load_plan(Path(plan["plan"]))
+    assert [s.status for s in doc.subtasks] == ["done", "done", "revised"]
+    assert "## [ ] REVISED Subtask 3: Training pipeline [INTEGRATION]" in doc.render()
+    state = develop_flow(str(exp), None, "stop", return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["outcomes"] == {"Subtask 3": "done"}
+    assert load_plan(Path(plan["plan"])).subtask(3).status == "done"
+    changes = "; ".join(replanned["changes"])
+    assert subjects(exp.parent)[:3] == [
+        "experiment: Training pipeline", f"experiment: revise plan — {changes}",
+        "experiment: revise design — evaluation"]
+
+
+def test_each_stage_refuses_to_start_without_its_input(tmp_path):
+    exp = new_repo(tmp_path)
+    with pytest.raises(ProtocolError, match="no design doc.*spml design new"):
+        plan_flow(str(exp))
+    (exp / "plans").mkdir()
+    shutil.copy(FIXTURES / "design" / "good-design.md", exp / "plans" / "2026-12-05-x-design.md")
+    with pytest.raises(ProtocolError, match="no plan.*spml plan new"):
+        develop_flow(str(exp))
+    plan = exp / "plans" / "2026-12-05-x.md"
+    shutil.copy(FIXTURES / "plan" / "good-plan.md", plan)
+    with pytest.raises(ProtocolError, match=r"\[INTEGRATION\] subtask is not ticked.*develop"):
+        handoff_flow(str(exp))
+    plan.write_text(plan.read_text().replace("[INTEGRATION]", ""))
+    with pytest.raises(ProtocolError, match="fails the plan gate"):
+        develop_flow(str(exp))
+    assert find_plan(exp) == plan
+
+
+def _resume_when_paused(decision: str, found: list[str]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    deadline = time.monotonic() + 120
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            runs = [r for r in runs if r.name and r.id not in found]
+            if runs:
+                found.append(str(runs[0].id))
+                resume_flow_run(runs[0].id, run_input={"decision": decision})
+                return
+            time.sleep(0.5)
+
+
+def test_five_failures_at_one_level_pause_the_flow_and_stop_ends_it(tmp_path):
+    exp = new_repo(tmp_path)
+    (exp / "plans").mkdir()
+    shutil.copy(FIXTURES / "design" / "good-design.md", exp / "plans" / "2026-12-05-x-design.md")
+    shutil.copy(FIXTURES / "plan" / "good-plan.md", exp / "plans" / "2026-12-05-x.md")
+    (exp / "tests").mkdir()
+    (exp / "tests" / "test_model.py").write_text("def test_never():\n    assert False\n")
+    git(exp.parent, "add", "-A")
+    git(exp.parent, "commit", "-qm", "a plan whose first subtask never passes")
+    calls = exp / "calls.txt"
+    implementer = f"{sys.executable} -c \"open('{calls}', 'a').write('{{level}} ')\""
+    found: list[str] = []
+    resumer = threading.Thread(target=_resume_when_paused, args=("stop", found))
+    resumer.start()
+    state = develop_flow(str(exp), implementer, "pause", return_state=True)
+    resumer.join()
+    assert found, "the flow never paused"
+    assert state.is_failed()
+    assert "Subtask 1 'Model core' is stuck at tests" in state.message
+    assert "5 consecutive failures" in state.message
+    assert calls.read_text().split() == ["implement", "tests", "tests", "tests", "tests"]
+    assert load_plan(exp / "plans" / "2026-12-05-x.md").subtask(1).status == "todo"
