@@ -56,3 +56,15 @@ def demo(directory: Annotated[Path, typer.Argument(help="New directory for the d
     _finish(handoff_flow(str(target), "autoresearch", start=True, return_state=True), "handoff")
     console.print(f"inspect: git -C {target} log --oneline  ·  cat {target}/plans/*.md  ·  "
                   f"cat {target}/experiences.md", highlight=False, soft_wrap=True)
+
+
+@app.command("next")
+def next_command(directory: Annotated[Path, typer.Argument(
+        help="The experiment directory.")]) -> None:
+    """Print the next stage on the first line (brainstorm, plan, develop, revise, handoff, run,
+    verify or done), then why."""
+    from spml.cli.pipeline import _existing_dir
+    from spml.toolkit.pipeline.reentry import next_stage
+
+    nxt = next_stage(_existing_dir(directory))
+    typer.echo(f"{nxt.stage}\n{nxt.why}")

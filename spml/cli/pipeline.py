@@ -29,14 +29,18 @@ def design_new(experiment_dir: ExpDir,
                    "--from", help="Brief YAML with the answers (`spml schema design`); "
                    "without it the questions are asked here, one at a time.")] = None,
                verbose: Verbose = False) -> None:
-    """Brainstorm: write (or revise) the design doc, self-review it, commit it."""
+    """Brainstorm: write (or revise) the design doc, self-review it, commit it (a revision keeps
+    the fields a brief does not give; the questions default to the current values)."""
+    quiet_prefect(verbose)
     from spml.flows.design import brainstorm_flow
     from spml.toolkit.pipeline.brief import load_brief
 
     exp = _existing_dir(experiment_dir)
-    answers, source = (load_brief(brief), brief.name) if brief else (_ask(), "your answers")
-    quiet_prefect(verbose)
-    result = brainstorm_flow(str(exp), answers, source)
+    if brief:
+        answers, source, merge = load_brief(brief), brief.name, "fields"
+    else:
+        answers, source, merge = _ask(_current(exp)), "your answers", "deep"
+    result = brainstorm_flow(str(exp), answers, source, merge)
     what = "revised" if result["revised"] else "written"
     changed = f" ({', '.join(result['changed'])} changed)" if result["changed"] else ""
     console.print(f"design {what}: {result['design']}{changed}", highlight=False)
@@ -61,10 +65,10 @@ def plan_new(experiment_dir: ExpDir,
                  "{design_file}, {workdir}); the plan gate judges the result.")] = None,
              verbose: Verbose = False) -> None:
     """Plan: build the plan from the design (or revise it in place), gate it, commit it."""
+    quiet_prefect(verbose)
     from spml.flows.plan import plan_flow
 
     exp = _existing_dir(experiment_dir)
-    quiet_prefect(verbose)
     result = plan_flow(str(exp), drafter)
     changes = f": {'; '.join(result['changes'])}" if result["changes"] else ""
     console.print(f"plan {'revised' if result['revised'] else 'written'}: {result['plan']}"
@@ -93,10 +97,10 @@ def develop(experiment_dir: ExpDir,
             verbose: Verbose = False) -> None:
     """Develop each unticked subtask: implementer, tests, and for the [INTEGRATION] subtask
     L0 then L1 (exit 1 with the report when a level stays failed)."""
+    quiet_prefect(verbose)
     from spml.flows.develop import develop_flow
 
     exp = _existing_dir(experiment_dir)
-    quiet_prefect(verbose)
     runtime = {"max_steps": max_steps} if max_steps else None
     state = develop_flow(str(exp), implementer, "stop", runtime, return_state=True)
     _finish(state, "develop")
@@ -107,30 +111,37 @@ def handoff(experiment_dir: ExpDir,
                 help="watchdog, iteration or autoresearch (default: autoresearch when the "
                 "design has that section, else SPML's recommendation).")] = None,
             start: Annotated[bool, typer.Option(help="Run the loop after the handoff.")] = False,
+            via_deployment: Annotated[bool, typer.Option(
+                help="With --start: create a run of the loop's deployment (autoresearch/default"
+                " ...) for a worker, instead of running it here.")] = False,
             researcher_command: Annotated[str | None, typer.Option(
                 help="ml-iteration's researcher command.")] = None,
             verbose: Verbose = False) -> None:
     """Run the handoff pre-checks, write the loop's documents, commit (and --start it)."""
+    quiet_prefect(verbose)
     from spml.flows.handoff import handoff_flow
 
     if to is not None and to not in ("watchdog", "iteration", "autoresearch"):
         raise ProtocolError(f"--to must be watchdog, iteration or autoresearch, got {to!r}.")
     exp = _existing_dir(experiment_dir)
-    quiet_prefect(verbose)
-    state = handoff_flow(str(exp), to, start, False, researcher_command, return_state=True)
+    state = handoff_flow(str(exp), to, start, via_deployment, researcher_command,
+                         return_state=True)
     _finish(state, "handoff")
 
 
 def _finish(state: Any, stage: str) -> dict[str, Any]:
-    """Print a stage's outcome; exit 1 when it failed (its report on stderr)."""
-    data = state.result(raise_on_failure=False) if state.is_completed() else None
+    """Print a stage's outcome; exit 1 when it failed (its report on stderr). A refusal (bad
+    input, a missing document) is re-raised: it exits 2 with its one message."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, BaseException):
+        raise data
     if state.is_completed():
-        console.print(f"{stage}: {state.message}", highlight=False)
+        console.print(state.message, highlight=False, markup=False)
         for line in _details(data):
-            console.print(f"  {line}", highlight=False)
+            console.print(f"  {line}", highlight=False, markup=False)
         return data or {}
-    failure = state.data if isinstance(getattr(state, "data", None), dict) else {}
-    err_console.print(f"{stage} failed: {state.message}", highlight=False)
+    failure = data if isinstance(data, dict) else {}
+    err_console.print(f"{stage} failed: {state.message}", highlight=False, markup=False)
     for key in ("report", "checks"):
         if failure.get(key):
             err_console.print(failure[key], highlight=False, markup=False)
@@ -151,17 +162,29 @@ def _existing_dir(path: Path) -> Path:
     return path.resolve()
 
 
-def _ask() -> dict[str, Any]:
+def _current(exp: Path) -> dict[str, str]:
+    """The existing design's values by question key ({} without a design)."""
+    from spml.protocols.design import find_design, load_design
+    from spml.toolkit.pipeline.questions import current_answers
+
+    path = find_design(exp)
+    if path is None:
+        return {}
+    return current_answers(load_design(path).model_dump(mode="json", exclude_none=True))
+
+
+def _ask(defaults: dict[str, str]) -> dict[str, Any]:
     from spml.toolkit.pipeline.questions import Question, ask_all
 
     def ask(question: Question, problem: str | None) -> str:
         if problem:
-            err_console.print(f"  {problem}", highlight=False)
+            err_console.print(f"  {problem}", highlight=False, markup=False)
         choices = f" [{'/'.join(question.choices)}]" if question.choices else ""
         while True:
-            answer = typer.prompt(f"{question.text}{choices}", default=question.default)
+            answer = typer.prompt(f"{question.text}{choices}",
+                                  default=defaults.get(question.key, question.default))
             if not question.choices or answer in question.choices:
                 return str(answer)
-            err_console.print(f"  choose one of {', '.join(question.choices)}")
+            err_console.print(f"  choose one of {', '.join(question.choices)}", markup=False)
 
     return ask_all(ask)

@@ -12,44 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
 from spml.errors import ProtocolError
-from spml.protocols.design import DesignDoc
-from spml.tasks.pipeline import FILE_TASK, RUN_TASK, commit_task, publish
+from spml.tasks.pipeline import checks_task, commit_task, write_task
 from spml.toolkit.pipeline import handoff, stages
-from spml.toolkit.pipeline.handoff_checks import HandoffReport, HandoffSettings, run_handoff_checks
 
 DEPLOYMENTS = {"autoresearch": "autoresearch/default", "iteration": "ml-iteration/default",
                "watchdog": "watchdog/default"}
-
-
-@task(name="handoff pre-checks", **RUN_TASK)
-def checks_task(experiment_dir: str, settings: HandoffSettings) -> HandoffReport:
-    report = run_handoff_checks(Path(experiment_dir), settings,
-                                log_dir=Path(experiment_dir) / ".spml" / "handoff")
-    publish("handoff-checks", f"# Handoff pre-checks\n\n```\n{report.text()}```\n",
-            f"handoff checks {'PASS' if report.passed else 'FAIL'}")
-    return report
-
-
-@task(name="write the loop's documents", **FILE_TASK)
-def write_task(experiment_dir: str, route: str, design: DesignDoc, settings: HandoffSettings,
-               summary: list[str], researcher_command: str | None) -> list[str]:
-    exp = Path(experiment_dir)
-    if route == "autoresearch":
-        paths = handoff.write_autoresearch(exp, design, settings.train_command)
-    elif route == "iteration":
-        paths = handoff.write_iteration(
-            exp, design, settings.train_command, _plain_eval(settings),
-            {"files": settings.fixed_files, "time_limit": settings.time_limit_s},
-            _researcher(researcher_command))
-    else:
-        paths = handoff.write_watchdog(exp, design, {
-            "train_command": settings.train_command, "checkpoint_glob": settings.checkpoint_glob,
-            "log_file": _log_file(exp, settings)}, summary)
-    return [str(p) for p in paths]
 
 
 @flow(name="handoff")
@@ -78,7 +49,17 @@ def handoff_flow(experiment_dir: str,
         raise ProtocolError(f"{plan_path.name}: the [INTEGRATION] subtask is not ticked, so the "
                             "Validation Pyramid has not passed; run `spml develop "
                             f"{experiment_dir}` first.")
-    settings = handoff_settings(exp, design)
+    unfinished = [f"Subtask {s.number}" for s in plan.subtasks if s.status != "done"]
+    if unfinished:
+        raise ProtocolError(f"{plan_path.name}: {', '.join(unfinished)} not done (skipped or "
+                            f"revised); finish them with `spml develop {experiment_dir}` first.")
+    if to == "iteration":
+        # refused now, not after minutes of pre-check runs
+        handoff.researcher_spec(researcher_command)
+    if to == "autoresearch" and design.autoresearch is None:
+        raise ProtocolError("the design has no `autoresearch:` section; add one (`spml schema "
+                            "design`) or hand off to the watchdog or ml-iteration instead.")
+    settings = handoff.handoff_settings(exp, design)
     report = checks_task(str(exp), settings)
     recommendation = handoff.recommend_route(design, report.l1.as_dict() if report.l1 else {})
     route = to or ("autoresearch" if design.autoresearch else recommendation.route)
@@ -94,29 +75,12 @@ def handoff_flow(experiment_dir: str,
     result["written"] = write_task(str(exp), route, design, settings, summary,
                                    researcher_command)
     # The ledger is the loop's to write from now on: it stays out of git, as every loop's does.
-    result["commit"] = commit_task(str(exp), f"experiment: handoff — {route}",
-                                   (handoff.LEDGER_FILENAME,))
+    documents = [Path(p).relative_to(exp).as_posix() for p in result["written"]
+                 if Path(p).name != handoff.LEDGER_FILENAME]
+    result["commit"] = commit_task(str(exp), f"experiment: handoff — {route}", documents)
     if start:
         result["loop"] = _start(route, str(exp), via_deployment)
     return Completed(message=f"handed off to {route}", data=result)
-
-
-def handoff_settings(exp: Path, design: DesignDoc) -> HandoffSettings:
-    """The pre-checks' settings: L1's commands, the loop's fixed files and budget."""
-    runtime = stages.runtime_table(exp) or {}
-    train = runtime.get("train-command") or runtime.get("train_command")
-    if not train:
-        raise ProtocolError(f"{exp / 'pyproject.toml'}: [tool.spml.validate.runtime] needs "
-                            "train-command (the handoff reuses L1's command mode).")
-    auto = design.autoresearch or {}
-    fixed = auto.get("fixed", {})
-    scripts = [s for s in (handoff.script_of(str(train)),
-                           handoff.script_of(str(runtime.get("eval-command") or ""))) if s]
-    return HandoffSettings(
-        train_command=str(train), eval_command=runtime.get("eval-command"),
-        metric=runtime.get("metric"), fixed_files=list(fixed.get("files") or scripts),
-        time_limit_s=float(fixed.get("time_limit") or design.validation_scope.training_volume),
-        epoch_limit=fixed.get("epoch_limit"), max_steps=int(runtime.get("max-steps", 50)))
 
 
 def _start(route: str, exp: str, via_deployment: bool) -> str:
@@ -133,20 +97,3 @@ def _start(route: str, exp: str, via_deployment: bool) -> str:
         from spml.flows.watchdog import watchdog_flow as loop
     state = loop(exp, return_state=True)
     return f"{state.name}: {state.message}"
-
-
-def _plain_eval(settings: HandoffSettings) -> str:
-    return (settings.eval_command or "").replace("{checkpoint}", "").strip()
-
-
-def _researcher(command: str | None) -> dict[str, Any]:
-    if not command:
-        raise ProtocolError("ml-iteration needs a researcher: pass --researcher-command "
-                            "'my-agent --prompt {prompt_file}'.")
-    return {"kind": "command", "command": command}
-
-
-def _log_file(exp: Path, settings: HandoffSettings) -> str:
-    logs = sorted(exp.glob(settings.log_glob), key=lambda p: p.stat().st_mtime)
-    logs = [p for p in logs if ".spml" not in p.relative_to(exp).parts]
-    return logs[-1].relative_to(exp).as_posix() if logs else "outputs/train.log"

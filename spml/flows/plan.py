@@ -11,41 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 
 from spml.errors import ProtocolError
 from spml.protocols.plan import load_plan
 from spml.protocols.plan_gate import check_plan
-from spml.tasks.pipeline import FILE_TASK, RUN_TASK, commit_task, publish
+from spml.tasks.pipeline import commit_task, drafter_task, publish, write_plan_task
 from spml.toolkit.pipeline import stages
-from spml.toolkit.pipeline.planner import find_plan, new_plan_text, plan_filename, revise_plan
-
-
-@task(name="write the plan", **FILE_TASK)
-def write_plan_task(experiment_dir: str) -> dict[str, Any]:
-    """Write a new plan or revise the existing one; what changed."""
-    from spml.toolkit.files import write_atomic
-
-    exp = Path(experiment_dir)
-    design_path, design = stages.require_design(exp)
-    runtime = stages.runtime_table(exp)
-    label = stages.experiment_label(exp)
-    existing = find_plan(exp)
-    if existing is None:
-        path = exp / "plans" / plan_filename(design_path)
-        write_atomic(path, new_plan_text(exp, label, design, runtime))
-        return {"plan": str(path), "revised": False, "changes": [], "topic": design.topic}
-    revised, changes = revise_plan(load_plan(existing), label, design, runtime)
-    if changes:
-        write_atomic(existing, revised.render())
-    return {"plan": str(existing), "revised": True, "changes": changes, "topic": design.topic}
-
-
-@task(name="drafter", **RUN_TASK)
-def drafter_task(command: str, experiment_dir: str, plan: str) -> str:
-    """Let a coding agent rewrite the plan's prose (`{plan_file}`, `{design_file}`,
-    `{workdir}`); the gate judges what it leaves."""
-    return stages.run_drafter(command, Path(experiment_dir), Path(plan))
 
 
 @flow(name="plan")
@@ -54,21 +26,27 @@ def plan_flow(experiment_dir: str, drafter: str | None = None) -> dict[str, Any]
 
     Raises:
         ProtocolError: no design, a design that fails its check, or a plan that fails the
-            plan gate (one line per problem; the plan is left uncommitted to fix).
+            plan gate (one line per problem; the plan file is put back as it was and the
+            rejected text kept in .spml/plan/ to look at).
     """
     logger = get_run_logger()
-    result = write_plan_task(experiment_dir)
+    exp = Path(experiment_dir).resolve()
+    stages.keep_logs_out_of_git(exp)
     if drafter:
-        logger.info("drafter: %s", drafter_task(drafter, experiment_dir, result["plan"]))
+        stages.check_drafter_command(drafter)
+    result = write_plan_task(str(exp))
     plan_path = Path(result["plan"])
+    if drafter:
+        logger.info("drafter: %s", drafter_task(drafter, str(exp), result["plan"]))
     rows = check_plan(load_plan(plan_path))
     if rows:
-        raise ProtocolError(stages.gate_report(plan_path, rows))
+        kept = stages.put_back(exp, plan_path, result["previous"])
+        raise ProtocolError(stages.gate_report(plan_path, rows) + f"\n  (rejected text: {kept})")
     message = (f"experiment: revise plan — {'; '.join(result['changes'])}" if result["revised"]
                else f"experiment: plan — {result['topic']}")
-    result["commit"] = commit_task(experiment_dir, message) if (
-        not result["revised"] or result["changes"]) else None
+    result["commit"] = commit_task(str(exp), message, [plan_path.relative_to(exp).as_posix()])
     publish("plan", plan_path.read_text(encoding="utf-8"),
             f"plan {'revised' if result['revised'] else 'written'}: {plan_path.name}")
     logger.info("plan %s: %s", "revised" if result["revised"] else "written", plan_path)
+    result.pop("previous")
     return result

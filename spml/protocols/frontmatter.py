@@ -125,8 +125,9 @@ def read_front_matter(path: Path) -> FrontMatter:
         ProtocolError: the file is missing, has no ``---`` fence, or its YAML is malformed.
     """
     if not path.is_file():
-        raise ProtocolError(f"protocol file must exist, got {str(path)!r}. Create it first.")
-    text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not content
+        raise ProtocolError(f"{path.name}: the file must exist, got {str(path)!r}. Create it "
+                            "first.")
+    text = read_utf8(path)
     lines = text.splitlines()
     if not lines or lines[0].strip() != FENCE:
         raise ProtocolError(
@@ -147,6 +148,20 @@ def read_front_matter(path: Path) -> FrontMatter:
     field_lines[()] = 1
     body = "\n".join(lines[end + 1 :]).strip("\n")
     return FrontMatter(data=data, body=body, lines=field_lines)
+
+
+def read_utf8(path: Path) -> str:
+    """``path``'s text (an editor's byte-order mark is not content).
+
+    Raises:
+        ProtocolError: the file is not UTF-8 (naming the byte).
+    """
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{path.name}: not UTF-8 text (byte {exc.start}: "
+                            f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8."
+                            ) from None
 
 
 def parse_yaml_fields(name: str, text: str, first_line: int,
@@ -172,6 +187,7 @@ def parse_yaml_fields(name: str, text: str, first_line: int,
         ) from None
     if data is None:
         data = {}
+    _refuse_aliases_and_repeats(name, node, first_line)
     if not isinstance(data, dict):
         subject = f"the {kind} must" if kind else "must"
         raise ProtocolError(f"{name} (line {first_line}): {subject} be a mapping of fields "
@@ -179,6 +195,31 @@ def parse_yaml_fields(name: str, text: str, first_line: int,
     field_lines: dict[Loc, int] = {}
     _collect_lines(node, (), first_line, field_lines)
     return data, field_lines
+
+
+def _refuse_aliases_and_repeats(name: str, root: yaml.Node | None, first_line: int) -> None:
+    """No YAML alias (``*x`` makes an exponentially large document from a few lines, and no
+    spml document needs one) and no key given twice in one mapping (YAML keeps the last one
+    silently, so the first is lost without a word)."""
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:  # a node met twice is an alias of an anchored one
+            raise ProtocolError(f"{name} (line {node.start_mark.line + first_line}): YAML "
+                                "aliases (*name) are not supported; write the value out.")
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: dict[str, int] = {}
+            for key, value in node.value:
+                line = key.start_mark.line + first_line
+                if isinstance(key, yaml.ScalarNode) and key.value in keys:
+                    raise ProtocolError(f"{name} (line {line}): {key.value!r} is given twice "
+                                        f"(first on line {keys[key.value]}); keep one.")
+                keys[getattr(key, "value", "")] = line
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _collect_lines(node: yaml.Node | None, loc: Loc, offset: int, out: dict[Loc, int]) -> None:

@@ -68,7 +68,13 @@ _CONTRACT_HINTS = {
                         "non-finite metric, stalls>'",
 }
 _NO_EVALUATION = re.compile(r"^\s*(?:none|not in scope|n/?a|no evaluation)\b", re.I)
-_CADENCE = re.compile(r"\bevery\s+(\d+)\s+(?:\w+\s+)?steps?\b", re.I)
+_CADENCE = re.compile(r"^\s*every\s+(\d[\d,_]*)(k?)\s+(?:\w+\s+)?(?:steps?|iterations?|iters?|"
+                      r"batches|updates)\b", re.I)
+# An entry that says there is none ("none", "n/a", "skipped", "not supported") is not one.
+_NONE = re.compile(r"^\s*(?:none|n/?a|no|-+|never|skip(?:ped)?|not (?:supported|applicable|"
+                   r"needed|planned))\b", re.I)
+_NEGATED_MODE = re.compile(r"\b(?:only|not supported|unsupported|no)\b", re.I)
+_SKIPPED_LEVEL = re.compile(r"\b(L0|L1)\b[^;,.]*\bskip", re.I)
 _END_ONLY = re.compile(r"final[ _-]epoch|last[ _-]epoch|end of training|after training", re.I)
 _MODES = {"checkpoint": re.compile(r"checkpoint", re.I),
           "in_memory": re.compile(r"in[ _-]?memory", re.I)}
@@ -176,6 +182,10 @@ def _integration_field_rows(doc: PlanDoc, sub: Subtask) -> list[str]:
                         f"**Validation Pyramid:** does not mention {level} — write 'L0 (profile "
                         "spml) then L1 (command mode, <duration>)': both levels are mandatory "
                         "for the integration subtask")
+    for skipped in dict.fromkeys(m.upper() for m in _SKIPPED_LEVEL.findall(pyramid)):
+        rows.append(f"  - {_who(sub)} (line {sub.field_lines['Validation Pyramid']}): "
+                    f"**Validation Pyramid:** skips {skipped} — L0 and L1 are mandatory for "
+                    "the integration subtask; neither may be skipped")
     return rows
 
 
@@ -203,7 +213,8 @@ def _component_rows(doc: PlanDoc, sub: Subtask) -> list[str]:
 
 def _evaluation_rows(doc: PlanDoc) -> list[str]:
     rows = []
-    if not any("evaluat" in sub.title.lower() for sub in doc.subtasks if not sub.integration):
+    if not any(re.search(r"(?<!no )evaluat", sub.title.lower())
+               for sub in doc.subtasks if not sub.integration):
         line = doc.header_lines.get("Evaluation design", doc.title_line or 1)
         rows.append(f"  - plan (line {line}): evaluation is in scope but no code subtask "
                     "evaluates (none has 'evaluat' in its title) — add a code subtask such as "
@@ -255,8 +266,13 @@ def _contract_rows(doc: PlanDoc, sub: Subtask) -> list[str]:
 
 def _entry_problem(key: str, value: str) -> str | None:
     """What is wrong with a present contract entry, and its fix (None: nothing)."""
+    if _NONE.match(value):
+        return f"{key} {value!r} says there is none — {_CONTRACT_HINTS[key]}"
     if key == "cadence":
         return _cadence_problem(value)
+    if key == "entry_modes" and _NEGATED_MODE.search(value):
+        return (f"entry_modes {value!r} restricts or negates a mode — list both: "
+                "'- entry_modes: checkpoint, in_memory' (one shared evaluation core)")
     if key in ("entry_modes", "failure_handling"):
         missing = [mode for mode, pattern in _MODES.items() if not pattern.search(value)]
         if missing:
@@ -270,7 +286,8 @@ def _entry_problem(key: str, value: str) -> str | None:
 
 def _cadence_problem(value: str) -> str | None:
     match = _CADENCE.search(value)
-    if match and int(match.group(1)) >= 1:
+    number = int(re.sub(r"[,_]", "", match.group(1))) if match else 0
+    if match and number >= 1:
         return None
     if _END_ONLY.search(value):
         return (f"cadence {value!r} evaluates only at the end of training — write '- cadence: "

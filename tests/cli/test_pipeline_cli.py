@@ -76,3 +76,10 @@ def test_handoff_refuses_an_unknown_loop(tmp_path):
     assert result.exit_code == 2
     assert "--to must be watchdog, iteration or autoresearch" in \
         result.output
+
+
+def test_experiment_next_prints_the_stage_first(tmp_path):
+    result = run("experiment", "next", str(tmp_path))
+    assert result.exit_code == 0
+    assert result.output.splitlines() == ["brainstorm", "no design doc in plans/"]
+    assert run("experiment", "next", str(tmp_path / "missing")).exit_code == 2

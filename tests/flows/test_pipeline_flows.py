@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 from helpers import git
+from typer.testing import CliRunner
 
+from spml.cli import app
 from spml.errors import ProtocolError
 from spml.flows.design import brainstorm_flow
 from spml.flows.develop import develop_flow
@@ -22,6 +24,7 @@ from spml.protocols.autoresearch import load_protocol
 from spml.protocols.plan import load_plan
 from spml.toolkit.pipeline.brief import load_brief
 from spml.toolkit.pipeline.planner import find_plan
+from spml.toolkit.pipeline.questions import QUESTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "pipeline"
@@ -128,7 +131,8 @@ def test_each_stage_refuses_to_start_without_its_input(tmp_path):
     assert find_plan(exp) == plan
 
 
-def _resume_when_paused(decision: str, found: list[str]) -> None:
+def _resume_when_paused(run_input: dict, found: list[str]) -> None:
+    """Resume the first paused flow run (within 2 minutes) with ``run_input``."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -146,7 +150,7 @@ def _resume_when_paused(decision: str, found: list[str]) -> None:
             runs = [r for r in runs if r.name and r.id not in found]
             if runs:
                 found.append(str(runs[0].id))
-                resume_flow_run(runs[0].id, run_input={"decision": decision})
+                resume_flow_run(runs[0].id, run_input=run_input)
                 return
             time.sleep(0.5)
 
@@ -163,7 +167,7 @@ def test_five_failures_at_one_level_pause_the_flow_and_stop_ends_it(tmp_path):
     calls = exp / "calls.txt"
     implementer = f"{sys.executable} -c \"open('{calls}', 'a').write('{{level}} ')\""
     found: list[str] = []
-    resumer = threading.Thread(target=_resume_when_paused, args=("stop", found))
+    resumer = threading.Thread(target=_resume_when_paused, args=({"decision": "stop"}, found))
     resumer.start()
     state = develop_flow(str(exp), implementer, "pause", return_state=True)
     resumer.join()
@@ -173,3 +177,81 @@ def test_five_failures_at_one_level_pause_the_flow_and_stop_ends_it(tmp_path):
     assert "5 consecutive failures" in state.message
     assert calls.read_text().split() == ["implement", "tests", "tests", "tests", "tests"]
     assert load_plan(exp / "plans" / "2026-12-05-x.md").subtask(1).status == "todo"
+
+
+UI_ANSWERS = {
+    "topic": "Ridge regression", "task_type": "regression",
+    "architecture": "A linear model with an L2 penalty.", "scale": "cpu",
+    "evaluation__required": "yes", "evaluation__metrics": "val_mse",
+    "evaluation__direction": "minimize", "evaluation__failure_handling":
+        "checkpoint mode exits 1 naming the file; in_memory mode raises on a non-finite metric",
+    "hypothesis": "Doing a sweep over the penalty is expected to cause val_mse to fall",
+    "independent_variables": "penalty", "dependent_variables": "val_mse",
+    "control_variables": "data, seed", "review_criteria": "val_mse <= 0.5"}
+
+
+def test_the_design_questions_in_the_ui_form_and_on_the_terminal(tmp_path):
+    exp = new_repo(tmp_path)
+    found: list[str] = []
+    resumer = threading.Thread(target=_resume_when_paused, args=(UI_ANSWERS, found))
+    resumer.start()
+    result = brainstorm_flow(str(exp))  # no brief: the run pauses for the form
+    resumer.join()
+    assert found, "the flow never paused for the form"
+    assert result["design"].endswith("-ridge-regression-design.md")
+    assert subjects(exp.parent)[0] == "experiment: design — Ridge regression"
+
+    terminal = new_repo(tmp_path / "terminal")
+    keys = [q.key for q in QUESTIONS]
+    typed = [UI_ANSWERS.get(k.replace(".", "__"), "") for k in keys]
+    typed[keys.index("scale")] = "tpu\ncpu"  # not a choice: asked again
+    run = CliRunner().invoke(app, ["design", "new", str(terminal)], input="\n".join(typed) + "\n")
+    assert run.exit_code == 0, run.output
+    assert "choose one of cpu, single_gpu, multi_gpu, multi_node" in run.output
+    assert "design written:" in run.output
+
+
+def test_start_via_deployment_creates_a_run_of_the_loops_deployment(tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from spml.flows.autoresearch import autoresearch_flow
+    from spml.flows.handoff import _start
+
+    autoresearch_flow.to_deployment(name="default").apply()  # registered; no worker needed
+    started = _start("autoresearch", str(tmp_path), via_deployment=True)
+    assert started.endswith("of autoresearch/default")
+    run_id = started.split()[2]
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+    assert run.parameters == {"experiment_dir": str(tmp_path)}
+    assert run.state is not None
+    assert run.state.is_scheduled()
+
+
+def test_a_drafter_may_rewrite_the_prose_and_the_gate_judges_it(tmp_path):
+    exp = new_repo(tmp_path)
+    brainstorm_flow(str(exp), load_brief(exp / "brief.yaml"), "brief.yaml")
+    drafter = tmp_path / "drafter.py"
+    drafter.write_text("import pathlib, sys\np = pathlib.Path(sys.argv[1])\n"
+                       "p.write_text(p.read_text().replace('Needs setup:', "
+                       "'Drafted by the agent.\\nNeeds setup:'))\n")
+    result = plan_flow(str(exp), f"{sys.executable} {drafter} {{plan_file}}")
+    assert "Drafted by the agent." in Path(result["plan"]).read_text()
+    assert git(exp.parent, "status", "--porcelain") == ""
+    breaker = tmp_path / "breaker.py"
+    breaker.write_text("import pathlib, sys\np = pathlib.Path(sys.argv[1])\n"
+                       "p.write_text(p.read_text().replace(' [INTEGRATION]', ''))\n")
+    (exp / "plans" / Path(result["plan"]).name).unlink()
+    git(exp.parent, "commit", "-qam", "start the plan over")
+    with pytest.raises(ProtocolError, match="fails the plan gate"):
+        plan_flow(str(exp), f"{sys.executable} {breaker} {{plan_file}}")
+    assert subjects(exp.parent)[0] == "start the plan over"  # the failed plan is not committed
+
+
+def test_a_refusal_on_the_command_line_exits_2_with_one_message(tmp_path):
+    exp = new_repo(tmp_path)
+    result = CliRunner().invoke(app, ["develop", str(exp)])
+    assert result.exit_code == 2, result.output
+    assert "no plan (plans/*.md)" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["handoff", str(exp)])
+    assert result.exit_code == 2 and "no design doc" in result.output

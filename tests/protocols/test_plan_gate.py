@@ -324,3 +324,36 @@ def test_integration_tests_not_checking_the_mode_reporting() -> None:
     assert rows == [f"  - {PIPELINE} (line 51): **Integration Tests:** do not check that each "
                     "entry mode reports its mode — add a test that the checkpoint and in_memory "
                     "runs each report their mode"]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("- entry_modes: checkpoint, in_memory",
+     "- entry_modes: checkpoint only (in_memory is not supported)", "restricts or negates"),
+    ("- cadence: every 200 steps", "- cadence: never every 200 steps; final epoch",
+     "says there is none"),
+    ("- cadence: every 200 steps", "- cadence: at the final epoch", "evaluates only at the end"),
+    ("- cadence: every 200 steps", "- cadence: every 0 steps", "not a step cadence"),
+    ("- shared_core: evaluate.py", "- shared_core: none, each mode has its own evaluate.py",
+     "says there is none"),
+])
+def test_a_contract_entry_that_denies_itself_fails(old, new, expected):
+    text = GOOD.read_text(encoding="utf-8")
+    assert old in text
+    rows = check_plan(parse_plan(text.replace(old, new, 1)))
+    assert any(expected in row for row in rows), rows
+
+
+@pytest.mark.parametrize("cadence", ["every 1,000 steps", "every 2k steps",
+                                     "every 200 training iterations"])
+def test_reasonable_cadences_pass(cadence):
+    text = GOOD.read_text(encoding="utf-8").replace("- cadence: every 200 steps",
+                                                    f"- cadence: {cadence}", 1)
+    assert check_plan(parse_plan(text)) == []
+
+
+def test_a_skipped_level_fails():
+    text = GOOD.read_text(encoding="utf-8")
+    pyramid = next(line for line in text.splitlines() if line.startswith("**Validation Pyramid"))
+    rows = check_plan(parse_plan(text.replace(pyramid, "**Validation Pyramid:** L0 skipped; "
+                                                      "L1 skipped")))
+    assert sum("skips L" in row for row in rows) == 2

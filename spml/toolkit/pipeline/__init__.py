@@ -12,5 +12,6 @@
 - `develop`: SPML's fix loop over those levels, and the implementer command.
 - `conclusion`: a finished subtask's `## Conclusion` (integration: evidence from L1).
 - `handoff_checks`: SPML's handoff pre-checks on real runs.
+- `handoff_runs`: the runs the pre-checks judge (L1, the time-limit probe) and git's view.
 - `handoff`: the routing rule and the loop documents the handoff writes.
 """

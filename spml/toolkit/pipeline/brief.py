@@ -18,6 +18,7 @@ from spml.protocols.frontmatter import (
     FrontMatter,
     error_report,
     parse_yaml_fields,
+    read_utf8,
     validation_rows,
 )
 
@@ -30,7 +31,7 @@ def load_brief(path: Path) -> dict[str, Any]:
     """
     if not path.is_file():
         raise ProtocolError(f"brief must be an existing YAML file, got {str(path)!r}.")
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_utf8(path)
     data, lines = parse_yaml_fields(path.name, text, first_line=1, kind="")
     if "context" in data:
         raise ProtocolError(f"{path.name} (line {lines[('context',)]}): context is collected by "

@@ -55,12 +55,14 @@ class Stuck:
     failures: int
     last: LevelResult
     implementer: bool
+    implementer_problem: str = ""  # how the implementer's last run failed ("" if it ran)
 
     def message(self) -> str:
         who = (f"{self.failures} consecutive failures" if self.implementer
                 else "no implementer is configured to fix it")
+        problem = f"; {self.implementer_problem}" if self.implementer_problem else ""
         return (f"Subtask {self.subtask.number} '{self.subtask.title}' is stuck at "
-                f"{self.level}: {self.last.summary} ({who})")
+                f"{self.level}: {self.last.summary} ({who}){problem}")
 
 
 @dataclass
@@ -73,17 +75,17 @@ class SubtaskOutcome:
     stuck: Stuck | None = None
 
 
-def develop_subtask(subtask: Subtask, levels: list[Level],
-                    implement: Callable[[FixRequest], object] | None,
+def develop_subtask(subtask: Subtask, levels: list[Level],  # noqa: PLR0913
+                    implement: Callable[[FixRequest], str | None] | None,
                     decide: Callable[[Stuck], Decision],
                     on_phase: Callable[[str], None] = lambda _: None,
                     limit: int = MAX_CONSECUTIVE_FAILURES) -> SubtaskOutcome:
     """Run ``levels`` until all pass, calling ``implement`` on each failure (module doc)."""
-    attempt = 0
+    attempt, problem = 0, ""
     if implement is not None:
         attempt = 1
         on_phase("Implementation")
-        implement(FixRequest(subtask, IMPLEMENT, attempt, ""))
+        problem = implement(FixRequest(subtask, IMPLEMENT, attempt, "")) or ""
     failures: dict[str, int] = {}
     while True:
         results, failed = _run_levels(levels, on_phase)
@@ -95,7 +97,7 @@ def develop_subtask(subtask: Subtask, levels: list[Level],
                 failures[name] = 0
         count = failures[failed.level]
         if implement is None or count >= limit:
-            stuck = Stuck(subtask, failed.level, count, failed, implement is not None)
+            stuck = Stuck(subtask, failed.level, count, failed, implement is not None, problem)
             decision = decide(stuck)
             if decision == "retry":
                 failures[failed.level] = 0
@@ -104,7 +106,7 @@ def develop_subtask(subtask: Subtask, levels: list[Level],
                                   max(attempt - 1, 0), stuck)
         attempt += 1
         on_phase(f"Fix loop ({failed.level}, attempt {count}/{limit})")
-        implement(FixRequest(subtask, failed.level, attempt, failed.report))
+        problem = implement(FixRequest(subtask, failed.level, attempt, failed.report)) or ""
 
 
 def _run_levels(levels: list[Level], on_phase: Callable[[str], None]

@@ -29,6 +29,8 @@ from spml.protocols.frontmatter import dump_front_matter
 from spml.protocols.watchdog import CONTEXT_FILENAME, WatchdogSettings
 from spml.toolkit.files import write_atomic
 from spml.toolkit.pipeline.conclusion import evidence_rows, l1_values
+from spml.toolkit.pipeline.handoff_checks import HandoffSettings
+from spml.toolkit.pipeline.stages import runtime_table
 
 Route = Literal["watchdog", "iteration", "autoresearch"]
 ROUTES: tuple[Route, ...] = ("watchdog", "iteration", "autoresearch")
@@ -103,8 +105,10 @@ def write_watchdog(exp_dir: Path, design: DesignDoc, settings: dict[str, Any],
     WatchdogSettings.model_validate(settings)
     path = exp_dir / CONTEXT_FILENAME
     if not path.exists():
+        body = _protocol_body(design, "the watchdog").replace(f"# {design.topic}",
+                                                              f"## Experiment: {design.topic}", 1)
         write_atomic(path, f"---\n{dump_front_matter(settings)}---\n\n# Experiment Context\n\n"
-                           f"{_protocol_body(design, 'the watchdog')}")
+                           f"{body}")
     ContextFile(path).set_handoff(summary)
     return [path]
 
@@ -124,3 +128,38 @@ def _write_new(path: Path, fields: dict[str, Any], body: str) -> Path:
                             "gives; edit it by hand, or remove it to hand off again.")
     write_atomic(path, text)
     return path
+
+
+def handoff_settings(exp: Path, design: DesignDoc) -> HandoffSettings:
+    """The pre-checks' settings: L1's commands, the loop's fixed files and budget."""
+    runtime = runtime_table(exp) or {}
+    train = runtime.get("train-command") or runtime.get("train_command")
+    if not train:
+        raise ProtocolError(f"{exp / 'pyproject.toml'}: [tool.spml.validate.runtime] needs "
+                            "train-command (the handoff reuses L1's command mode).")
+    auto = design.autoresearch or {}
+    fixed = auto.get("fixed", {})
+    scripts = [s for s in (script_of(str(train)),
+                           script_of(str(runtime.get("eval-command") or ""))) if s]
+    return HandoffSettings(
+        train_command=str(train), eval_command=runtime.get("eval-command"),
+        metric=runtime.get("metric"), fixed_files=list(fixed.get("files") or scripts),
+        time_limit_s=float(fixed.get("time_limit") or design.validation_scope.training_volume),
+        epoch_limit=fixed.get("epoch_limit"), max_steps=int(runtime.get("max-steps", 50)))
+
+
+def plain_eval_command(settings: HandoffSettings) -> str:
+    return (settings.eval_command or "").replace("{checkpoint}", "").strip()
+
+
+def researcher_spec(command: str | None) -> dict[str, Any]:
+    if not command:
+        raise ProtocolError("ml-iteration needs a researcher: pass --researcher-command "
+                            "'my-agent --prompt {prompt_file}'.")
+    return {"kind": "command", "command": command}
+
+
+def newest_log(exp: Path, settings: HandoffSettings) -> str:
+    logs = sorted(exp.glob(settings.log_glob), key=lambda p: p.stat().st_mtime)
+    logs = [p for p in logs if ".spml" not in p.relative_to(exp).parts]
+    return logs[-1].relative_to(exp).as_posix() if logs else "outputs/train.log"

@@ -11,95 +11,50 @@ The evidence comes from real runs: L1 in command mode (run here unless a report 
 and one more training run, the time-limit probe, with a short SPML_TIME_LIMIT and a huge
 SPML_MAX_STEPS, so that only the time limit can end it. The files these runs create or change
 inside the experiment directory are "what a run writes". Pure toolkit code: no Prefect.
+
+The runs, the snapshots and the git queries live in `handoff_runs`; the checks are here.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.machinery
-import os
-import re
 import shlex
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import git
-
-from spml.errors import ProtocolError, SpmlError
+from spml.errors import SpmlError
 from spml.toolkit.checks.engine import validate_static
-from spml.toolkit.git.runner import HARDENING, config_args
-from spml.toolkit.git.setup import find_repo
 from spml.toolkit.globs import compile_globs
-from spml.toolkit.loop.observe import FirstStepClock
 from spml.toolkit.metrics import log as lm
+from spml.toolkit.pipeline.handoff_runs import (
+    ENV_EPOCH_LIMIT,
+    PROBE_MAX_STEPS,
+    HandoffSettings,
+    _Evidence,
+    _gather_evidence,
+    _ignored_by,
+    _listed_files,
+)
+from spml.toolkit.pipeline.handoff_runs import PROBE_TIME_LIMIT_S as PROBE_TIME_LIMIT_S
 from spml.toolkit.process.result import CommandResult
-from spml.toolkit.process.runner import run_command, supervisor_path
 from spml.toolkit.runtime import contract
-from spml.toolkit.runtime.command import CommandSettings, run_commands
 from spml.toolkit.runtime.report import L1Report, StageResult
-from spml.toolkit.runtime.thresholds import Thresholds
 
 __all__ = ["CHECK_NAMES", "HandoffCheck", "HandoffReport", "HandoffSettings",
            "run_handoff_checks"]
 
-ENV_EPOCH_LIMIT = "SPML_EPOCH_LIMIT"
-PROBE_TIME_LIMIT_S = 3.0  # the probe only needs to see the limit work, not a full budget
-PROBE_MAX_STEPS = 10**9  # so large that only the time (or epoch) limit can end the probe
+# time_limit_honoured: training may overrun the limit by this much (the last step, saving)
+TRAINING_MARGIN_S, TRAINING_MARGIN_SHARE = 2.0, 0.5
+STARTUP_ALLOWANCE_S = 10.0  # imports and data loading, when no step line shows training began
 SEEDS_CHECK = "L0-09"
 IMPORTABLE_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pth")
 PROBE_STEM = "spml_probe"
 TEST_DIRS = frozenset({"tests", "test", "validation"})
-_KILL_GRACE_S = 2.0
 _TAIL_LINES = 5
 _LOG_READ_BYTES = 1 << 20
 _MAX_LISTED = 5
-_PLACEHOLDER = re.compile(r"\{(max_steps|time_limit|checkpoint_dir|metrics_file|seed)\}")
-
-
-@dataclass(frozen=True)
-class HandoffSettings:
-    """What the checks run and their limits.
-
-    Attributes:
-        train_command: The training command (L1's); reads ``SPML_*`` or placeholders.
-        eval_command: Prints ``metric`` for ``{checkpoint}``; None fails deterministic_eval.
-        metric: The name the eval command prints.
-        fixed_files: Globs (relative to the experiment dir) of the files a loop never edits.
-        time_limit_s: The loop's training budget; the probe uses min(this, 3 s).
-        epoch_limit: ``SPML_EPOCH_LIMIT`` for the probe, when the protocol has one.
-        max_steps: ``SPML_MAX_STEPS`` of the L1 run.
-        first_step_limit_s: The first step line must arrive within this.
-        log_glob: Where the run's own log file lands (relative to the experiment dir).
-        checkpoint_glob: Where the run's checkpoint lands (L1 evaluates the newest).
-        grace_s: The probe may run this long past its time limit before it is killed.
-    """
-
-    train_command: str
-    eval_command: str | None
-    metric: str | None
-    fixed_files: list[str]
-    time_limit_s: float
-    epoch_limit: int | None = None
-    max_steps: int = 50
-    first_step_limit_s: float = 60.0
-    log_glob: str = "**/*.log"
-    checkpoint_glob: str = "outputs/*.pt"
-    grace_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if min(self.time_limit_s, self.first_step_limit_s, self.grace_s) <= 0:
-            raise ProtocolError("time_limit_s, first_step_limit_s and grace_s must be > 0")
-        if self.epoch_limit is not None and self.epoch_limit < 1:
-            raise ProtocolError(f"epoch_limit must be >= 1 (or None), got {self.epoch_limit}")
-        self.l1_settings()  # L1's own rules: a non-empty command, a metric for the eval
-
-    def l1_settings(self) -> CommandSettings:
-        """The settings of L1 command mode on this experiment."""
-        return CommandSettings(train_command=self.train_command, eval_command=self.eval_command,
-                               metric=self.metric, checkpoint_glob=self.checkpoint_glob,
-                               max_steps=self.max_steps, time_limit_s=self.time_limit_s)
 
 
 @dataclass(frozen=True)
@@ -141,27 +96,6 @@ class HandoffReport:
                 "l1": self.l1.as_dict() if self.l1 is not None else None}
 
 
-@dataclass(frozen=True)
-class _Probe:
-    """The time-limit probe: its result, its limits and when its first step line came."""
-
-    result: CommandResult
-    time_limit_s: float
-    allowed_s: float
-    first_step_s: float | None
-
-
-@dataclass(frozen=True)
-class _Evidence:
-    """What the checks judge: the runs and the files they wrote (relative POSIX paths)."""
-
-    exp_dir: Path
-    settings: HandoffSettings
-    l1: L1Report
-    probe: _Probe
-    written: list[str]
-
-
 def run_handoff_checks(exp_dir: Path, settings: HandoffSettings,
                        l1_report: L1Report | None = None, *,
                        log_dir: Path | None = None) -> HandoffReport:
@@ -180,101 +114,8 @@ def run_handoff_checks(exp_dir: Path, settings: HandoffSettings,
         ProtocolError: ``exp_dir`` is not a folder.
         GitStateError: ``exp_dir`` is not inside a git repository.
     """
-    exp_dir = Path(exp_dir).resolve()
-    if not exp_dir.is_dir():
-        raise ProtocolError(f"{exp_dir}: no such folder (the handoff checks an experiment dir)")
-    find_repo(exp_dir)  # the gitignore checks, and every loop after handoff, need one
-    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="spml-handoff-")).resolve()
-    before = _snapshot(exp_dir, log_dir)
-    l1 = l1_report if l1_report is not None else run_commands(
-        settings.l1_settings(), exp_dir, thresholds=Thresholds(), log_dir=log_dir / "l1")
-    probe = _time_limit_probe(exp_dir, settings, log_dir / "time-limit")
-    after = _snapshot(exp_dir, log_dir)
-    written = sorted(path for path, stamp in after.items() if before.get(path) != stamp)
-    evidence = _Evidence(exp_dir, settings, l1, probe, written)
-    return HandoffReport(tuple(check(evidence) for check in _CHECKS), l1)
-
-
-# --- the runs -------------------------------------------------------------------------------
-
-
-def _snapshot(exp_dir: Path, skip: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``exp_dir`` (but .git and spml's own logs) -> (mtime_ns, size)."""
-    files: dict[str, tuple[int, int]] = {}
-    for root, dirs, names in os.walk(exp_dir):
-        dirs[:] = [d for d in dirs if d != ".git" and os.path.join(root, d) != str(skip)]
-        for name in names:
-            path = Path(root, name)
-            try:
-                stat = path.lstat()
-            except OSError:  # vanished while we walked
-                continue
-            files[path.relative_to(exp_dir).as_posix()] = (stat.st_mtime_ns, stat.st_size)
-    return files
-
-
-def _time_limit_probe(exp_dir: Path, settings: HandoffSettings, log_dir: Path) -> _Probe:
-    """Train with a short SPML_TIME_LIMIT and a huge SPML_MAX_STEPS; it must exit 0 in time."""
-    probe_s = min(settings.time_limit_s, PROBE_TIME_LIMIT_S)
-    (log_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    values = {"max_steps": str(PROBE_MAX_STEPS), "time_limit": f"{probe_s:g}",
-              "checkpoint_dir": str(log_dir / "checkpoints"),
-              "metrics_file": str(log_dir / "metrics.jsonl"), "seed": "0"}
-    names = {"max_steps": contract.ENV_MAX_STEPS, "time_limit": contract.ENV_TIME_LIMIT,
-             "checkpoint_dir": contract.ENV_CHECKPOINT_DIR,
-             "metrics_file": contract.ENV_METRICS_FILE, "seed": contract.ENV_SEED}
-    env = {**supervisor_path(), **{names[key]: value for key, value in values.items()},
-           "PYTHONUNBUFFERED": os.environ.get("PYTHONUNBUFFERED", "1")}
-    if settings.epoch_limit is not None:
-        env[ENV_EPOCH_LIMIT] = str(settings.epoch_limit)
-    command = _PLACEHOLDER.sub(lambda m: shlex.quote(values[m.group(1)]), settings.train_command)
-    allowed = probe_s + settings.grace_s
-    with FirstStepClock(log_dir / "train.stdout.log", log_dir / "train.stderr.log") as clock:
-        result = run_command(command, cwd=exp_dir, log_dir=log_dir, name="train", env=env,
-                             time_limit_s=allowed, kill_grace_s=_KILL_GRACE_S)
-    return _Probe(result, probe_s, allowed, clock.first_step_s)
-
-
-# --- git ------------------------------------------------------------------------------------
-
-
-def _git(cwd: Path, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-    """``git <args>`` in ``cwd`` with spml's hardening: (status, stdout, stderr)."""
-    runner = git.Git(str(cwd))
-    command = [runner.GIT_PYTHON_GIT_EXECUTABLE or "git", *config_args(HARDENING), *args]
-    with tempfile.TemporaryFile() as feed:  # GitPython feeds stdin from a real file only
-        feed.write(stdin or b"")
-        feed.seek(0)
-        status, out, err = runner.execute(command, istream=feed, with_extended_output=True,
-                                          with_exceptions=False)
-    return int(status or 0), str(out), str(err)
-
-
-def _listed_files(exp_dir: Path) -> list[str]:
-    """The experiment's files git sees (tracked or untracked, not ignored), relative."""
-    status, out, err = _git(exp_dir, "ls-files", "-z", "--cached", "--others",
-                            "--exclude-standard", "--", ".")
-    if status != 0:
-        raise SpmlError(f"`git ls-files` failed in {exp_dir}: {err.strip()}")
-    return sorted({path for path in out.split("\0") if path})
-
-
-def _ignored_by(exp_dir: Path, paths: Sequence[str], *, no_index: bool) -> dict[str, str]:
-    """Each of ``paths`` git ignores -> the rule (``source:line:pattern``) that does it.
-
-    Without ``no_index`` a tracked file counts as not ignored: a loop commits its changes.
-    """
-    found: dict[str, str] = {}
-    options = ["-z", "-v", "--stdin", *(["--no-index"] if no_index else [])]
-    paths_in = "".join(f"{path}\0" for path in paths).encode()  # -z: any file name is safe
-    status, out, err = _git(exp_dir, "check-ignore", *options, stdin=paths_in)
-    if status not in (0, 1):  # 1: nothing ignored
-        raise SpmlError(f"`git check-ignore` failed in {exp_dir}: {err.strip()}")
-    fields = out.split("\0")
-    for source, line, pattern, path in zip(*[iter(fields)] * 4, strict=False):
-        if not pattern.startswith("!"):  # -v also names the negation that un-ignores
-            found[path] = f"{source}:{line}:{pattern}"
-    return found
+    evidence = _gather_evidence(exp_dir, settings, l1_report, log_dir)
+    return HandoffReport(tuple(check(evidence) for check in _CHECKS), evidence.l1)
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -537,14 +378,27 @@ def _check_time_limit_honoured(ev: _Evidence) -> HandoffCheck:
     asked = (f"{contract.ENV_TIME_LIMIT}={probe.time_limit_s:g}, {contract.ENV_MAX_STEPS}="
              f"{PROBE_MAX_STEPS}" + (f", {ENV_EPOCH_LIMIT}={ev.settings.epoch_limit}"
                                      if ev.settings.epoch_limit is not None else ""))
-    if result.ok:
-        return _passed("time_limit_honoured", f"exit 0 after {result.duration_s:.1f} s with "
-                       f"{asked} (allowed {probe.allowed_s:g} s)")
-    return _failed("time_limit_honoured", [(
-        f"{result.describe()} with {asked} (allowed {probe.allowed_s:g} s); output tail: "
-        f"{_tail(result)}",
-        f"stop training once {contract.ENV_TIME_LIMIT} seconds have passed (or "
-        f"{ENV_EPOCH_LIMIT} epochs), save, and exit 0")])
+    fix = (f"stop training once {contract.ENV_TIME_LIMIT} seconds have passed (or "
+           f"{ENV_EPOCH_LIMIT} epochs), save, and exit 0")
+    if not result.ok:
+        return _failed("time_limit_honoured", [(
+            f"{result.describe()} with {asked} (killed at {probe.allowed_s:g} s); output tail: "
+            f"{_tail(result)}", fix)])
+    # Exiting before the kill is not enough: a script that ignores the limit but happens to
+    # finish within the grace would pass. Training (from the first step, or from the start
+    # plus an allowance for imports and data loading) must end near the limit.
+    margin = max(TRAINING_MARGIN_S, TRAINING_MARGIN_SHARE * probe.time_limit_s)
+    if probe.first_step_s is not None:
+        trained, since = result.duration_s - probe.first_step_s, "after its first step"
+    else:
+        trained, since = result.duration_s - STARTUP_ALLOWANCE_S, (
+            f"counting {STARTUP_ALLOWANCE_S:g} s for start-up (no step line was seen)")
+    if trained > probe.time_limit_s + margin:
+        return _failed("time_limit_honoured", [(
+            f"ran {result.duration_s:.1f} s with {asked}: {trained:.1f} s {since}, more than "
+            f"the limit + {margin:g} s", fix)])
+    return _passed("time_limit_honoured", f"exit 0 after {result.duration_s:.1f} s with "
+                   f"{asked} ({max(trained, 0):.1f} s {since}; at most the limit + {margin:g} s)")
 
 
 def _tail(result: CommandResult) -> str:

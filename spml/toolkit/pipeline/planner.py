@@ -20,6 +20,7 @@ from spml.protocols.plan import PlanDoc, SubtaskDraft, render_plan
 
 _SKIP = {".git", ".spml", "plans", "outputs", "__pycache__", "tests"}
 _SUBTASK_REF = re.compile(r"\bSubtask (\d+)\b")
+_SUBTASK_HEADING = re.compile(r"(?m)^## (?:\[[ xX]\] (?:REVISED |NEW )?|REMOVED: )Subtask \d+:")
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,15 @@ def plan_header(design: DesignDoc, exp_label: str) -> dict[str, str]:
     scope = design.validation_scope
     baselines = {k: v for k, v in scope.baselines.model_dump().items() if v is not None}
     return {
-        "Goal": f"Build and validate the training pipeline that tests: {design.hypothesis}",
+        "Goal": f"Build and validate the training pipeline that tests: {_flat(design.hypothesis)}",
         "Experiment directory": exp_label,
-        "Hypothesis": design.hypothesis,
+        "Hypothesis": _flat(design.hypothesis),
         "Validation scope": (f"L0 (profile spml) + L1 (data flow {scope.data_flow}, training "
                              f"volume {scope.training_volume:g}s, visualisation "
                              f"{scope.visualization}); baselines: "
                              f"{_pairs(baselines) or 'none (anomaly detection only)'}"),
         "Evaluation design": _evaluation_line(design),
-        "Architecture": design.architecture.strip(),
+        "Architecture": _flat(design.architecture),
     }
 
 
@@ -52,9 +53,9 @@ def _evaluation_line(design: DesignDoc) -> str:
     ev = design.evaluation
     if not ev.required:
         return "none (no evaluation in scope)"
-    return (f"{', '.join(ev.metrics)} ({ev.direction}), {ev.cadence}, {ev.scope}, entry modes "
-            f"{' + '.join(ev.entry_modes)}; observability: {ev.observability}; failure "
-            f"handling: {ev.failure_handling}")
+    return _flat(f"{', '.join(ev.metrics)} ({ev.direction}), {ev.cadence}, {ev.scope}, entry "
+                 f"modes {' + '.join(ev.entry_modes)}; observability: {ev.observability}; "
+                 f"failure handling: {ev.failure_handling}")
 
 
 def scaffold_text(exp_dir: Path) -> str:
@@ -80,7 +81,7 @@ def _model_core(design: DesignDoc, files: Files) -> SubtaskDraft:
     return SubtaskDraft("Model core", {
         "Role": "the model and its data path: build the network, validate its settings, "
                 "load the data",
-        "Implementation": f"`{files.model}`: {design.architecture.strip()}",
+        "Implementation": f"`{files.model}`: {_flat(design.architecture)}",
         "Unit Tests": "- `tests/test_model.py` — output shape, depth follows the settings, "
                       "invalid settings refused, the shipped data loads",
         "Expected Conclusion": "implemented + its unit tests passing",
@@ -90,11 +91,11 @@ def _model_core(design: DesignDoc, files: Files) -> SubtaskDraft:
 def _evaluator_core(design: DesignDoc, files: Files) -> SubtaskDraft:
     ev = design.evaluation
     return SubtaskDraft("Evaluator core", {
-        "Role": f"compute {', '.join(ev.metrics)} ({ev.scope}) through one core shared by the "
-                f"entry modes {' and '.join(ev.entry_modes)}",
+        "Role": _flat(f"compute {', '.join(ev.metrics)} ({ev.scope}) through one core shared "
+                      f"by the entry modes {' and '.join(ev.entry_modes)}"),
         "Implementation": f"`{files.evaluate}`: the core function both modes call, the "
                           "checkpoint-mode command printing `name=value`, and the failure "
-                          f"handling: {ev.failure_handling}",
+                          f"handling: {_flat(ev.failure_handling)}",
         "Unit Tests": "- `tests/test_evaluate.py` — the core's value on known inputs, "
                       "empty and non-finite inputs fail loudly, a missing checkpoint is named",
         "Expected Conclusion": "implemented + its unit tests passing",
@@ -124,10 +125,11 @@ def _integration(design: DesignDoc, files: Files, criteria_line: str, l1_steps: 
         fields["Integration Tests"] += ("; the eval cadence fires in memory; each entry mode "
                                         "reports its mode")
         fields["Evaluation Contract"] = "\n".join([
-            f"- cadence: {ev.cadence}", f"- scope: {ev.scope}",
+            f"- cadence: {_flat(ev.cadence)}", f"- scope: {_flat(ev.scope)}",
             f"- entry_modes: {', '.join(ev.entry_modes)}",
             f"- shared_core: `{files.evaluate}` (Subtask 2)",
-            f"- progress: {ev.observability}", f"- failure_handling: {ev.failure_handling}"])
+            f"- progress: {_flat(ev.observability)}",
+            f"- failure_handling: {_flat(ev.failure_handling)}"])
     return SubtaskDraft("Training pipeline", fields, True, [
         "Write the integration tests; see them fail.", f"Assemble `{files.train}`.",
         "See the integration tests pass.", "L0: `spml validate static . --profile spml`.",
@@ -159,19 +161,33 @@ def files_from_runtime(settings: dict[str, Any] | None) -> Files:
     return Files(train=train or "train.py", evaluate=evaluate or "evaluate.py")
 
 
+def _flat(text: str) -> str:
+    """A design's free text on one line (a plan field holds no blank line or block)."""
+    return " ".join(str(text).split())
+
+
 def _pairs(values: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in values.items())
 
 
 def find_plan(exp_dir: Path) -> Path | None:
-    """The experiment's plan: the one ``plans/*.md`` that is not a design doc."""
+    """The experiment's plan: the one ``plans/*.md`` (not a design doc) with a subtask heading;
+    a person's notes file beside it is not a plan."""
     plans = sorted(p for p in (exp_dir / "plans").glob("*.md")
-                   if not p.name.endswith(DESIGN_SUFFIX))
+                   if not p.name.endswith(DESIGN_SUFFIX) and _has_subtasks(p))
     if len(plans) > 1:
         names = ", ".join(p.name for p in plans)
         raise ProtocolError(f"{exp_dir / 'plans'} holds several plans ({names}); SPML keeps one "
                             "plan per experiment. Merge them into one and remove the others.")
     return plans[0] if plans else None
+
+
+def _has_subtasks(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(_SUBTASK_HEADING.search(text))
 
 
 def plan_filename(design_path: Path) -> str:
@@ -188,41 +204,67 @@ def new_plan_text(exp_dir: Path, exp_label: str, design: DesignDoc,
                        scaffold_text(exp_dir), drafts)
 
 
-def revise_plan(plan: PlanDoc, exp_label: str, design: DesignDoc,
+def revise_plan(plan: PlanDoc, exp_label: str, old: DesignDoc, new: DesignDoc,
                 runtime: dict[str, Any] | None) -> tuple[PlanDoc, list[str]]:
-    """``plan`` brought in line with ``design`` in place, with SPML's markers; the changes.
+    """``plan`` brought in line with the change from design ``old`` to ``new``, in place, with
+    SPML's markers; the changes.
 
-    A subtask whose derived fields changed is revised (``[ ] REVISED``), a new one added
-    (``[ ] NEW``), one the design no longer needs removed (``REMOVED: ...``). Revising any
-    code subtask re-flags the integration subtask, so L0 and L1 run again (SPML §1.8).
+    Only what the design change moves is touched: a field whose derived value differs between
+    the two designs is revised (``[ ] REVISED``), a subtask the new design adds is ``[ ] NEW``,
+    one it drops is ``REMOVED``. Everything a person wrote or added (their own subtasks, edits
+    to fields the change does not touch, prose) stays. Revising any code subtask re-flags the
+    integration subtask, so L0 and L1 run again (SPML §1.8).
     """
-    drafts = plan_subtasks(design, files_from_runtime(runtime), criteria_summary(design),
-                           _l1_steps(runtime))
+    files, steps = files_from_runtime(runtime), _l1_steps(runtime)
+    before = plan_subtasks(old, files, criteria_summary(old), steps)
+    after = plan_subtasks(new, files, criteria_summary(new), steps)
     changes: list[str] = []
-    for label, value in plan_header(design, exp_label).items():
-        if plan.header.get(label) != value:
+    old_header = plan_header(old, exp_label)
+    for label, value in plan_header(new, exp_label).items():
+        if old_header.get(label) != value:
             plan = plan.update_header(label, value)
             changes.append(f"header {label}")
-    by_title = {_bare(s.title): s for s in plan.subtasks}
+    old_by_title = {_bare(d.title): d for d in before}
     numbers: dict[int, int] = {}  # a draft's position -> its number in this plan
-    for position, draft in enumerate(drafts, 1):
-        draft = _renumbered(draft, numbers)
-        existing = by_title.pop(_bare(draft.title), None)
-        if existing is None:
-            plan = plan.add_subtask(draft.title, draft.fields, draft.integration, draft.steps)
-            added = max(plan.subtasks, key=lambda s: s.number)
-            numbers[position] = added.number
-            changes.append(f"new Subtask {added.number} ({draft.title})")
-            continue
-        numbers[position] = existing.number
-        stale = {k: v for k, v in draft.fields.items() if existing.fields.get(k) != v}
-        if stale:
-            plan = plan.revise(existing.number, stale)
-            changes.append(f"revised Subtask {existing.number} ({', '.join(stale)})")
-    for gone in by_title.values():
-        plan = plan.remove(gone.number, "no longer in the design")
-        changes.append(f"removed Subtask {gone.number}")
+    for position, draft in enumerate(after, 1):
+        plan, number, change = _revise_one(plan, draft, old_by_title.pop(_bare(draft.title), None),
+                                           numbers)
+        if number is not None:
+            numbers[position] = number
+        changes.extend(change)
+    for gone in old_by_title.values():
+        existing = _by_title(plan, gone.title)
+        if existing is not None:
+            plan = plan.remove(existing.number, "no longer in the design")
+            changes.append(f"removed Subtask {existing.number}")
     return _reflag_integration(plan, changes), changes
+
+
+def _revise_one(plan: PlanDoc, draft: SubtaskDraft, old: SubtaskDraft | None,
+                numbers: dict[int, int]) -> tuple[PlanDoc, int | None, list[str]]:
+    draft = _renumbered(draft, numbers)
+    existing = _by_title(plan, draft.title)
+    if existing is None:
+        if old is not None:  # the person removed or renamed it: their decision stands
+            return plan, None, []
+        plan = plan.add_subtask(draft.title, draft.fields, draft.integration, draft.steps)
+        added = max(plan.subtasks, key=lambda s: s.number)
+        return plan, added.number, [f"new Subtask {added.number} ({draft.title})"]
+    if old is None:
+        return plan, existing.number, []
+    old = _renumbered(old, numbers)
+    moved: dict[str, str | None] = {k: v for k, v in draft.fields.items()
+                                    if old.fields.get(k) != v}
+    moved.update({k: None for k in old.fields if k not in draft.fields
+                  and k in existing.fields})
+    if not moved:
+        return plan, existing.number, []
+    plan = plan.revise(existing.number, moved)
+    return plan, existing.number, [f"revised Subtask {existing.number} ({', '.join(moved)})"]
+
+
+def _by_title(plan: PlanDoc, title: str) -> Any:
+    return next((s for s in plan.subtasks if _bare(s.title) == _bare(title)), None)
 
 
 def _reflag_integration(plan: PlanDoc, changes: list[str]) -> PlanDoc:

@@ -110,3 +110,24 @@ def ask_all(ask: Callable[[Question, str | None], str]) -> dict[str, Any]:
             except ValueError as exc:
                 problem = str(exc)
     return nest_answers(answers)
+
+
+def current_answers(design: dict[str, Any]) -> dict[str, str]:
+    """An existing design's values as answers (the defaults when it is revised on the
+    terminal), by question key."""
+    answers: dict[str, str] = {}
+    for question in QUESTIONS:
+        node: Any = design
+        for part in question.key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            continue
+        if question.key == "review_criteria":
+            node = ", ".join(f"{c['name']} {c['op']} {c['threshold']:g}"
+                             for c in node.get("metrics", []))
+        elif isinstance(node, bool):
+            node = "yes" if node else "no"
+        elif isinstance(node, list):
+            node = ", ".join(map(str, node))
+        answers[question.key] = " ".join(str(node).split())
+    return answers

@@ -82,15 +82,23 @@ def experiment_label(exp_dir: Path) -> str:
     return relative or "."
 
 
+def check_drafter_command(command: str) -> str:
+    """The command, if its placeholders are known (else a ProtocolError naming them)."""
+    try:
+        command.format(plan_file="", design_file="", workdir="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ProtocolError("drafter command may only use {plan_file}, {design_file} and "
+                            f"{{workdir}} (write {{{{ and }}}} for literal braces); problem: "
+                            f"{exc}") from None
+    return command
+
+
 def run_drafter(command: str, exp_dir: Path, plan: Path) -> str:
     """Run a plan drafter command in ``exp_dir``; its outcome in words."""
     design = find_design(exp_dir)
     values = {"plan_file": str(plan), "design_file": str(design or ""), "workdir": str(exp_dir)}
-    try:
-        filled = command.format(**{k: shlex.quote(v) for k, v in values.items()})
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ProtocolError("drafter command may only use {plan_file}, {design_file} and "
-                            f"{{workdir}}; problem: {exc}") from None
+    filled = check_drafter_command(command).format(
+        **{k: shlex.quote(v) for k, v in values.items()})
     result = run_command(filled, cwd=exp_dir, log_dir=exp_dir / ".spml" / "plan",
                          name="drafter", env=supervisor_path(), time_limit_s=DRAFTER_TIMEOUT_S)
     return result.describe()
@@ -107,3 +115,70 @@ def find_design_name(exp_dir: Path) -> str:
     """The design doc's file name (for summaries)."""
     path = find_design(exp_dir)
     return path.name if path else "(none)"
+
+
+def put_back(exp_dir: Path, path: Path, previous: str | None) -> Path:
+    """Restore ``path`` to ``previous`` (remove it when it is new); the rejected text is kept
+    in ``.spml/plan/`` and its path returned."""
+    from spml.toolkit.files import write_atomic
+
+    kept = exp_dir / ".spml" / "plan" / f"rejected-{path.name}"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(kept, path.read_text(encoding="utf-8") if path.is_file() else "")
+    if previous is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_atomic(path, previous)
+    return kept
+
+
+def design_when_plan_was_committed(exp_dir: Path, plan: Path, design: Path) -> DesignDoc | None:
+    """The design as it was when ``plan`` was last committed (what the plan was derived from);
+    None without that history."""
+    import tempfile
+
+    from spml.toolkit.git.checkout import text_when_last_committed
+
+    text = text_when_last_committed(exp_dir, plan.relative_to(exp_dir).as_posix(),
+                                    design.relative_to(exp_dir).as_posix())
+    if text is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="spml-design-") as scratch:
+        copy = Path(scratch) / design.name
+        copy.write_text(text, encoding="utf-8")
+        try:
+            return load_design(copy)
+        except ProtocolError:
+            return None
+
+
+def require_runtime(exp_dir: Path, overrides: dict[str, Any] | None) -> None:
+    """L1's settings load (else the ProtocolError that says how to configure them)."""
+    from spml.toolkit.runtime.run import load_runtime_settings
+
+    load_runtime_settings(exp_dir, overrides)
+
+
+def require_branch(exp_dir: Path, branch: str) -> None:
+    """Refuse to commit when the checkout is no longer on ``branch`` (an implementer switched
+    it: the stage's commits would land where nobody looks)."""
+    from spml.errors import GitStateError
+    from spml.toolkit.git.checkout import current_branch
+
+    now = current_branch(exp_dir)
+    if now != branch:
+        raise GitStateError(f"the checkout moved from branch {branch!r} to {now!r} while the "
+                            f"stage ran (the implementer?); check out {branch!r} again and "
+                            "re-run `spml develop`.")
+
+
+def require_plan_current(exp_dir: Path, plan: Path, design: Path) -> None:
+    """Refuse to develop a plan its design has moved on from (SPML: changes flow design ->
+    plan -> code)."""
+    from spml.toolkit.git.checkout import changed_after
+
+    if changed_after(exp_dir, design.relative_to(exp_dir).as_posix(),
+                     plan.relative_to(exp_dir).as_posix()):
+        raise ProtocolError(f"{design.name} changed after {plan.name} was written; revise the "
+                            f"plan first with `spml plan new {exp_dir}` (changes flow design "
+                            "-> plan -> code).")

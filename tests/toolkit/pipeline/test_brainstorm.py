@@ -49,11 +49,12 @@ def test_revision_edits_the_same_file_keeps_the_prose_and_says_what_changed(tmp_
     assert design.evaluation.cadence == "every 100 steps"
     assert person_prose.strip() in body
     assert IMPACT in body
-    assert "Revised on 2026-12-06: evaluation changed" in body
+    assert "- 2026-12-06: evaluation changed." in body
     third = write_design(tmp_path, {**changed, "topic": "MLP regression, revised"}, {}, DAY)
     body = read_design(third.path)[1]
     assert body.count(IMPACT) == 1
-    assert "topic changed" in body
+    assert "- 2026-12-05: topic changed." in body
+    assert "- 2026-12-06: evaluation changed." in body  # earlier entries are kept
     assert write_design(tmp_path, {**changed, "topic": "MLP regression, revised"}, {},
                         DAY).changed == []
 
@@ -140,3 +141,34 @@ def test_the_context_names_git_versions_gpus_and_the_datasets(tmp_path):
     assert dataset["rows"] == 2
     assert dataset["missing_values"] == 1
     assert set(dataset["columns"]) == {"a", "b", "y"}
+
+
+def test_a_revision_keeps_fields_the_brief_does_not_give_and_crlf(tmp_path):
+    first = write_design(tmp_path, brief(), {}, DAY)
+    first.path.write_bytes(first.path.read_bytes().replace(b"\n", b"\r\n"))
+    partial = {"topic": brief()["topic"], "scale": "single_gpu"}
+    again = write_design(tmp_path, partial, {}, DAY)
+    assert again.changed == ["scale"]
+    design, _ = read_design(again.path)
+    assert design.autoresearch is not None
+    assert design.evaluation.cadence == "every 200 steps"
+    raw = again.path.read_bytes()
+    assert raw.count(b"\r\n") == raw.count(b"\n")  # still CRLF throughout
+    nested = write_design(tmp_path, {"review_criteria": {"metrics": [
+        {"name": "val_mse", "op": "<=", "threshold": 0.1}]}}, {}, DAY, merge="deep")
+    assert nested.changed == ["review_criteria"]
+    kept = read_design(nested.path)[0].review_criteria
+    assert kept.performance
+    assert kept.metrics[0].threshold == 0.1
+
+
+def test_a_design_that_fails_its_check_is_not_written(tmp_path):
+    bad = {**brief(), "hypothesis": "More data helps"}
+    with pytest.raises(ProtocolError, match="would fail its self-review"):
+        write_design(tmp_path, bad, {}, DAY)
+    assert not list(tmp_path.rglob("*-design.md"))
+    first = write_design(tmp_path, brief(), {}, DAY)
+    before = first.path.read_bytes()
+    with pytest.raises(ProtocolError, match="hypothesis"):
+        write_design(tmp_path, bad, {}, DAY)
+    assert first.path.read_bytes() == before

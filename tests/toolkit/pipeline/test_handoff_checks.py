@@ -223,3 +223,14 @@ def test_experiment_outside_git_is_refused(tmp_path: Path) -> None:
     exp = Path(shutil.copytree(GOOD, tmp_path / "toy"))
     with pytest.raises(GitStateError, match="git init"):
         run_handoff_checks(exp, settings())
+
+
+def test_a_run_that_ignores_the_limit_but_ends_within_the_grace_still_fails(
+        tmp_path: Path, good: HandoffReport) -> None:
+    own_budget = ("            if time.monotonic() - started >= 4.0:  # its own budget\n"
+                  "                break\n")
+    report = variant(tmp_path, good, lambda exp: replace_in(exp / "train.py", TIME_LIMIT_LINES,
+                                                            own_budget))
+    assert failing(report) == ["time_limit_honoured"]
+    detail = check(report, "time_limit_honoured").detail
+    assert "after its first step, more than the limit + 2 s" in detail

@@ -1,0 +1,91 @@
+"""Re-entry: which stage comes next for an experiment directory (SPML §1.5, extended).
+
+SPML's table looks at three things (a design doc, a plan, code); spml also reads how far the
+plan, the handoff, the loop and verification got:
+
+| state | next |
+|---|---|
+| `verification.md` written | `done` |
+| a loop document, and its loop finished (ledger or watchdog status) | `verify` |
+| a loop document, its loop not finished | `run` |
+| the `[INTEGRATION]` subtask concluded, no loop document | `handoff` |
+| no design | `brainstorm` |
+| a design, no plan | `plan` |
+| a design and a plan, a subtask ticked or no code yet | `develop` |
+| a design, a plan, code, nothing ticked (code that predates the plan) | `revise` |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from spml.protocols.design import find_design
+from spml.protocols.plan import load_plan
+from spml.toolkit.pipeline.planner import find_plan
+
+Stage = Literal["brainstorm", "plan", "develop", "revise", "handoff", "run", "verify", "done"]
+VERIFICATION_FILENAME = "verification.md"
+LOOP_DOCUMENTS = ("autoresearch-protocol.md", "iteration-protocol.md", "experiment-context.md")
+FINISHED_LEDGER = ("completed", "target_reached", "stopped")
+FINISHED_WATCHDOG = ("completed",)
+
+
+@dataclass(frozen=True)
+class NextStage:
+    """The next stage and why."""
+
+    stage: Stage
+    why: str
+
+
+def next_stage(exp_dir: Path) -> NextStage:
+    """What to run next in ``exp_dir`` (module doc)."""
+    if (exp_dir / VERIFICATION_FILENAME).is_file():
+        return NextStage("done", f"{VERIFICATION_FILENAME} is written")
+    loop = next((name for name in LOOP_DOCUMENTS if (exp_dir / name).is_file()), None)
+    if loop is not None:
+        finished, state = _loop_state(exp_dir, loop)
+        if finished:
+            return NextStage("verify", f"{loop}: the loop finished ({state}); verify its result")
+        return NextStage("run", f"{loop} is written and its loop is {state}")
+    design = find_design(exp_dir)
+    if design is None:
+        return NextStage("brainstorm", "no design doc in plans/")
+    plan_path = find_plan(exp_dir)
+    if plan_path is None:
+        return NextStage("plan", f"{design.name} has no plan yet")
+    plan = load_plan(plan_path)
+    integration = plan.integration
+    if integration is not None and integration.status == "done" and integration.conclusion:
+        return NextStage("handoff", "the [INTEGRATION] subtask is concluded and no loop "
+                                    "document is written")
+    ticked = [s for s in plan.subtasks if s.status == "done"]
+    if ticked or not _has_code(exp_dir):
+        left = len(plan.subtasks) - len(ticked)
+        return NextStage("develop", f"{plan_path.name}: {left} subtask(s) not done")
+    return NextStage("revise", "code exists but no subtask of the plan is done: revise the "
+                               "design so it accounts for that code")
+
+
+def _loop_state(exp_dir: Path, loop: str) -> tuple[bool, str]:
+    if loop == "experiment-context.md":
+        from spml.toolkit.watchdog.context import ContextFile
+
+        state = ContextFile(exp_dir / loop).read_status().get("state", "not started")
+        return state in FINISHED_WATCHDOG, state
+    ledger = exp_dir / "experiences.md"
+    if not ledger.is_file():
+        return False, "not started"
+    from spml.protocols.experiences import parse_experiences
+
+    try:
+        status = parse_experiences(ledger.read_text(encoding="utf-8")).status
+    except ValueError:
+        return False, "unreadable (experiences.md does not parse)"
+    return status in FINISHED_LEDGER, status
+
+
+def _has_code(exp_dir: Path) -> bool:
+    return any(exp_dir.glob("*.py"))
