@@ -10,6 +10,7 @@ import typer
 from spml.cli import autoresearch, experiment, iteration, pipeline, toolkit, validate, watchdog
 from spml.cli._output import SpmlGroup, start_invocation
 from spml.cli.demo import demo
+from spml.cli.verify import verify
 from spml.errors import SpmlError
 
 app = typer.Typer(cls=SpmlGroup, no_args_is_help=True)
@@ -24,6 +25,7 @@ app.command()(pipeline.develop)
 app.command()(pipeline.handoff)
 app.add_typer(experiment.app, name="experiment")
 app.command()(demo)
+app.command()(verify)
 
 
 @app.callback()
