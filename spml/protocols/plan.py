@@ -26,7 +26,7 @@ writers in `plan_text`; every public name of both is importable from here too.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from spml.protocols.plan_schema import (
 )
 from spml.protocols.plan_text import (
     SCAFFOLD_HEADING,
+    ParsedPlan,
     _canonical,
     _checked,
     _content,
@@ -75,20 +76,9 @@ EXECUTOR_LINE = ("> Executor: `spml develop {directory}` runs each subtask's tes
 
 
 @dataclass(frozen=True)
-class PlanDoc:
-    """A parsed plan: the structure, and the exact lines it came from."""
-
-    name: str
-    lines: tuple[str, ...] = field(repr=False)  # with their line endings; "".join = the text
-    title: str
-    title_line: int | None
-    header: dict[str, str]
-    header_lines: dict[str, int]
-    scaffold: str
-    subtasks: list[Subtask]
-    removed: list[RemovedSubtask]
-    header_spans: dict[str, Span] = field(repr=False, compare=False)
-    newline: str = field(default="\n", repr=False, compare=False)
+class PlanDoc(ParsedPlan):
+    """A parsed plan: the structure, and the exact lines it came from (the fields of
+    `ParsedPlan`), with the edits that rewrite only the lines they must."""
 
     def render(self) -> str:
         """The plan's text (unedited: exactly the parsed text)."""
@@ -247,7 +237,7 @@ def parse_plan(text: str, name: str = "plan.md") -> PlanDoc:
     a malformed subtask heading, a duplicate subtask number, a `## Conclusion` with no subtask
     above it, a field given twice in one subtask or in the header."""
     parts = parse_text(text, name)
-    return PlanDoc(**{item.name: getattr(parts, item.name) for item in fields(parts)})
+    return PlanDoc(**{item.name: getattr(parts, item.name) for item in fields(ParsedPlan)})
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from spml.errors import ProtocolError
@@ -66,7 +66,7 @@ class ParsedPlan:
     into a `PlanDoc` (the same fields)."""
 
     name: str
-    lines: tuple[str, ...]
+    lines: tuple[str, ...] = field(repr=False)  # with their line endings; "".join = the text
     title: str
     title_line: int | None
     header: dict[str, str]
@@ -74,8 +74,8 @@ class ParsedPlan:
     scaffold: str
     subtasks: list[Subtask]
     removed: list[RemovedSubtask]
-    header_spans: dict[str, Span]
-    newline: str
+    header_spans: dict[str, Span] = field(repr=False, compare=False)
+    newline: str = field(default="\n", repr=False, compare=False)
 
 
 def parse_text(text: str, name: str) -> ParsedPlan:

@@ -252,6 +252,8 @@ def test_a_refusal_on_the_command_line_exits_2_with_one_message(tmp_path):
     exp = new_repo(tmp_path)
     result = CliRunner().invoke(app, ["develop", str(exp)])
     assert result.exit_code == 2, result.output
-    assert "no plan (plans/*.md)" in result.output and "Traceback" not in result.output
+    assert "no plan (plans/*.md)" in result.output
+    assert "Traceback" not in result.output
     result = CliRunner().invoke(app, ["handoff", str(exp)])
-    assert result.exit_code == 2 and "no design doc" in result.output
+    assert result.exit_code == 2
+    assert "no design doc" in result.output

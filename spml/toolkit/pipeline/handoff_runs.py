@@ -10,8 +10,6 @@ ignores and by which rule). Pure toolkit code: no Prefect.
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +32,6 @@ ENV_EPOCH_LIMIT = "SPML_EPOCH_LIMIT"
 PROBE_TIME_LIMIT_S = 3.0  # the probe only needs to see the limit work, not a full budget
 PROBE_MAX_STEPS = 10**9  # so large that only the time (or epoch) limit can end the probe
 _KILL_GRACE_S = 2.0
-_PLACEHOLDER = re.compile(r"\{(max_steps|time_limit|checkpoint_dir|metrics_file|seed)\}")
 
 
 @dataclass(frozen=True)
@@ -145,14 +142,10 @@ def _time_limit_probe(exp_dir: Path, settings: HandoffSettings, log_dir: Path) -
     values = {"max_steps": str(PROBE_MAX_STEPS), "time_limit": f"{probe_s:g}",
               "checkpoint_dir": str(log_dir / "checkpoints"),
               "metrics_file": str(log_dir / "metrics.jsonl"), "seed": "0"}
-    names = {"max_steps": contract.ENV_MAX_STEPS, "time_limit": contract.ENV_TIME_LIMIT,
-             "checkpoint_dir": contract.ENV_CHECKPOINT_DIR,
-             "metrics_file": contract.ENV_METRICS_FILE, "seed": contract.ENV_SEED}
-    env = {**supervisor_path(), **{names[key]: value for key, value in values.items()},
-           "PYTHONUNBUFFERED": os.environ.get("PYTHONUNBUFFERED", "1")}
+    env = {**supervisor_path(), **contract.contract_env(values)}
     if settings.epoch_limit is not None:
         env[ENV_EPOCH_LIMIT] = str(settings.epoch_limit)
-    command = _PLACEHOLDER.sub(lambda m: shlex.quote(values[m.group(1)]), settings.train_command)
+    command = contract.fill_placeholders(settings.train_command, values)
     allowed = probe_s + settings.grace_s
     with FirstStepClock(log_dir / "train.stdout.log", log_dir / "train.stderr.log") as clock:
         result = run_command(command, cwd=exp_dir, log_dir=log_dir, name="train", env=env,

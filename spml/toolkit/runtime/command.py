@@ -29,7 +29,6 @@ import json
 import math
 import os
 import re
-import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,11 +52,7 @@ _KILL_GRACE_S = 2.0
 _TAIL_LINES = 8
 _CLIP = 200
 _LIMIT = re.compile(contract.LIMIT_LINE_PATTERN)
-_PLACEHOLDER = re.compile(r"\{(max_steps|time_limit|checkpoint_dir|metrics_file|seed|"
-                          r"checkpoint)\}")
-_ENV_NAMES = {"max_steps": contract.ENV_MAX_STEPS, "time_limit": contract.ENV_TIME_LIMIT,
-              "checkpoint_dir": contract.ENV_CHECKPOINT_DIR,
-              "metrics_file": contract.ENV_METRICS_FILE, "seed": contract.ENV_SEED}
+_PLACEHOLDER = contract.PLACEHOLDER
 _STEP_NAMES = ("step", "global_step", "iter", "iteration")
 _DERIVED = ("derived: command mode runs this stage inside the training command and cannot "
             "observe it separately")
@@ -117,7 +112,7 @@ class _Run:
     def fill(self, command: str, checkpoint: Path | None = None) -> str:
         """``command`` with its placeholders filled (shell-quoted where a value needs it)."""
         values = {**self.values, "checkpoint": str(checkpoint or "")}
-        return _PLACEHOLDER.sub(lambda m: shlex.quote(values[m.group(1)]), command)
+        return contract.fill_placeholders(command, values)
 
     def remaining(self) -> float:
         return max(self.deadline - time.monotonic(), 1.0)
@@ -168,8 +163,7 @@ def _prepare(settings: CommandSettings, project: Path, log_dir: Path, thresholds
     values = {"max_steps": str(settings.max_steps), "time_limit": f"{settings.time_limit_s:g}",
               "checkpoint_dir": str(checkpoint_dir), "metrics_file": str(metrics_file),
               "seed": str(settings.seed)}
-    env = {**supervisor_path(), **{_ENV_NAMES[key]: value for key, value in values.items()},
-           "PYTHONUNBUFFERED": os.environ.get("PYTHONUNBUFFERED", "1")}
+    env = {**supervisor_path(), **contract.contract_env(values)}
     return _Run(settings, project.resolve(), log_dir, thresholds,
                 started + settings.total_timeout_s, values, env)
 

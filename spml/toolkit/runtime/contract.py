@@ -33,6 +33,10 @@ no arguments and returns an object with these attributes (a class instance, a mo
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+
 ENV_MAX_STEPS = "SPML_MAX_STEPS"
 ENV_TIME_LIMIT = "SPML_TIME_LIMIT"
 ENV_CHECKPOINT_DIR = "SPML_CHECKPOINT_DIR"
@@ -51,3 +55,26 @@ LIMIT_LINE_PATTERN = r"(?i)\b(?:max[_ ]steps|total[_ ]steps)\s*[=:]\s*(\d+)"
 RECORD_KEYS = ("step", "loss", "grad_norm", "nonfinite_grads", "lr", "step_time_s",
                "throughput", "tokens_per_s", "mfu", "tca", "mem_allocated_gb",
                "mem_reserved_gb", "mem_peak_gb", "param_drift")
+
+
+# `{name}` placeholders a command may take instead of reading the variables, and the variable
+# each stands for; `{checkpoint}` (the eval command's checkpoint file) has no variable.
+ENV_BY_PLACEHOLDER = {"max_steps": ENV_MAX_STEPS, "time_limit": ENV_TIME_LIMIT,
+                      "checkpoint_dir": ENV_CHECKPOINT_DIR, "metrics_file": ENV_METRICS_FILE,
+                      "seed": ENV_SEED}
+PLACEHOLDER = re.compile(r"\{(max_steps|time_limit|checkpoint_dir|metrics_file|seed|"
+                         r"checkpoint)\}")
+
+
+def fill_placeholders(command: str, values: dict[str, str]) -> str:
+    """``command`` with its placeholders filled, shell-quoted (unknown ones left as they are)."""
+    return PLACEHOLDER.sub(lambda m: shlex.quote(values[m.group(1)]) if m.group(1) in values
+                           else m.group(0), command)
+
+
+def contract_env(values: dict[str, str]) -> dict[str, str]:
+    """The ``SPML_*`` variables for placeholder ``values``; Python children unbuffered (so a
+    printed limit is seen at once), unless the person set it."""
+    env = {ENV_BY_PLACEHOLDER[key]: value for key, value in values.items()
+           if key in ENV_BY_PLACEHOLDER}
+    return {**env, "PYTHONUNBUFFERED": os.environ.get("PYTHONUNBUFFERED", "1")}
