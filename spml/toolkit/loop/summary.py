@@ -36,6 +36,13 @@ class LoopSummary(BaseModel):
         """One line: baseline -> best, and the change in percent."""
         if self.baseline is None or self.best is None:
             return f"{self.metric}: no measured result"
+        if self.best_round == 0:
+            # No change was kept: a pooled baseline that moved with more seeds is re-measurement,
+            # not progress, and no percentage may suggest otherwise.
+            moved = (f" (pooled over its runs; first measured {format_value(self.baseline)})"
+                     if self.best != self.baseline else "")
+            return (f"{self.metric}: no change kept; baseline {format_value(self.best)} (R0)"
+                    f"{moved}")
         ratio = (self.improvement / abs(self.baseline)
                  if self.baseline and self.improvement is not None else math.nan)
         # A baseline near 0 (or not finite) gives no meaningful percentage: none is shown.

@@ -65,7 +65,7 @@ def test_summarize_when_nothing_beat_the_baseline() -> None:
     assert summary.commits == 0
     assert summary.insights == []
     assert summary.improvement == 0.0
-    assert summary.headline() == "val_mse: baseline 0.8 -> best 0.8 (R0) (+0.0%)"
+    assert summary.headline() == "val_mse: no change kept; baseline 0.8 (R0)"
     text = render_summary(summary, ledger)
     assert "- (no round beat the baseline)" in text
     assert "- **Ended because:** stopped" in text
@@ -110,3 +110,11 @@ def test_render_summary() -> None:
     assert lines[-3:] == ["|---|---|---|---|---|---|---|",
                           "| 0 | pass | 0.8 | committed | baseline |  |  |",
                           "| 1 | pass | 0.5 | committed | lr 1e-3 | better |  |"]
+
+
+def test_a_baseline_that_moved_with_more_runs_is_not_reported_as_progress() -> None:
+    summary = LoopSummary(metric="val_mse", status="completed", baseline=0.258103,
+                          best=0.254352, best_round=0, rounds_done=3, max_rounds=3, commits=0,
+                          insights=[])
+    assert summary.headline() == ("val_mse: no change kept; baseline 0.254352 (R0) (pooled "
+                                  "over its runs; first measured 0.258103)")
