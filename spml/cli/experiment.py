@@ -29,19 +29,32 @@ def demo(directory: Annotated[Path, typer.Argument(help="New directory for the d
     """Run brief -> design -> plan -> develop -> handoff -> Auto Research on the bundled
     example in DIR (a new git repository), printing each stage."""
     from spml.cli._loop import new_directory
+    from spml.toolkit.examples import copy_example
+
+    quiet_prefect(verbose)
+    import prefect  # noqa: F401 - its console handler must exist before the filter goes on
+
+    from spml.cli._output import expected_errors_off_console
+
+    target = directory.resolve()
+    with new_directory(target):
+        copy_example(PIPELINE_EXAMPLE, target, skip=(IMPLEMENTER,))
+    console.print(f"[bold]0. example[/] copied to {target} (a new git repo)", soft_wrap=True)
+    with expected_errors_off_console():
+        _stages(target)
+    console.print(f"inspect: git -C {target} log --oneline  ·  cat {target}/plans/*.md  ·  "
+                  f"cat {target}/experiences.md", highlight=False, soft_wrap=True)
+
+
+def _stages(target: Path) -> None:
     from spml.cli.pipeline import _finish
     from spml.flows.design import brainstorm_flow
     from spml.flows.develop import develop_flow
     from spml.flows.handoff import handoff_flow
     from spml.flows.plan import plan_flow
-    from spml.toolkit.examples import copy_example, examples_root
+    from spml.toolkit.examples import examples_root
     from spml.toolkit.pipeline.brief import load_brief
 
-    quiet_prefect(verbose)
-    target = directory.resolve()
-    with new_directory(target):
-        copy_example(PIPELINE_EXAMPLE, target, skip=(IMPLEMENTER,))
-    console.print(f"[bold]0. example[/] copied to {target} (a new git repo)", soft_wrap=True)
     design = brainstorm_flow(str(target), load_brief(target / "brief.yaml"), "brief.yaml")
     console.print(f"[bold]1. design[/]  {design['design']}", soft_wrap=True, highlight=False)
     plan = plan_flow(str(target))
@@ -54,8 +67,6 @@ def demo(directory: Annotated[Path, typer.Argument(help="New directory for the d
     _finish(develop_flow(str(target), implementer, "stop", return_state=True), "develop")
     console.print("[bold]4. handoff[/] -> Auto Research")
     _finish(handoff_flow(str(target), "autoresearch", start=True, return_state=True), "handoff")
-    console.print(f"inspect: git -C {target} log --oneline  ·  cat {target}/plans/*.md  ·  "
-                  f"cat {target}/experiences.md", highlight=False, soft_wrap=True)
 
 
 @app.command("next")

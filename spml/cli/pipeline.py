@@ -12,7 +12,13 @@ from typing import Annotated, Any
 
 import typer
 
-from spml.cli._output import EXIT_FAILED, console, err_console, quiet_prefect
+from spml.cli._output import (
+    EXIT_FAILED,
+    console,
+    err_console,
+    expected_errors_off_console,
+    quiet_prefect,
+)
 from spml.errors import ProtocolError
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")]
@@ -37,10 +43,14 @@ def design_new(experiment_dir: ExpDir,
 
     exp = _existing_dir(experiment_dir)
     if brief:
-        answers, source, merge = load_brief(brief), brief.name, "fields"
+        from spml.protocols.design import find_design
+
+        complete = find_design(exp) is None  # a revision brief may give only what changes
+        answers, source, merge = load_brief(brief, complete), brief.name, "fields"
     else:
         answers, source, merge = _ask(_current(exp)), "your answers", "deep"
-    result = brainstorm_flow(str(exp), answers, source, merge)
+    with expected_errors_off_console():
+        result = brainstorm_flow(str(exp), answers, source, merge)
     what = "revised" if result["revised"] else "written"
     changed = f" ({', '.join(result['changed'])} changed)" if result["changed"] else ""
     console.print(f"design {what}: {result['design']}{changed}", highlight=False)
@@ -69,7 +79,8 @@ def plan_new(experiment_dir: ExpDir,
     from spml.flows.plan import plan_flow
 
     exp = _existing_dir(experiment_dir)
-    result = plan_flow(str(exp), drafter)
+    with expected_errors_off_console():
+        result = plan_flow(str(exp), drafter)
     changes = f": {'; '.join(result['changes'])}" if result["changes"] else ""
     console.print(f"plan {'revised' if result['revised'] else 'written'}: {result['plan']}"
                   f"{changes}", highlight=False)
@@ -102,7 +113,8 @@ def develop(experiment_dir: ExpDir,
 
     exp = _existing_dir(experiment_dir)
     runtime = {"max_steps": max_steps} if max_steps else None
-    state = develop_flow(str(exp), implementer, "stop", runtime, return_state=True)
+    with expected_errors_off_console():
+        state = develop_flow(str(exp), implementer, "stop", runtime, return_state=True)
     _finish(state, "develop")
 
 
@@ -124,8 +136,9 @@ def handoff(experiment_dir: ExpDir,
     if to is not None and to not in ("watchdog", "iteration", "autoresearch"):
         raise ProtocolError(f"--to must be watchdog, iteration or autoresearch, got {to!r}.")
     exp = _existing_dir(experiment_dir)
-    state = handoff_flow(str(exp), to, start, via_deployment, researcher_command,
-                         return_state=True)
+    with expected_errors_off_console():
+        state = handoff_flow(str(exp), to, start, via_deployment, researcher_command,
+                             return_state=True)
     _finish(state, "handoff")
 
 

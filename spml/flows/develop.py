@@ -30,7 +30,7 @@ from spml.tasks.pipeline import (
     record_task,
     tests_task,
 )
-from spml.toolkit.git.checkout import current_branch, dirty_paths
+from spml.toolkit.git.checkout import current_branch, dirty_paths, dirty_snapshot
 from spml.toolkit.pipeline import stages
 from spml.toolkit.pipeline.conclusion import code_conclusion, integration_conclusion
 from spml.toolkit.pipeline.develop import (
@@ -78,7 +78,7 @@ def develop_flow(experiment_dir: str, implementer: str | None = None,
     stages.keep_logs_out_of_git(exp)
     plan_path, plan = stages.require_plan(exp)
     design_path, design = stages.require_design(exp)
-    stages.require_plan_current(exp, plan_path, design_path)
+    stages.require_plan_current(exp, plan_path, design_path, runtime)
     pending = [s for s in plan.subtasks if s.status != "done"]
     if implementer:
         check_implementer_command(implementer)
@@ -86,11 +86,11 @@ def develop_flow(experiment_dir: str, implementer: str | None = None,
         stages.require_runtime(exp, runtime)  # L1 needs it: say so now, not after the tests
     branch, persons = current_branch(exp), dirty_paths(exp)
     if persons:
-        get_run_logger().warning("uncommitted files stay out of develop's commits: %s",
-                                 ", ".join(sorted(persons)))
+        get_run_logger().warning("uncommitted files stay out of develop's commits unless a "
+                                 "subtask names or changes them: %s", ", ".join(sorted(persons)))
     outcomes: dict[str, str] = {}
     for subtask in pending:
-        before = dirty_paths(exp)
+        before = dirty_snapshot(exp)
         outcome = _develop_one(str(exp), subtask, (implementer, implementer_timeout), on_stuck,
                                runtime, plan.header)
         outcomes[f"Subtask {subtask.number}"] = _outcome_text(outcome)
@@ -99,7 +99,7 @@ def develop_flow(experiment_dir: str, implementer: str | None = None,
             return Failed(message=outcome.stuck.message(),
                           data={"outcomes": outcomes, "report": outcome.stuck.last.report})
         stages.require_branch(exp, branch)
-        changed = sorted(dirty_paths(exp) - before)
+        changed = stages.subtask_files(exp, subtask, before, dirty_snapshot(exp))
         conclusion = _conclusion(subtask, outcome, plan.header, design, changed)
         record_task(str(exp), str(plan_path), subtask.number, conclusion,
                     outcome.status == "done")

@@ -44,7 +44,11 @@ def plan_flow(experiment_dir: str, drafter: str | None = None) -> dict[str, Any]
         raise ProtocolError(stages.gate_report(plan_path, rows) + f"\n  (rejected text: {kept})")
     message = (f"experiment: revise plan — {'; '.join(result['changes'])}" if result["revised"]
                else f"experiment: plan — {result['topic']}")
-    result["commit"] = commit_task(str(exp), message, [plan_path.relative_to(exp).as_posix()])
+    # The design goes in too when it has uncommitted edits: the plan's commit records the design
+    # it was derived from (the basis of the next revision and of develop's staleness check).
+    design = stages.require_design(exp)[0]
+    result["commit"] = commit_task(str(exp), message, [plan_path.relative_to(exp).as_posix(),
+                                                       design.relative_to(exp).as_posix()])
     publish("plan", plan_path.read_text(encoding="utf-8"),
             f"plan {'revised' if result['revised'] else 'written'}: {plan_path.name}")
     logger.info("plan %s: %s", "revised" if result["revised"] else "written", plan_path)

@@ -56,6 +56,16 @@ def dirty_paths(exp_dir: Path) -> set[str]:
     return {path.removeprefix(prefix) for path in uncommitted_files(root, under)}
 
 
+def dirty_snapshot(exp_dir: Path) -> dict[str, str | None]:
+    """`dirty_paths` with each file's content digest (None: deleted), to tell later which of
+    them changed."""
+    import hashlib
+
+    exp = Path(exp_dir)
+    return {path: (hashlib.sha256((exp / path).read_bytes()).hexdigest()
+                   if (exp / path).is_file() else None) for path in dirty_paths(exp)}
+
+
 def current_branch(exp_dir: Path) -> str:
     """The checked-out branch (``HEAD`` when detached) of the repository holding ``exp_dir``."""
     return _git(find_repo(exp_dir), "rev-parse", "--abbrev-ref", "HEAD").strip()

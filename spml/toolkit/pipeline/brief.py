@@ -23,8 +23,9 @@ from spml.protocols.frontmatter import (
 )
 
 
-def load_brief(path: Path) -> dict[str, Any]:
-    """The brief's answers, validated as a design.
+def load_brief(path: Path, complete: bool = True) -> dict[str, Any]:
+    """The brief's answers, validated as a design (``complete=False``: a revision brief, which
+    may give only the fields that change; each must still be a known one).
 
     Raises:
         ProtocolError: the file is missing, its YAML is malformed, or a field is wrong.
@@ -36,6 +37,13 @@ def load_brief(path: Path) -> dict[str, Any]:
     if "context" in data:
         raise ProtocolError(f"{path.name} (line {lines[('context',)]}): context is collected by "
                             "the brainstorm stage itself — remove it from the brief.")
+    if not complete:
+        unknown = sorted(set(data) - set(DesignDoc.model_fields))
+        if unknown:
+            line = lines[(unknown[0],)]
+            raise ProtocolError(f"{path.name} (line {line}): {unknown[0]!r} is not a design "
+                                "field — see `spml schema design`.")
+        return data
     try:
         DesignDoc.model_validate(data)
     except ValidationError as exc:

@@ -153,9 +153,28 @@ def plain_eval_command(settings: HandoffSettings) -> str:
 
 
 def researcher_spec(command: str | None) -> dict[str, Any]:
+    """ml-iteration's researcher as protocol fields (checked now, before any pre-check runs).
+
+    Raises:
+        ProtocolError: no command, an unknown placeholder, or a program that is not found.
+    """
+    import shutil
+
+    from pydantic import ValidationError
+
+    from spml.protocols.researchers import CommandResearcherSpec
+
     if not command:
         raise ProtocolError("ml-iteration needs a researcher: pass --researcher-command "
                             "'my-agent --prompt {prompt_file}'.")
+    try:
+        CommandResearcherSpec.model_validate({"kind": "command", "command": command})
+    except ValidationError as exc:
+        raise ProtocolError(f"--researcher-command: {exc.errors()[0]['msg']}") from None
+    program = shlex.split(command)[0] if command.strip() else ""
+    if program and shutil.which(program) is None and not Path(program).exists():
+        raise ProtocolError(f"--researcher-command: {program!r} is not a program on PATH; "
+                            "install it or give its full path.")
     return {"kind": "command", "command": command}
 
 

@@ -47,7 +47,7 @@ __all__ = ["CHECK_NAMES", "HandoffCheck", "HandoffReport", "HandoffSettings",
 
 # time_limit_honoured: training may overrun the limit by this much (the last step, saving)
 TRAINING_MARGIN_S, TRAINING_MARGIN_SHARE = 2.0, 0.5
-STARTUP_ALLOWANCE_S = 10.0  # imports and data loading, when no step line shows training began
+STARTUP_ALLOWANCE_S = 5.0  # imports and data loading, when no step line shows training began
 SEEDS_CHECK = "L0-09"
 IMPORTABLE_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pth")
 PROBE_STEM = "spml_probe"
@@ -388,11 +388,13 @@ def _check_time_limit_honoured(ev: _Evidence) -> HandoffCheck:
     # finish within the grace would pass. Training (from the first step, or from the start
     # plus an allowance for imports and data loading) must end near the limit.
     margin = max(TRAINING_MARGIN_S, TRAINING_MARGIN_SHARE * probe.time_limit_s)
-    if probe.first_step_s is not None:
+    # Start-up counts up to the allowance: a first step line printed only at the end (or
+    # none at all) must not excuse the whole run.
+    if probe.first_step_s is not None and probe.first_step_s <= STARTUP_ALLOWANCE_S:
         trained, since = result.duration_s - probe.first_step_s, "after its first step"
     else:
         trained, since = result.duration_s - STARTUP_ALLOWANCE_S, (
-            f"counting {STARTUP_ALLOWANCE_S:g} s for start-up (no step line was seen)")
+            f"counting {STARTUP_ALLOWANCE_S:g} s for start-up (no step line was seen within it)")
     if trained > probe.time_limit_s + margin:
         return _failed("time_limit_honoured", [(
             f"ran {result.duration_s:.1f} s with {asked}: {trained:.1f} s {since}, more than "

@@ -20,7 +20,8 @@ from spml.protocols.plan import PlanDoc, SubtaskDraft, render_plan
 
 _SKIP = {".git", ".spml", "plans", "outputs", "__pycache__", "tests"}
 _SUBTASK_REF = re.compile(r"\bSubtask (\d+)\b")
-_SUBTASK_HEADING = re.compile(r"(?m)^## (?:\[[ xX]\] (?:REVISED |NEW )?|REMOVED: )Subtask \d+:")
+_SUBTASK_HEADING = re.compile(r"(?im)^#+\s*(?:\[[ x]\]\s*(?:REVISED\s+|NEW\s+)?|REMOVED:\s*)?"
+                              r"Subtask\s+\d+\b")
 
 
 @dataclass(frozen=True)
@@ -171,13 +172,18 @@ def _pairs(values: dict[str, Any]) -> str:
 
 
 def find_plan(exp_dir: Path) -> Path | None:
-    """The experiment's plan: the one ``plans/*.md`` (not a design doc) with a subtask heading;
-    a person's notes file beside it is not a plan."""
-    plans = sorted(p for p in (exp_dir / "plans").glob("*.md")
-                   if not p.name.endswith(DESIGN_SUFFIX) and _has_subtasks(p))
+    """The experiment's plan: the one ``plans/*.md`` (not a design doc) with a subtask heading,
+    or the one named after the design whatever it holds; a person's notes file beside it is
+    not a plan. A file that cannot be read as UTF-8 counts (its error is shown, it is never
+    overwritten)."""
+    plans_dir = exp_dir / "plans"
+    designs = [p for p in plans_dir.glob(f"*{DESIGN_SUFFIX}")]
+    expected = {plan_filename(d) for d in designs}
+    plans = sorted(p for p in plans_dir.glob("*.md") if not p.name.endswith(DESIGN_SUFFIX)
+                   and (p.name in expected or _has_subtasks(p)))
     if len(plans) > 1:
         names = ", ".join(p.name for p in plans)
-        raise ProtocolError(f"{exp_dir / 'plans'} holds several plans ({names}); SPML keeps one "
+        raise ProtocolError(f"{plans_dir} holds several plans ({names}); SPML keeps one "
                             "plan per experiment. Merge them into one and remove the others.")
     return plans[0] if plans else None
 
@@ -185,7 +191,9 @@ def find_plan(exp_dir: Path) -> Path | None:
 def _has_subtasks(path: Path) -> bool:
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError):
+    except UnicodeDecodeError:
+        return True  # unreadable: treat as the plan, so its error shows and nothing overwrites it
+    except OSError:
         return False
     return bool(_SUBTASK_HEADING.search(text))
 

@@ -6,6 +6,7 @@ produces or fixes it (SPML's routing, §1.5, made a hard precondition).
 
 from __future__ import annotations
 
+import re
 import shlex
 import tomllib
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 from spml.errors import ProtocolError
 from spml.protocols.design import DesignDoc, check_design, find_design, load_design
 from spml.protocols.frontmatter import error_report
-from spml.protocols.plan import PlanDoc, load_plan
+from spml.protocols.plan import PlanDoc, Subtask, load_plan
 from spml.protocols.plan_gate import check_plan
 from spml.toolkit.pipeline.planner import find_plan
 from spml.toolkit.process.runner import run_command, supervisor_path
@@ -172,13 +173,29 @@ def require_branch(exp_dir: Path, branch: str) -> None:
                             "re-run `spml develop`.")
 
 
-def require_plan_current(exp_dir: Path, plan: Path, design: Path) -> None:
-    """Refuse to develop a plan its design has moved on from (SPML: changes flow design ->
-    plan -> code)."""
-    from spml.toolkit.git.checkout import changed_after
+def require_plan_current(exp_dir: Path, plan: Path, design: Path,
+                         runtime: dict[str, Any] | None = None) -> None:
+    """Refuse to develop a plan that `spml plan new` would revise: the design moved on in a
+    way the plan derives from (SPML: changes flow design -> plan -> code). A design change the
+    plan does not depend on (prose, the autoresearch section) is no reason to stop."""
+    from spml.toolkit.pipeline.planner import revise_plan
 
-    if changed_after(exp_dir, design.relative_to(exp_dir).as_posix(),
-                     plan.relative_to(exp_dir).as_posix()):
-        raise ProtocolError(f"{design.name} changed after {plan.name} was written; revise the "
-                            f"plan first with `spml plan new {exp_dir}` (changes flow design "
-                            "-> plan -> code).")
+    old = design_when_plan_was_committed(exp_dir, plan, design)
+    if old is None:
+        return
+    _, changes = revise_plan(load_plan(plan), experiment_label(exp_dir), old,
+                             load_design(design), runtime_table(exp_dir))
+    if changes:
+        raise ProtocolError(f"{design.name} changed after {plan.name} was written "
+                            f"({'; '.join(changes)}); revise the plan first with `spml plan "
+                            f"new {exp_dir}` (changes flow design -> plan -> code).")
+
+
+def subtask_files(exp_dir: Path, subtask: Subtask, before: dict[str, str | None],
+                  after: dict[str, str | None]) -> list[str]:
+    """What a subtask's commit holds: the uncommitted files it names (its code and tests) and
+    every file whose content changed while it was developed; other pending files stay out."""
+    named = set(re.findall(r"`([^`\s]+)`", " ".join(subtask.fields.values())))
+    named |= {target.split("::")[0] for target in subtask.tests}
+    return sorted(path for path, digest in after.items()
+                  if path in named or before.get(path, "absent") != digest)
