@@ -11,10 +11,12 @@ never guessed. Thresholds are SPML's (§2.4, §8), the gradient ones shared with
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from spml.toolkit.runtime.thresholds import Thresholds
 
@@ -187,3 +189,38 @@ def architecture(ev: Evidence) -> list[Diagnosis]:
     return [Diagnosis(ARCHITECTURE, symptom, cause, action, f"{name} {value:.3g}")
             for value, fires, symptom, cause, action, name in rules
             if value is not None and fires(value)]
+
+
+def evidence_from_records(records: Iterable[dict[str, object]]) -> Evidence:
+    """The loss and gradient-norm series of per-step records (L1's and Monitor's JSON lines:
+    ``loss``, ``grad_norm``, ``mfu``); the last MFU is kept."""
+    losses: list[float] = []
+    grads: list[float] = []
+    mfu: float | None = None
+    for record in records:
+        losses += _number(record.get("loss"))
+        grads += _number(record.get("grad_norm"))
+        mfu = next(iter(_number(record.get("mfu"))), mfu)
+    return Evidence(losses=losses, grad_norms=grads, mfu=mfu)
+
+
+def evidence_from_metrics_file(path: Path) -> Evidence:
+    """`evidence_from_records` of a JSON-lines metrics file (unreadable lines skipped; no
+    file, no evidence)."""
+    if not path.is_file():
+        return Evidence()
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return evidence_from_records(records)
+
+
+def _number(value: object) -> list[float]:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return []
+    return [float(value)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -75,3 +76,18 @@ def test_trees_combine_in_order_and_read_as_one_line():
     found = diagnose(Evidence(losses=[2.0] * 10, mfu=0.1, moe_balance=0.2))
     assert [d.tree for d in found] == ["convergence", "efficiency", "architecture"]
     assert found[1].line().startswith("[efficiency] MFU < 20% (MFU 10%) -> likely ")
+
+
+def test_evidence_from_l1s_metrics_file(tmp_path):
+    from spml.toolkit.diagnostics import evidence_from_metrics_file
+    from spml.toolkit.pipeline.levels import diagnostics_text
+
+    lines = [json.dumps({"step": i, "loss": 2.0, "grad_norm": 1e-9}) for i in range(8)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join([*lines, "not json", "[1]"]) + "\n")
+    ev = evidence_from_metrics_file(tmp_path / "metrics.jsonl")
+    assert len(ev.losses) == 8
+    assert ev.grad_norms[0] == 1e-9
+    text = diagnostics_text(tmp_path)
+    assert text.startswith("Diagnostics (SPML's trees):")
+    assert "vanishing gradients" in text
+    assert diagnostics_text(tmp_path / "missing") == ""

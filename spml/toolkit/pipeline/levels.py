@@ -81,7 +81,20 @@ def run_runtime(exp_dir: Path, overrides: dict[str, Any] | None = None,
     from spml.toolkit.runtime.run import load_runtime_settings, run_l1
 
     settings = load_runtime_settings(exp_dir, overrides)
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="spml-l1-"))
     report = run_l1(exp_dir, settings, log_dir)
     passed_stages = sum(s.status == "PASS" for s in report.stages)
     summary = f"{'PASS' if report.passed else 'FAIL'} ({passed_stages}/6 stages)"
-    return LevelResult(L1, report.passed, summary, report.text(), report.as_dict())
+    text = report.text() if report.passed else report.text() + diagnostics_text(log_dir)
+    return LevelResult(L1, report.passed, summary, text, report.as_dict())
+
+
+def diagnostics_text(log_dir: Path) -> str:
+    """SPML's diagnostics on the failed run's per-step records: where to look first (the
+    implementer gets this with the report)."""
+    from spml.toolkit.diagnostics import diagnose, evidence_from_metrics_file
+
+    found = diagnose(evidence_from_metrics_file(log_dir / "metrics.jsonl"))
+    if not found:
+        return ""
+    return "Diagnostics (SPML's trees):\n" + "".join(f"  {d.line()}\n" for d in found)

@@ -43,3 +43,21 @@ def test_l0_fails_the_integration_draft_and_passes_the_fix(tmp_path):
     fixed = run_static(tmp_path)
     assert fixed.passed
     assert fixed.summary.startswith("0 critical")
+
+
+def test_a_failed_l1_carries_spmls_diagnosis_for_the_implementer(tmp_path):
+    from spml.toolkit.pipeline.levels import run_runtime
+
+    (tmp_path / "train.py").write_text(
+        "import json, os\n"
+        "steps = int(os.environ['SPML_MAX_STEPS'])\n"
+        "print(f'max_steps={steps}', flush=True)\n"
+        "with open(os.environ['SPML_METRICS_FILE'], 'a') as fh:\n"
+        "    for step in range(1, steps + 1):\n"
+        "        fh.write(json.dumps({'step': step, 'loss': 2.0, 'grad_norm': 1.0}) + '\\n')\n")
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.spml.validate.runtime]\ntrain-command = \"python train.py\"\nmax-steps = 20\n")
+    result = run_runtime(tmp_path, None, tmp_path / "l1")
+    assert not result.passed
+    assert "Diagnostics (SPML's trees):" in result.report
+    assert "the loss is flat" in result.report
