@@ -78,7 +78,7 @@ def develop_flow(experiment_dir: str, implementer: str | None = None,
     stages.keep_logs_out_of_git(exp)
     plan_path, plan = stages.require_plan(exp)
     design_path, design = stages.require_design(exp)
-    stages.require_plan_current(exp, plan_path, design_path, runtime)
+    stages.require_plan_current(exp, plan_path, design_path)
     pending = [s for s in plan.subtasks if s.status != "done"]
     if implementer:
         check_implementer_command(implementer)

@@ -42,7 +42,7 @@ def handoff_flow(experiment_dir: str,
     logger = get_run_logger()
     exp = Path(experiment_dir).resolve()
     stages.keep_logs_out_of_git(exp)
-    design = stages.require_design(exp)[1]
+    design_path, design = stages.require_design(exp)
     plan_path, plan = stages.require_plan(exp)
     integration = plan.integration
     if integration is None or integration.status != "done":
@@ -70,7 +70,7 @@ def handoff_flow(experiment_dir: str,
     if not report.passed:
         return Failed(message=f"handoff refused: {len(report.failures)} pre-check(s) failed",
                       data=result)
-    summary = [f"design: {stages.find_design_name(exp)}", f"plan: {plan_path.name}",
+    summary = [f"design: {design_path.name}", f"plan: {plan_path.name}",
                *report.text().splitlines()]
     result["written"] = write_task(str(exp), route, design, settings, summary,
                                    researcher_command)

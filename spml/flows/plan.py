@@ -46,7 +46,7 @@ def plan_flow(experiment_dir: str, drafter: str | None = None) -> dict[str, Any]
                else f"experiment: plan — {result['topic']}")
     # The design goes in too when it has uncommitted edits: the plan's commit records the design
     # it was derived from (the basis of the next revision and of develop's staleness check).
-    design = stages.require_design(exp)[0]
+    design = Path(result.pop("design"))
     result["commit"] = commit_task(str(exp), message, [plan_path.relative_to(exp).as_posix(),
                                                        design.relative_to(exp).as_posix()])
     publish("plan", plan_path.read_text(encoding="utf-8"),

@@ -114,14 +114,14 @@ def write_plan_task(experiment_dir: str) -> dict[str, Any]:
         path = exp / "plans" / plan_filename(design_path)
         write_atomic(path, new_plan_text(exp, label, design, runtime))
         return {"plan": str(path), "revised": False, "changes": [], "topic": design.topic,
-                "previous": None}
+                "design": str(design_path), "previous": None}
     previous = existing.read_text(encoding="utf-8")
     old = stages.design_when_plan_was_committed(exp, existing, design_path) or design
     revised, changes = revise_plan(load_plan(existing), label, old, design, runtime)
     if changes:
         write_atomic(existing, revised.render())
     return {"plan": str(existing), "revised": True, "changes": changes, "topic": design.topic,
-            "previous": previous}
+            "design": str(design_path), "previous": previous}
 
 
 @task(name="drafter", cache_policy=NO_CACHE)

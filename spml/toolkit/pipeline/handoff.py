@@ -33,7 +33,6 @@ from spml.toolkit.pipeline.handoff_checks import HandoffSettings
 from spml.toolkit.pipeline.stages import runtime_table
 
 Route = Literal["watchdog", "iteration", "autoresearch"]
-ROUTES: tuple[Route, ...] = ("watchdog", "iteration", "autoresearch")
 LEDGER_FILENAME = "experiences.md"
 
 
@@ -133,7 +132,7 @@ def _write_new(path: Path, fields: dict[str, Any], body: str) -> Path:
 def handoff_settings(exp: Path, design: DesignDoc) -> HandoffSettings:
     """The pre-checks' settings: L1's commands, the loop's fixed files and budget."""
     runtime = runtime_table(exp) or {}
-    train = runtime.get("train-command") or runtime.get("train_command")
+    train = runtime.get("train-command")
     if not train:
         raise ProtocolError(f"{exp / 'pyproject.toml'}: [tool.spml.validate.runtime] needs "
                             "train-command (the handoff reuses L1's command mode).")

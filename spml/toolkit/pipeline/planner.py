@@ -157,8 +157,8 @@ def files_from_runtime(settings: dict[str, Any] | None) -> Files:
     from spml.toolkit.pipeline.handoff import script_of
 
     settings = settings or {}
-    train = script_of(str(settings.get("train-command") or settings.get("train_command") or ""))
-    evaluate = script_of(str(settings.get("eval-command") or settings.get("eval_command") or ""))
+    train = script_of(str(settings.get("train-command") or ""))
+    evaluate = script_of(str(settings.get("eval-command") or ""))
     return Files(train=train or "train.py", evaluate=evaluate or "evaluate.py")
 
 
@@ -299,5 +299,5 @@ def _bare(title: str) -> str:
 
 
 def _l1_steps(runtime: dict[str, Any] | None) -> int | None:
-    steps = (runtime or {}).get("max-steps") or (runtime or {}).get("max_steps")
+    steps = (runtime or {}).get("max-steps")
     return int(steps) if isinstance(steps, int) else None

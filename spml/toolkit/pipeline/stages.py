@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +61,13 @@ def gate_report(path: Path, rows: list[str]) -> str:
 
 
 def runtime_table(exp_dir: Path) -> dict[str, Any] | None:
-    """``[tool.spml.validate.runtime]`` of the experiment's pyproject.toml, if any."""
-    pyproject = exp_dir / "pyproject.toml"
-    if not pyproject.is_file():
-        return None
-    try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ProtocolError(f"{pyproject}: not valid TOML: {exc}") from None
-    table = data.get("tool", {}).get("spml", {}).get("validate", {}).get("runtime")
-    return table if isinstance(table, dict) else None
+    """``[tool.spml.validate.runtime]`` as L1 reads it (the nearest pyproject.toml; keys by
+    their alias, ``train-command``, ``max-steps``), if there is one."""
+    from spml.toolkit.checks.config import find_pyproject, load_config
+    from spml.toolkit.runtime.run import by_alias
+
+    config, _ = load_config(find_pyproject(exp_dir))
+    return by_alias(config.runtime) if config.runtime else None
 
 
 def experiment_label(exp_dir: Path) -> str:
@@ -110,12 +106,6 @@ def keep_logs_out_of_git(exp_dir: Path) -> None:
     from spml.toolkit.git import ensure_excluded
 
     ensure_excluded(exp_dir, ".spml/")
-
-
-def find_design_name(exp_dir: Path) -> str:
-    """The design doc's file name (for summaries)."""
-    path = find_design(exp_dir)
-    return path.name if path else "(none)"
 
 
 def put_back(exp_dir: Path, path: Path, previous: str | None) -> Path:
@@ -173,8 +163,7 @@ def require_branch(exp_dir: Path, branch: str) -> None:
                             "re-run `spml develop`.")
 
 
-def require_plan_current(exp_dir: Path, plan: Path, design: Path,
-                         runtime: dict[str, Any] | None = None) -> None:
+def require_plan_current(exp_dir: Path, plan: Path, design: Path) -> None:
     """Refuse to develop a plan that `spml plan new` would revise: the design moved on in a
     way the plan derives from (SPML: changes flow design -> plan -> code). A design change the
     plan does not depend on (prose, the autoresearch section) is no reason to stop."""

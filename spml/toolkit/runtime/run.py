@@ -35,8 +35,8 @@ def load_runtime_settings(project: Path, overrides: dict[str, Any] | None = None
         raise ProtocolError(f"{project}: no such folder (L1 runs a project folder)")
     pyproject = find_pyproject(project)
     config, _ = load_config(pyproject)
-    flags = _by_alias({k: v for k, v in (overrides or {}).items() if v is not None})
-    merged = {**_by_alias(config.runtime or {}), **flags}
+    flags = by_alias({k: v for k, v in (overrides or {}).items() if v is not None})
+    merged = {**by_alias(config.runtime or {}), **flags}
     if not (merged.get("entry") or merged.get("train-command")):
         raise L1NotConfigured(NOT_CONFIGURED.format(
             where=pyproject or project / "pyproject.toml"))
@@ -82,7 +82,7 @@ def require_entry_module(settings: RuntimeSettings, project: Path, source: str) 
                         "installed. Fix the entry point 'module:function' or the project folder.")
 
 
-def _by_alias(values: dict[str, Any]) -> dict[str, Any]:
+def by_alias(values: dict[str, Any]) -> dict[str, Any]:
     """``max_steps`` and ``max-steps`` mean the same field: key everything by its alias."""
     aliases = {name: field.alias or name for name, field in RuntimeSettings.model_fields.items()}
     return {aliases.get(key, key): value for key, value in values.items()}
