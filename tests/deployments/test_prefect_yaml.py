@@ -29,11 +29,14 @@ EXPECTED = {
     "plan/default": "spml.flows.plan.plan_flow",
     "develop/default": "spml.flows.develop.develop_flow",
     "handoff/default": "spml.flows.handoff.handoff_flow",
+    "verification/default": "spml.flows.verification.verification_flow",
+    "experiment/default": "spml.flows.experiment.experiment_flow",
 }
 FLOW_NAMES = {"autoresearch_flow": "autoresearch", "watchdog_flow": "watchdog",
               "validate_flow": "validate", "iteration_flow": "ml-iteration",
               "brainstorm_flow": "brainstorm", "plan_flow": "plan", "develop_flow": "develop",
-              "handoff_flow": "handoff"}
+              "handoff_flow": "handoff", "verification_flow": "verification",
+              "experiment_flow": "experiment"}
 
 
 def _load() -> dict[str, Any]:

@@ -24,8 +24,8 @@ from spml.toolkit.loop.session import LoopSession
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Violation", "check_compliance", "check_round", "restore_supervisor_files",
-           "verify_fixed_files"]
+__all__ = ["Violation", "changed_path_violations", "check_compliance", "check_round",
+           "restore_supervisor_files", "verify_fixed_files"]
 
 _MODULE_SUFFIXES = (".py", ".pyc", ".pyw", ".pyd", ".so")
 _CUSTOMIZE = frozenset({"sitecustomize", "usercustomize"})
@@ -168,6 +168,15 @@ def check_compliance(  # noqa: PLR0913 -- the interface the round engine calls
     for change in sorted(changes, key=lambda c: (c.path, c.old_path or "")):
         found += _change_violations(change, rules)
     return found
+
+
+def changed_path_violations(changes: Sequence[tuple[str, str]], *, exp_rel: str,
+                            variable: Sequence[str], fixed: Sequence[str]) -> list[Violation]:
+    """The forbidden ones among ``(path, kind)`` changes (a ``git diff --name-status`` between
+    two commits: kinds ``modified``, ``added``, ``deleted``, ``typechange``), by path."""
+    rules = _Rules(exp_rel, variable, fixed, frozenset())
+    found = [rules.path_violation(path, kind) for path, kind in sorted(changes)]
+    return [v for v in found if v is not None]
 
 
 # --- the round's S2 step, on a session and its plan -------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from spml.protocols.experiences import Status
@@ -49,16 +50,17 @@ def confirm_result(session: LoopSession, status: str) -> str:
     if not wants_confirmation(session, status):
         return ""
     ledger = load_ledger(session.experiment)
-    best, base = session.workspace.head(), _baseline_commit(session)
+    best, base = session.workspace.head(), baseline_commit(session)
     if ledger.best is None or ledger.best.round == 0 or base is None or base == best:
         return ""
     commits = {"best": best, "baseline": base}
     # Both sides' saved runs are read before anything runs: the trained code of one side could
     # otherwise write the other side's file (from here on, only this process's copy counts).
     saved = {side: _saved_side(session, side) for side in _SIDES}
-    measured = {side: _measure_side(session, side, commits[side], saved[side])
-                for side in _SIDES}
-    _remove_bench(session)
+    seeds = [CONFIRM_SEED0 + i for i in range(session.protocol.acceptance.confirm_runs)]
+    bench = Bench(session, "confirm", confirm_dir(session))
+    measured = {side: bench.measure(side, commits[side], seeds, saved[side]) for side in _SIDES}
+    bench.remove()
     return confirmation_text(session, measured["best"], measured["baseline"])
 
 
@@ -66,7 +68,7 @@ def read_confirmation(session: LoopSession) -> str:
     """The sentence of a confirmation already measured for HEAD and this ledger's baseline (no
     runs), or ''."""
     best, base = (_saved_side(session, side) for side in _SIDES)
-    base_commit = _baseline_commit(session)
+    base_commit = baseline_commit(session)
     if best is None or base is None or base_commit is None or \
             best.tree != session.workspace.head_tree() or \
             base.tree != session.workspace.repo.commit(base_commit).tree.hexsha:
@@ -98,7 +100,7 @@ def confirmation_text(session: LoopSession, best: Measurement, base: Measurement
             f"{result.high:+.4g}], {verdict}")
 
 
-def _baseline_commit(session: LoopSession) -> str | None:
+def baseline_commit(session: LoopSession) -> str | None:
     """The commit round 0 measured (saved in its git snapshot)."""
     path = session.experiment.round_dir(0) / SNAPSHOT_FILENAME
     try:
@@ -107,39 +109,48 @@ def _baseline_commit(session: LoopSession) -> str | None:
         return None
 
 
-def _measure_side(session: LoopSession, side: str, commit: str,
-                  saved: Measurement | None) -> Measurement:
-    bench = _bench(session, commit)
-    tree = bench.head_tree()
-    site = Site(bench, session.experiment.exp_rel, session.max_rounds, confirm_dir(session),
-                prefix=f"{side}-", filename=f"{side}.json")
-    start = saved if saved is not None and saved.tree == tree and not saved.cause else \
-        Measurement(round=site.round_no, tree=tree, primary=session.protocol.metric)
-    done = {seed.seed for seed in start.seeds}
-    seeds = [CONFIRM_SEED0 + i for i in range(session.protocol.acceptance.confirm_runs)]
-    return run_seeds(session, site, start, [s for s in seeds if s not in done],
-                     checked=lambda: [])
+@dataclass(frozen=True)
+class Bench:
+    """Runs of other commits than the loop's HEAD: a scratch worktree on its own branch
+    (``<kind>-<purpose>``; the loop's branch never moves), logging into ``log_dir``."""
 
+    session: LoopSession
+    purpose: str       # "confirm", "verify"
+    log_dir: Path
 
-def _bench_names(session: LoopSession) -> tuple[Path, str]:
-    stage = f"{session.kind.name}-confirm"
-    return session.experiment.worktree_dir(stage), session.experiment.branch(stage)
+    def measure(self, side: str, commit: str, seeds: list[int],
+                saved: Measurement | None) -> Measurement:
+        """Train and evaluate ``commit`` on ``seeds`` (logs ``<side>-train-<seed>...``, runs
+        saved in ``<side>.json``), continuing ``saved`` when it measured the same tree."""
+        bench = self._checkout(commit)
+        tree = bench.head_tree()
+        session = self.session
+        site = Site(bench, session.experiment.exp_rel, session.max_rounds, self.log_dir,
+                    prefix=f"{side}-", filename=f"{side}.json")
+        start = saved if saved is not None and saved.tree == tree and not saved.cause else \
+            Measurement(round=site.round_no, tree=tree, primary=session.protocol.metric)
+        done = {seed.seed for seed in start.seeds}
+        return run_seeds(session, site, start, [s for s in seeds if s not in done],
+                         checked=lambda: [])
 
+    def _names(self) -> tuple[Path, str]:
+        stage = f"{self.session.kind.name}-{self.purpose}"
+        experiment = self.session.experiment
+        return experiment.worktree_dir(stage), experiment.branch(stage)
 
-def _bench(session: LoopSession, commit: str) -> Workspace:
-    """A scratch worktree on its own branch, at ``commit`` (the loop's branch never moves)."""
-    path, branch = _bench_names(session)
-    bench = Workspace.open_or_create(session.experiment.repo_root, path, branch, commit)
-    bench.rollback(commit)
-    return bench
+    def _checkout(self, commit: str) -> Workspace:
+        path, branch = self._names()
+        bench = Workspace.open_or_create(self.session.experiment.repo_root, path, branch, commit)
+        bench.rollback(commit)
+        return bench
 
-
-def _remove_bench(session: LoopSession) -> None:
-    path, branch = _bench_names(session)
-    repo = session.workspace.repo
-    try:
-        repo.git.worktree("remove", "--force", str(path))
-        repo.git.branch("-D", branch)
-    except Exception as exc:  # noqa: BLE001 - leftovers cost disk, never the result
-        log.warning("could not remove the confirmation worktree %s: %s", path, exc)
-        shutil.rmtree(path, ignore_errors=True)
+    def remove(self) -> None:
+        """Delete the worktree and its branch (a leftover costs disk, never the result)."""
+        path, branch = self._names()
+        repo = self.session.workspace.repo
+        try:
+            repo.git.worktree("remove", "--force", str(path))
+            repo.git.branch("-D", branch)
+        except Exception as exc:  # noqa: BLE001 - leftovers cost disk, never the result
+            log.warning("could not remove the %s worktree %s: %s", self.purpose, path, exc)
+            shutil.rmtree(path, ignore_errors=True)

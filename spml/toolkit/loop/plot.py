@@ -27,7 +27,7 @@ from spml.protocols.experiences import ExperienceRow, Experiences, format_value
 from spml.toolkit.files import write_atomic
 from spml.toolkit.loop.experiment import PLOT_FILENAME
 
-__all__ = ["PLOT_FILENAME", "ledger_figure", "plot_ledger", "plot_png"]
+__all__ = ["PLOT_FILENAME", "draw_ledger", "ledger_figure", "plot_ledger", "plot_png"]
 
 WIDTH_IN, HEIGHT_IN, DPI = 8.0, 4.5, 100
 _KEPT_COLOUR = "#2e7d32"     # green: on the branch
@@ -55,7 +55,12 @@ def ledger_figure(ledger: Experiences) -> Figure:
     """The ledger drawn on a new figure (attached to an Agg canvas, so it can be saved)."""
     figure = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    draw_ledger(figure.add_subplot(), ledger)
+    return figure
+
+
+def draw_ledger(axes: Axes, ledger: Experiences) -> None:
+    """The ledger's rounds on ``axes`` (also the left panel of the verification plot)."""
     rounds = [row for row in ledger.rows if not row.is_override]
     kept = set(ledger.kept_rounds())  # overrides applied: what is on the branch now
     if not rounds:
@@ -66,7 +71,6 @@ def ledger_figure(ledger: Experiences) -> Figure:
         _draw_metric(axes, ledger, rounds, kept)
     axes.set_title(f"{ledger.metric}: {ledger.rounds_done} / {ledger.max_rounds} rounds "
                    f"({ledger.status})")
-    return figure
 
 
 def _value(row: ExperienceRow) -> float | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 import importlib.machinery
 import shlex
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -142,7 +142,7 @@ def _stage(report: L1Report, name: str) -> StageResult | None:
 
 def _check_standalone(ev: _Evidence) -> HandoffCheck:
     script, problems = _training_script(ev.settings.train_command, ev.exp_dir)
-    core = [p for p in _listed_files(ev.exp_dir) if p.endswith(".py") and not _is_test_code(p)]
+    core = [p for p in _listed_files(ev.exp_dir) if p.endswith(".py") and not is_test_code(p)]
     problems += [(f"{where} imports {module}", "core code must not import tests or validation "
                   "code: move what it needs into a core module") for where, module in
                  _test_imports(ev.exp_dir, core)]
@@ -180,7 +180,7 @@ def _script_in(exp_dir: Path, candidates: list[Path], what: str, fix: str
     return what, [(f"the training script {what} is not a file in {exp_dir}", fix)]
 
 
-def _is_test_code(path: str) -> bool:
+def is_test_code(path: str) -> bool:
     """Test or validation code: under tests/, test/ or validation/, or a test_*.py file."""
     *folders, name = path.split("/")
     return (bool(TEST_DIRS.intersection(folders)) or name.startswith(("test_", "validation"))
@@ -194,12 +194,24 @@ def _is_test_module(module: str) -> bool:
 
 def _test_imports(exp_dir: Path, files: Sequence[str]) -> Iterator[tuple[str, str]]:
     """``(file:line, module)`` for each import of test or validation code in ``files``."""
-    for path in files:
+    def read(path: str) -> bytes | None:
         try:
-            tree = ast.parse((exp_dir / path).read_bytes(), filename=path)
-        except (OSError, SyntaxError, ValueError):  # L0 reports unparsable files
+            return (exp_dir / path).read_bytes()
+        except OSError:
+            return None
+
+    return imports_of_test_code((path, read(path)) for path in files)
+
+
+def imports_of_test_code(sources: Iterable[tuple[str, bytes | None]]) -> Iterator[tuple[str, str]]:
+    """``(file:line, module)`` for each import of test or validation code in the ``(path,
+    source)`` pairs (a source that cannot be read or parsed is skipped: L0 reports those)."""
+    for path, source in sources:
+        try:
+            tree = ast.parse(source, filename=path) if source is not None else None
+        except (SyntaxError, ValueError):
             continue
-        for node in ast.walk(tree):
+        for node in ast.walk(tree) if tree is not None else ():
             for module in _imported_names(node):
                 if _is_test_module(module):
                     yield f"{path}:{node.lineno}", module

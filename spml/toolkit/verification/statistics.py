@@ -45,7 +45,8 @@ class Verification:
 
     def lines(self) -> list[str]:
         """The report: the verdict alone first, then the estimate, interval, n and method."""
-        interval = ("none (single runs)" if self.low is None else
+        interval = ("none (no comparison)" if self.method == "none" else
+                    "none (single runs)" if self.low is None else
                     f"[{self.low:+.6g}, {self.high:+.6g}] ({self.confidence:.0%})")
         return [self.verdict, f"improvement: {self.improvement:+.6g} (positive is better)",
                 f"interval: {interval}", f"n: baseline {self.n_baseline}, treatment "

@@ -1,0 +1,135 @@
+"""The verification flow and the experiment flow on a real Prefect server, real loops, real git.
+
+The toy experiment (tests/fixtures/toy) trains ``loss = (x - 3)^2``: the baseline x=0 gives 9,
+the scripted researcher's first "good" change gives 1, so the verdict is known in advance.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from helpers import FIXTURES, git
+
+from spml.errors import ProtocolError
+from spml.flows.autoresearch import autoresearch_flow
+from spml.flows.experiment import experiment_flow
+from spml.flows.verification import ARTIFACT_KEY, verification_flow
+from spml.toolkit.pipeline.reentry import next_stage
+from spml.toolkit.verification import experiment as verifying
+from spml.toolkit.verification.report import read_report
+from spml.toolkit.verification.subject import find_subject
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _finished_loop(unique_experiment, **overrides):
+    exp = unique_experiment({"default": "good"}, max_rounds=1, **overrides)
+    assert autoresearch_flow(str(exp), return_state=True).is_completed()
+    return exp
+
+
+def test_verification_re_measures_both_arms_and_commits_its_report(unique_experiment,
+                                                                   run_artifact):
+    exp = _finished_loop(unique_experiment)
+    state = verification_flow(str(exp), runs=2, return_state=True)
+    result = state.result()
+    assert result["verdict"] == "effective"
+    front = read_report(exp / "verification.md")
+    assert front["verdict"] == "effective"
+    assert front["estimate"] == pytest.approx(8.0)  # 9 - 1, oriented: positive is better
+    assert front["interval"] == [pytest.approx(8.0), pytest.approx(8.0)]  # no noise at all
+    assert front["n"] == {"baseline": 2, "chosen": 2}
+    assert front["baseline_commit"] != front["chosen_commit"]
+    assert set(front["checklist"].values()) <= {"pass", "unknown"}
+    assert (exp / "verification.png").read_bytes().startswith(PNG_MAGIC)
+    text = (exp / "verification.md").read_text()
+    assert "| chosen | " in text
+    assert "| 20001 | 1 |" in text
+    log = git(exp, "log", "-1", "--format=%s%n%b", "--name-only")
+    assert log.startswith("experiment: verification — effective")
+    assert "verification.md" in log
+    assert "verification.png" in log
+    artifact = run_artifact(state.state_details.flow_run_id, ARTIFACT_KEY)
+    assert "# Verification — effective" in artifact.data
+    assert "data:image/png;base64," in artifact.data
+    assert next_stage(exp).stage == "done"
+    assert git(exp, "worktree", "list").count("\n") == 1  # main + the loop's; bench removed
+
+    # The fresh runs are saved: measuring an arm again reuses them (no new training).
+    subject = find_subject(exp)
+    logs = sorted(verifying.verify_dir(subject).glob("*.log"))
+    again = verifying.measure_arm(subject, "chosen", 2)
+    verifying.remove_bench(subject)
+    assert [s.seed for s in again.seeds] == [20000, 20001]
+    assert sorted(verifying.verify_dir(subject).glob("*.log")) == logs
+
+
+def test_an_uncommitted_file_makes_an_effective_gain_inconclusive(unique_experiment):
+    exp = _finished_loop(unique_experiment)
+    (exp / "notes.py").write_text("print('not committed')\n")
+    result = verification_flow(str(exp), runs=2)
+    assert result["verdict"] == "inconclusive"
+    assert result["checklist"]["reproducible"] == "fail"
+    assert "checklist failed (reproducible)" in result["reason"]
+    front = read_report(exp / "verification.md")
+    assert (front["verdict"], front["statistics"]) == ("inconclusive", "effective")
+
+
+def test_a_loop_that_kept_nothing_is_ineffective(unique_experiment):
+    exp = unique_experiment({"default": "worse"}, max_rounds=1)
+    autoresearch_flow(str(exp))
+    result = verification_flow(str(exp), runs=2)
+    assert result["verdict"] == "ineffective"
+    assert "kept no change" in result["reason"]
+
+
+def test_verification_refuses_what_it_cannot_judge(unique_experiment, tmp_path):
+    exp = unique_experiment({"default": "good"}, max_rounds=1)
+    with pytest.raises(ProtocolError, match="no loop was opened in .*run `spml autoresearch "
+                                            "run` first"):
+        find_subject(exp)
+    watchdog = tmp_path / "watched"
+    watchdog.mkdir()
+    (watchdog / "experiment-context.md").write_text("# context\n")
+    with pytest.raises(ProtocolError, match="ran under the watchdog.*spml verify --baseline"):
+        find_subject(watchdog)
+    with pytest.raises(ValueError, match="runs must be >= 2"):
+        verification_flow(str(exp), runs=1)
+
+
+def test_verification_waits_for_the_loop_to_finish(unique_experiment):
+    exp = _finished_loop(unique_experiment)
+    ledger = exp / "experiences.md"
+    ledger.write_text(ledger.read_text().replace("status: completed", "status: interrupted"))
+    with pytest.raises(ProtocolError, match="loop in .* is interrupted: verification judges "
+                                            "a finished loop; run `spml autoresearch run"):
+        find_subject(exp)
+
+
+def test_experiment_flow_continues_from_the_loop_to_done(unique_experiment):
+    exp = unique_experiment({"default": "good"}, max_rounds=1)
+    state = experiment_flow(str(exp), verify_runs=2, until="verify", return_state=True)
+    assert state.is_completed()
+    data = state.result()
+    assert [s["stage"] for s in data["stages"]] == ["run"]
+    assert data["next"] == "verify"
+    # Continuing: the loop's lock was released by its own flow, verification takes it again.
+    state = experiment_flow(str(exp), verify_runs=2, return_state=True)
+    data = state.result()
+    assert [s["stage"] for s in data["stages"]] == ["verify"]
+    assert data["stages"][0]["outcome"].startswith("effective")
+    assert data["next"] == "done"
+    assert state.message.startswith("next: done")
+
+
+def test_experiment_flow_stops_for_a_person_at_revise(tmp_path):
+    (tmp_path / "plans").mkdir()
+    plans = tmp_path / "plans"
+    shutil.copy(FIXTURES / "design" / "good-design.md", plans / "2026-12-05-x-design.md")
+    shutil.copy(FIXTURES / "plan" / "good-plan.md", plans / "2026-12-05-x.md")
+    (tmp_path / "train.py").write_text("print('code that predates the plan')\n")
+    state = experiment_flow(str(tmp_path), return_state=True)
+    assert state.is_failed()
+    assert "a person revises the design first" in state.message
+    assert state.result(raise_on_failure=False)["stages"] == []
