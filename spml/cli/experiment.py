@@ -105,8 +105,8 @@ def run(directory: Annotated[Path, typer.Argument(help="The experiment directory
             help="ml-iteration's researcher command.")] = None,
         verify_runs: Annotated[int, typer.Option(
             help="Fresh-seed runs of each arm in the verification.")] = 5,
-        until: Annotated[str | None, typer.Option(
-            help="Stop before this stage (plan, develop, handoff, run, verify).")] = None,
+        until: Annotated[Literal["plan", "develop", "handoff", "run", "verify"] | None,
+                         typer.Option(help="Stop before this stage.")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Prefect logs.")] = False,
         ) -> None:
     """Continue the experiment in DIR from its next stage to verification, each stage its
@@ -133,7 +133,7 @@ def run(directory: Annotated[Path, typer.Argument(help="The experiment directory
 @app.command("verify")
 def verify_command(
         directory: Annotated[Path, typer.Argument(help="The experiment directory.")],
-        runs: Annotated[int, typer.Option(help="Fresh-seed runs of each arm.")] = 5,
+        runs: Annotated[int, typer.Option(min=2, help="Fresh-seed runs of each arm.")] = 5,
         confidence: Annotated[float, typer.Option(help="Two-sided confidence.")] = 0.95,
         method: Annotated[Literal["welch", "bootstrap"], typer.Option(
             help="welch (Welch's t interval) or bootstrap (BCa).")] = "welch",
@@ -143,9 +143,11 @@ def verify_command(
     difference, walk SPML's checklist; write and commit verification.md. The first line
     printed is the verdict."""
     from spml.cli.pipeline import _existing_dir
+    from spml.toolkit.verification.subject import find_subject
 
     quiet_prefect(verbose)
     exp = _existing_dir(directory)
+    find_subject(exp)  # what cannot be verified is refused here, before Prefect starts
     from spml.cli._output import expected_errors_off_console
     from spml.flows.verification import verification_flow
 

@@ -83,3 +83,19 @@ def test_experiment_next_prints_the_stage_first(tmp_path):
     assert result.exit_code == 0
     assert result.output.splitlines() == ["brainstorm", "no design doc in plans/"]
     assert run("experiment", "next", str(tmp_path / "missing")).exit_code == 2
+
+
+def test_experiment_verify_and_run_refuse_bad_input_before_prefect_starts(tmp_path):
+    result = run("experiment", "verify", str(tmp_path))
+    assert result.exit_code == 2
+    assert "holds no loop protocol" in result.output
+    assert "spml experiment next" in result.output
+    (tmp_path / "experiment-context.md").write_text("# context\n")
+    result = run("experiment", "verify", str(tmp_path))
+    assert result.exit_code == 2
+    assert "ran under the watchdog" in result.output
+    assert run("experiment", "verify", str(tmp_path), "--runs", "1").exit_code == 2
+    assert run("experiment", "run", str(tmp_path / "missing")).exit_code == 2
+    result = run("experiment", "run", str(tmp_path), "--until", "lunch")
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output

@@ -6,7 +6,11 @@ the scripted researcher's first "good" change gives 1, so the verdict is known i
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 from helpers import FIXTURES, git
@@ -54,7 +58,7 @@ def test_verification_re_measures_both_arms_and_commits_its_report(unique_experi
     assert "# Verification — effective" in artifact.data
     assert "data:image/png;base64," in artifact.data
     assert next_stage(exp).stage == "done"
-    assert git(exp, "worktree", "list").count("\n") == 1  # main + the loop's; bench removed
+    assert "autoresearch-verify" not in git(exp, "worktree", "list")  # the bench is removed
 
     # The fresh runs are saved: measuring an arm again reuses them (no new training).
     subject = find_subject(exp)
@@ -133,3 +137,32 @@ def test_experiment_flow_stops_for_a_person_at_revise(tmp_path):
     assert state.is_failed()
     assert "a person revises the design first" in state.message
     assert state.result(raise_on_failure=False)["stages"] == []
+
+
+def test_cli_verify_killed_mid_run_resumes_and_commits_once(unique_experiment,
+                                                            prefect_api_url):
+    exp = _finished_loop(unique_experiment)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url,
+           "SPML_CRASH_AT": "chosen-before-seed-20001"}
+    command = [sys.executable, "-m", "spml", "experiment", "verify", str(exp), "--runs", "2"]
+    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    subject = find_subject(exp)
+    saved = {p.name for p in verifying.verify_dir(subject).glob("*.json")}
+    assert saved == {"baseline.json", "chosen.json"}  # both runs of baseline, one of chosen
+    assert not (exp / "verification.md").exists()
+    assert "verification" not in git(exp, "log", "--format=%s")
+    assert "autoresearch-verify" in git(exp, "worktree", "list")  # the kill left the bench
+
+    del env["SPML_CRASH_AT"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[0] == "effective"
+    trained = sorted(p.name for p in verifying.verify_dir(subject).glob("*train-*.stdout.log"))
+    assert trained == ["baseline-train-20000.stdout.log", "baseline-train-20001.stdout.log",
+                       "chosen-train-20000.stdout.log", "chosen-train-20001.stdout.log"]
+    subjects = git(exp, "log", "--format=%s").splitlines()
+    assert subjects.count("experiment: verification — effective") == 1
+    assert git(exp, "status", "--porcelain", "--", ".") == ""
+    assert "autoresearch-verify" not in git(exp, "worktree", "list")
+    assert "autoresearch-verify" not in git(exp, "branch", "--list", "--all")
