@@ -74,7 +74,8 @@ def experiment_flow(experiment_dir: str, brief: dict[str, Any] | None = None,  #
     exp = str(Path(experiment_dir).resolve())
     walked: list[dict[str, str]] = []
     options = {"brief": brief, "implementer": implementer, "on_stuck": on_stuck, "to": to,
-               "researcher_command": researcher_command, "verify_runs": verify_runs}
+               "researcher_command": researcher_command, "verify_runs": verify_runs,
+               "start_loop": until != "run"}
     for _ in range(MAX_STAGES):
         nxt = next_stage_task(exp)
         if nxt.stage == "done" or nxt.stage == until:
@@ -110,7 +111,7 @@ def _run_stage(stage: Stage, exp: str, options: dict[str, Any]) -> tuple[bool, s
         return _state(develop_flow(exp, options["implementer"], options["on_stuck"],
                                    return_state=True))
     if stage == "handoff":
-        return _state(handoff_flow(exp, options["to"], start=True,
+        return _state(handoff_flow(exp, options["to"], start=options["start_loop"],
                                    researcher_command=options["researcher_command"],
                                    return_state=True))
     if stage == "run":
