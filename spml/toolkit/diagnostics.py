@@ -7,6 +7,10 @@ SPML (§8) keeps three trees as prose for an agent: why the loss does not go dow
 first action, and the numbers that decided it. Absent evidence fires nothing: a diagnosis is
 never guessed. Thresholds are SPML's (§2.4, §8), the gradient ones shared with L1
 (`runtime.thresholds`). No fix is proposed before evidence: the first action is where to look.
+
+Evidence comes from per-step records (`evidence_from_records`: L1's and Monitor's JSON lines),
+from training-log lines (`evidence_from_log_lines`, the watchdog's) or from what an L1 run left
+in its log dir (`evidence_from_l1_log_dir`); `diagnostics_text` renders the report section.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spml.toolkit.metrics.log import GRAD_NORM_KEYS, LOSS_KEYS, find_value, mfu_of, parse_log_line
 from spml.toolkit.runtime.thresholds import Thresholds
 
 CONVERGENCE, EFFICIENCY, ARCHITECTURE = "convergence", "efficiency", "architecture"
@@ -30,6 +35,11 @@ MFU_LOW, MFU_MID = 0.20, 0.40
 DATA_WAIT_SHARE = 0.20    # a step spends >= 20 % of its time waiting for data: I/O bound
 LAYER_SHARE = 0.50        # one layer takes half the step
 ENTROPY_COLLAPSE, MOE_BALANCE, RESIDUAL_RATIO, EMBEDDING_NORM = 0.1, 0.5, 1.0, 100.0
+HEADING = "Diagnostics (SPML's trees)"
+# What an L1 run leaves in its log dir: command mode's $SPML_METRICS_FILE (else the training
+# output's key=value lines), entry mode's per-step records.
+L1_METRICS_FILES = {"command": ("metrics.jsonl",), "entry": ("l1-metrics.jsonl",)}
+L1_OUTPUT_LOGS = ("train.stdout.log", "train.stderr.log")
 
 
 @dataclass(frozen=True)
@@ -224,3 +234,59 @@ def _number(value: object) -> list[float]:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return []
     return [float(value)]
+
+
+def evidence_from_values(lines: Iterable[Mapping[str, float]]) -> Evidence:
+    """`evidence_from_records` of parsed log lines (`metrics.log.parse_log_line`'s values, a
+    watchdog `MetricPoint`'s): the loss and grad norm under their usual aliases, NaN kept."""
+    return evidence_from_records(_record_of(dict(values)) for values in lines)
+
+
+def _record_of(values: dict[str, float]) -> dict[str, object]:
+    return {"loss": find_value(values, LOSS_KEYS), "grad_norm": find_value(values, GRAD_NORM_KEYS),
+            "mfu": mfu_of(values)}
+
+
+def evidence_from_log_lines(lines: Iterable[str]) -> Evidence:
+    """`evidence_from_values` of raw training-log lines (lines without metrics skipped)."""
+    return evidence_from_values(values for line in lines
+                                if (values := parse_log_line(line)) is not None)
+
+
+def evidence_from_l1_log_dir(log_dir: Path, mode: str | None = None) -> Evidence:
+    """The per-step evidence an L1 run left in ``log_dir``: its metrics file (``mode``
+    ``command``: ``metrics.jsonl``; ``entry``: ``l1-metrics.jsonl``; None: either), else, in
+    command mode, the key=value lines of the training output (as L1 itself reads them)."""
+    names = L1_METRICS_FILES.get(mode or "", (*L1_METRICS_FILES["command"],
+                                              *L1_METRICS_FILES["entry"]))
+    for name in names:
+        evidence = evidence_from_metrics_file(log_dir / name)
+        if evidence.losses or evidence.grad_norms:
+            return evidence
+    if mode == "entry":
+        return Evidence()
+    lines: list[str] = []
+    for name in L1_OUTPUT_LOGS:
+        if (log_dir / name).is_file():
+            lines += (log_dir / name).read_text(encoding="utf-8", errors="replace").splitlines()
+    return evidence_from_log_lines(lines)
+
+
+def diagnosis_lines(evidence: Evidence, thresholds: Thresholds | None = None) -> list[str]:
+    """`Diagnosis.line` of every branch that fires (none without evidence)."""
+    return [d.line() for d in diagnose(evidence, thresholds)]
+
+
+def render_diagnostics(lines: Sequence[str]) -> str:
+    """The ``Diagnostics (SPML's trees):`` block of a text report ("" when nothing fired)."""
+    if not lines:
+        return ""
+    return f"{HEADING}:\n" + "".join(f"  {line}\n" for line in lines)
+
+
+def diagnostics_text(log_dir: Path, mode: str | None = None,
+                     thresholds: Thresholds | None = None) -> str:
+    """SPML's diagnostics on an L1 run's per-step records in ``log_dir``: where to look first
+    ("" when the run left no evidence or nothing fired)."""
+    return render_diagnostics(diagnosis_lines(evidence_from_l1_log_dir(log_dir, mode),
+                                              thresholds))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spml.toolkit.diagnostics import diagnostics_text as diagnostics_text  # re-exported
 from spml.toolkit.process.runner import run_command
 
 TESTS, L0, L1 = "tests", "L0", "L1"
@@ -85,16 +86,5 @@ def run_runtime(exp_dir: Path, overrides: dict[str, Any] | None = None,
     report = run_l1(exp_dir, settings, log_dir)
     passed_stages = sum(s.status == "PASS" for s in report.stages)
     summary = f"{'PASS' if report.passed else 'FAIL'} ({passed_stages}/6 stages)"
-    text = report.text() if report.passed else report.text() + diagnostics_text(log_dir)
-    return LevelResult(L1, report.passed, summary, text, report.as_dict())
-
-
-def diagnostics_text(log_dir: Path) -> str:
-    """SPML's diagnostics on the failed run's per-step records: where to look first (the
-    implementer gets this with the report)."""
-    from spml.toolkit.diagnostics import diagnose, evidence_from_metrics_file
-
-    found = diagnose(evidence_from_metrics_file(log_dir / "metrics.jsonl"))
-    if not found:
-        return ""
-    return "Diagnostics (SPML's trees):\n" + "".join(f"  {d.line()}\n" for d in found)
+    # run_l1 ends a failed (or warned) report with SPML's diagnostics: where to look first.
+    return LevelResult(L1, report.passed, summary, report.text(), report.as_dict())

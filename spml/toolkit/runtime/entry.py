@@ -329,7 +329,7 @@ def report_from_dict(data: Mapping[str, Any]) -> L1Report:
     """The inverse of `L1Report.as_dict`."""
     stages = [StageResult(**stage) for stage in data["stages"]]
     return L1Report(str(data["target"]), str(data["mode"]), stages, float(data["elapsed_s"]),
-                    list(data.get("notes", [])))
+                    list(data.get("notes", [])), list(data.get("diagnostics", [])))
 
 
 def read_report(path: Path) -> L1Report | None:

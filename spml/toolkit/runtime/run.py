@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from spml.errors import ProtocolError
 from spml.protocols.validate import RuntimeSettings
 from spml.toolkit.checks.config import find_pyproject, load_config
+from spml.toolkit.diagnostics import diagnosis_lines, evidence_from_l1_log_dir
 from spml.toolkit.runtime.report import L1Report
 from spml.toolkit.runtime.thresholds import Thresholds
 
@@ -115,14 +116,25 @@ def run_l1(project: Path, settings: RuntimeSettings, log_dir: Path | None = None
     log_dir.mkdir(parents=True, exist_ok=True)
     thresholds = thresholds_of(settings)
     if settings.entry:
-        return run_entry_with(settings.entry, project, EntryOptions(
+        report = run_entry_with(settings.entry, project, EntryOptions(
             log_dir=log_dir, max_steps=settings.max_steps, time_limit_s=settings.time_limit,
             total_timeout_s=settings.total_timeout, thresholds=thresholds, seed=settings.seed))
-    assert settings.train_command is not None
-    commands = CommandSettings(
-        train_command=settings.train_command, eval_command=settings.eval_command,
-        metric=settings.metric, checkpoint_glob=settings.checkpoint_glob,
-        max_steps=settings.max_steps, time_limit_s=settings.time_limit,
-        limit_check_s=settings.limit_check, total_timeout_s=settings.total_timeout,
-        seed=settings.seed)
-    return run_commands(commands, project, thresholds=thresholds, log_dir=log_dir)
+    else:
+        assert settings.train_command is not None
+        commands = CommandSettings(
+            train_command=settings.train_command, eval_command=settings.eval_command,
+            metric=settings.metric, checkpoint_glob=settings.checkpoint_glob,
+            max_steps=settings.max_steps, time_limit_s=settings.time_limit,
+            limit_check_s=settings.limit_check, total_timeout_s=settings.total_timeout,
+            seed=settings.seed)
+        report = run_commands(commands, project, thresholds=thresholds, log_dir=log_dir)
+    return add_diagnostics(report, log_dir, thresholds)
+
+
+def add_diagnostics(report: L1Report, log_dir: Path, thresholds: Thresholds) -> L1Report:
+    """A failed run, or one that passed with warnings/anomalies, gets SPML's diagnostics from
+    the per-step records it left in ``log_dir``; no records, no diagnostics (never a guess)."""
+    if report.needs_diagnosis:
+        evidence = evidence_from_l1_log_dir(log_dir, report.mode)
+        report.diagnostics = diagnosis_lines(evidence, thresholds)
+    return report

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from spml.toolkit.diagnostics import HEADING as DIAGNOSTICS_HEADING
 from spml.toolkit.files import write_atomic
 
 TITLE = "# Experiment Context"
@@ -79,7 +80,7 @@ class ContextFile:
     def add_diagnosis(self, step: int | None, symptom: str, classification: str,  # noqa: PLR0913
                       evidence: Sequence[str], action: str, checkpoint: str | None, *,
                       restart_from: str | None = None, skipped: Sequence[str] = (),
-                      warning: str | None = None) -> int:
+                      warning: str | None = None, diagnostics: Sequence[str] = ()) -> int:
         """Append ``### Issue #N — step S``; returns N (one more than the highest so far).
 
         Args:
@@ -92,6 +93,9 @@ class ContextFile:
             restart_from: The checkpoint the restart resumes from (only when restarting).
             skipped: Newer checkpoints that failed verification, each with its reason.
             warning: Something the reader must not miss (a restart from scratch).
+            diagnostics: SPML's diagnostics on the attempt's logged steps
+                (`spml.toolkit.diagnostics.Diagnosis.line`, each naming its tree); none: no
+                such bullet.
         """
         evidence_rows = [f"  - {_indent(item, 4)}" for item in evidence] or ["  - none"]
         bullets = [f"- Time: {self._now()}", f"- Symptom: {_indent(symptom)}",
@@ -104,6 +108,9 @@ class ContextFile:
             bullets += ["- Skipped checkpoints:", *(f"  - {_indent(s, 4)}" for s in skipped)]
         if warning:
             bullets.append(f"- Warning: {_indent(warning)}")
+        if diagnostics:
+            bullets += [f"- {DIAGNOSTICS_HEADING}:",
+                        *(f"  - {_indent(line, 4)}" for line in diagnostics)]
         return self._append_entry(DIAGNOSES, _ISSUE, "Issue", f"step {_step(step)}", bullets)
 
     def add_evaluation(self, step: int | None, summary: str, duration_s: float,

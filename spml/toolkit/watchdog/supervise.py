@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spml.protocols.watchdog import WatchdogSettings
+from spml.toolkit.diagnostics import diagnosis_lines, evidence_from_values
+from spml.toolkit.metrics.log import MetricHistory
 from spml.toolkit.process.runner import kill_stale_process_group
 from spml.toolkit.watchdog.attempt import AttemptConfig, AttemptOutcome, run_attempt
 from spml.toolkit.watchdog.checkpoints import Checkpoint, CheckpointTracker
@@ -62,6 +64,7 @@ class AttemptReport:
     decision: RestartDecision | None
     last_step: int | None
     resumed_from: str | None
+    diagnostics: tuple[str, ...] = ()  # SPML's trees on the failed attempt's logged steps
 
 
 @dataclass(frozen=True)
@@ -202,16 +205,26 @@ def _conclude(run: _Run, outcome: AttemptOutcome) -> AttemptReport:
     action = (f"restart in {decision.delay_s:.0f}s" if restarting
               else f"stopped: {decision.reason}")
     warning = _scratch_warning(run, choice, last) if restarting else None
+    trees = tree_diagnoses(outcome.history)
     _record(context.add_diagnosis, last, diagnosis.cause, diagnosis.kind, diagnosis.evidence,
             action, resumed or "none", restart_from=choice.describe() if restarting else None,
-            skipped=choice.skipped, warning=warning)
+            skipped=choice.skipped, warning=warning, diagnostics=trees)
     log.warning("attempt %d ended: %s (%s) -> %s", number, diagnosis.cause, diagnosis.kind,
                 action)
+    for line in trees:
+        log.warning("attempt %d: %s", number, line)
     if not restarting:
         state_name = "stopped_code_failure" if diagnosis.kind == "code" else "stopped_crash_loop"
         _record(context.set_status, state_name, attempts=number, last_step=last,
                 reason=decision.reason)
-    return AttemptReport(number, False, diagnosis, decision, last, resumed)
+    return AttemptReport(number, False, diagnosis, decision, last, resumed, tuple(trees))
+
+
+def tree_diagnoses(history: MetricHistory) -> list[str]:
+    """SPML's diagnostics (`spml.toolkit.diagnostics`) on the attempt's logged steps: each
+    line names its tree and the numbers that decided; none without logged metrics. They add
+    to the classification (how the attempt ended), never change it."""
+    return diagnosis_lines(evidence_from_values(point.values for point in history.points))
 
 
 def _diagnose(outcome: AttemptOutcome, seen: bool, log_file: Path | None,
