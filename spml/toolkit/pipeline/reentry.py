@@ -47,8 +47,13 @@ def next_stage(exp_dir: Path) -> NextStage:
     loop = next((name for name in LOOP_DOCUMENTS if (exp_dir / name).is_file()), None)
     if loop is not None:
         finished, state = _loop_state(exp_dir, loop)
+        if finished and loop == "experiment-context.md":
+            return NextStage("verify", f"{loop}: the watchdog's training finished ({state}); "
+                                       "judge its runs against a baseline's runs with `spml "
+                                       "verify --baseline A.csv --treatment B.csv ...`")
         if finished:
-            return NextStage("verify", f"{loop}: the loop finished ({state}); verify its result")
+            return NextStage("verify", f"{loop}: the loop finished ({state}); verify its result "
+                                       "(`spml experiment verify`)")
         return NextStage("run", f"{loop} is written and its loop is {state}")
     design = find_design(exp_dir)
     if design is None:

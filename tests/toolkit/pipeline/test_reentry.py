@@ -71,7 +71,9 @@ def test_a_watchdog_run_is_verified_once_completed(tmp_path):
     context.set_status("running")
     assert next_stage(exp).stage == "run"
     context.set_status("completed")
-    assert next_stage(exp).stage == "verify"
+    nxt = next_stage(exp)
+    assert nxt.stage == "verify"
+    assert "spml verify --baseline A.csv" in nxt.why  # one run: its runs against a baseline's
 
 
 def test_a_written_verification_is_done(tmp_path):
