@@ -104,7 +104,7 @@ def run(directory: Annotated[Path, typer.Argument(help="The experiment directory
         researcher_command: Annotated[str | None, typer.Option(
             help="ml-iteration's researcher command.")] = None,
         verify_runs: Annotated[int, typer.Option(
-            help="Fresh-seed runs of each arm in the verification.")] = 5,
+            min=2, help="Fresh-seed runs of each arm in the verification.")] = 5,
         until: Annotated[Literal["plan", "develop", "handoff", "run", "verify"] | None,
                          typer.Option(help="Stop before this stage.")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Prefect logs.")] = False,
@@ -143,11 +143,14 @@ def verify_command(
     difference, walk SPML's checklist; write and commit verification.md. The first line
     printed is the verdict."""
     from spml.cli.pipeline import _existing_dir
+    from spml.toolkit.verification.experiment import check_settings
     from spml.toolkit.verification.subject import find_subject
 
     quiet_prefect(verbose)
     exp = _existing_dir(directory)
-    find_subject(exp)  # what cannot be verified is refused here, before Prefect starts
+    # what cannot be verified is refused here, before Prefect starts
+    check_settings(runs, confidence, method)
+    find_subject(exp)
     from spml.cli._output import expected_errors_off_console
     from spml.flows.verification import verification_flow
 

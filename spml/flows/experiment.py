@@ -34,7 +34,7 @@ from spml.flows.plan import plan_flow
 from spml.flows.verification import verification_flow
 from spml.flows.watchdog import watchdog_flow
 from spml.toolkit.pipeline.reentry import LOOP_DOCUMENTS, NextStage, Stage, next_stage
-from spml.toolkit.verification.experiment import DEFAULT_RUNS
+from spml.toolkit.verification.experiment import DEFAULT_RUNS, check_settings
 
 # Stage lines go to this plain logger: Prefect sends it to the run's logs (an extra logger)
 # and the CLI prints it, so a person sees each stage as it ends.
@@ -71,6 +71,7 @@ def experiment_flow(experiment_dir: str, brief: dict[str, Any] | None = None,  #
         Completed with the stages walked and the next one (``done`` at the end), or Failed
         naming the stage that failed or needs a person.
     """
+    check_settings(verify_runs, 0.95, "welch")  # refused now, not after the loop
     exp = str(Path(experiment_dir).resolve())
     walked: list[dict[str, str]] = []
     options = {"brief": brief, "implementer": implementer, "on_stuck": on_stuck, "to": to,

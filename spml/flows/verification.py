@@ -40,23 +40,20 @@ def verification_flow(experiment_dir: str, runs: int = verifying.DEFAULT_RUNS,
         confidence: two-sided confidence of the improvement's interval.
         method: ``welch`` (Welch's t interval) or ``bootstrap`` (BCa).
     """
-    if runs < 2:
-        raise ValueError(f"runs must be >= 2 (one run per arm has no noise estimate), got "
-                         f"{runs}")
+    verifying.check_settings(runs, confidence, method)  # before minutes of runs
     logger = get_run_logger()
     exp = Path(experiment_dir).resolve()
     subject = subject_task(str(exp))
-    arms = {}
     with hold_experiment(exp, subject.session.kind.protocol_filename):
-        if subject.changed:
-            for side in verifying.SIDES:
-                arms[side] = measure_arm_task(subject, side, runs)
-        else:  # the loop kept nothing: the chosen arm is the baseline, measured once
-            arms["baseline"] = arms["chosen"] = measure_arm_task(subject, "baseline", runs)
+        saved = verifying.saved_runs(subject)
+        sides = verifying.SIDES if subject.changed else ("baseline",)
+        arms = {side: measure_arm_task(subject, side, runs, saved[side]) for side in sides}
+        tampered = verifying.guard_saved(subject, arms)
         remove_bench_task(subject)
+    arms.setdefault("chosen", arms["baseline"])  # the loop kept nothing: one arm is both
     stats = verifying.judge(subject, arms, confidence, method)
     environment = collect_context_task(str(exp))
-    items = checklist_task(subject, arms, environment)
+    items = checklist_task(subject, arms, environment, tampered)
     report = verifying.build_report(subject, arms, stats, items, environment)
     paths = write_report_task(subject, report)
     sha = commit_task(str(exp), f"experiment: verification — {report.verdict}", paths)

@@ -29,9 +29,11 @@ def subject_task(experiment_dir: str) -> Subject:
 
 @task(name="re-measure", task_run_name="re-measure the {side} on fresh seeds",
       cache_policy=NO_CACHE)
-def measure_arm_task(subject: Subject, side: str, runs: int) -> Measurement:
-    """``runs`` fresh-seed train+eval runs of one arm (saved run by run)."""
-    return verifying.measure_arm(subject, side, runs)
+def measure_arm_task(subject: Subject, side: str, runs: int,
+                     saved: Measurement | None) -> Measurement:
+    """``runs`` fresh-seed train+eval runs of one arm (saved run by run; ``saved``: the runs a
+    killed verification left)."""
+    return verifying.measure_arm(subject, side, runs, saved)
 
 
 @task(name="remove the scratch worktree", cache_policy=NO_CACHE)
@@ -42,9 +44,9 @@ def remove_bench_task(subject: Subject) -> None:
 
 @task(name="walk the checklist", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
 def checklist_task(subject: Subject, arms: dict[str, Measurement],
-                   environment: dict[str, Any]) -> list[Item]:
+                   environment: dict[str, Any], tampered: list[str]) -> list[Item]:
     """SPML's checklist on the evidence."""
-    return verifying.walk_checklist(subject, arms, environment)
+    return verifying.walk_checklist(subject, arms, environment, tampered)
 
 
 @task(name="write verification.md", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)

@@ -6,6 +6,7 @@ the scripted researcher's first "good" change gives 1, so the verdict is known i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,8 @@ from spml.errors import ProtocolError
 from spml.flows.autoresearch import autoresearch_flow
 from spml.flows.experiment import experiment_flow
 from spml.flows.verification import ARTIFACT_KEY, verification_flow
+from spml.protocols.autoresearch import PROTOCOL_FILENAME
+from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.pipeline.reentry import next_stage
 from spml.toolkit.verification import experiment as verifying
 from spml.toolkit.verification.report import read_report
@@ -63,21 +66,61 @@ def test_verification_re_measures_both_arms_and_commits_its_report(unique_experi
     # The fresh runs are saved: measuring an arm again reuses them (no new training).
     subject = find_subject(exp)
     logs = sorted(verifying.verify_dir(subject).glob("*.log"))
-    again = verifying.measure_arm(subject, "chosen", 2)
+    saved = verifying.saved_runs(subject)
+    again = verifying.measure_arm(subject, "chosen", 2, saved["chosen"])
+    fewer = verifying.measure_arm(subject, "chosen", 1, saved["chosen"])
     verifying.remove_bench(subject)
     assert [s.seed for s in again.seeds] == [20000, 20001]
+    assert [s.seed for s in fewer.seeds] == [20000]  # a rerun with fewer runs reports fewer
     assert sorted(verifying.verify_dir(subject).glob("*.log")) == logs
 
 
-def test_an_uncommitted_file_makes_an_effective_gain_inconclusive(unique_experiment):
-    exp = _finished_loop(unique_experiment)
-    (exp / "notes.py").write_text("print('not committed')\n")
+FORGE = """import json, os, pathlib, runpy, sys
+runpy.run_path("train.py")
+saved = pathlib.Path({saved!r})
+if os.environ["SPML_SEED"] == "20001" and "x: 0" not in open("params.yaml").read():
+    data = json.loads(saved.read_text())  # the chosen arm makes the baseline look terrible
+    for seed in data["seeds"]:
+        seed["metrics"]["loss"] = 999.0
+    saved.write_text(json.dumps(data))
+"""
+
+
+def test_trained_code_that_rewrites_the_other_arms_runs_is_caught(unique_experiment):
+    exp = unique_experiment({"default": "good"}, max_rounds=1,
+                            train_command=f"{sys.executable} forge.py")
+    state_dir = Experiment.locate(exp, PROTOCOL_FILENAME).state_dir
+    (exp / "forge.py").write_text(FORGE.format(saved=str(state_dir / "verify" /
+                                                         "baseline.json")))
+    git(exp, "add", "forge.py")
+    git(exp, "commit", "-qm", "a training wrapper")
+    assert autoresearch_flow(str(exp), return_state=True).is_completed()
     result = verification_flow(str(exp), runs=2)
-    assert result["verdict"] == "inconclusive"
-    assert result["checklist"]["reproducible"] == "fail"
-    assert "checklist failed (reproducible)" in result["reason"]
-    front = read_report(exp / "verification.md")
-    assert (front["verdict"], front["statistics"]) == ("inconclusive", "effective")
+    assert result["verdict"] == "inconclusive"  # the statistics alone say effective
+    assert result["checklist"]["anomalies reviewed"] == "fail"
+    text = (exp / "verification.md").read_text()
+    assert "the baseline arm's saved runs were rewritten while the code ran" in text
+    assert "| baseline | " in text
+    assert "999.0" not in text  # the report used the supervisor's own copy
+    saved = json.loads((state_dir / "verify" / "baseline.json").read_text())
+    # put back: a later verification resumes from the truth
+    assert [seed["metrics"]["loss"] for seed in saved["seeds"]] == [9.0, 9.0]
+
+
+def test_a_stale_or_uncommitted_report_is_not_done(unique_experiment):
+    exp = unique_experiment({"default": "good"}, max_rounds=2)
+    autoresearch_flow(str(exp), max_rounds=1)
+    verification_flow(str(exp), runs=2)
+    assert next_stage(exp).stage == "done"
+    autoresearch_flow(str(exp), max_rounds=2)  # the loop runs on: its best moves
+    nxt = next_stage(exp)
+    assert nxt.stage == "verify"
+    assert "verification.md judged" in nxt.why
+    assert "but the loop's best is now" in nxt.why
+    verification_flow(str(exp), runs=2)
+    assert next_stage(exp).stage == "done"
+    (exp / "verification.md").write_text((exp / "verification.md").read_text() + "\nedit\n")
+    assert next_stage(exp).stage == "verify"  # written but not committed: not settled
 
 
 def test_a_loop_that_kept_nothing_is_ineffective(unique_experiment):
@@ -98,7 +141,7 @@ def test_verification_refuses_what_it_cannot_judge(unique_experiment, tmp_path):
     (watchdog / "experiment-context.md").write_text("# context\n")
     with pytest.raises(ProtocolError, match="ran under the watchdog.*spml verify --baseline"):
         find_subject(watchdog)
-    with pytest.raises(ValueError, match="runs must be >= 2"):
+    with pytest.raises(ProtocolError, match="runs must be >= 2"):
         verification_flow(str(exp), runs=1)
 
 

@@ -129,6 +129,9 @@ class Bench:
                     prefix=f"{side}-", filename=f"{side}.json")
         start = saved if saved is not None and saved.tree == tree and not saved.cause else \
             Measurement(round=site.round_no, tree=tree, primary=session.protocol.metric)
+        # only the seeds asked for now (a rerun with fewer runs reports fewer)
+        start = start.model_copy(update={"seeds": tuple(s for s in start.seeds
+                                                        if s.seed in seeds)})
         done = {seed.seed for seed in start.seeds}
         return run_seeds(session, site, start, [s for s in seeds if s not in done],
                          checked=lambda: [])

@@ -42,9 +42,18 @@ def git_state(exp_dir: Path) -> dict[str, Any]:
         return {"repository": None}
     head = repo.head.commit.hexsha[:12] if repo.head.is_valid() else None
     branch = None if repo.head.is_detached else repo.active_branch.name
-    dirty = repo.git.status("--porcelain", "--", str(exp_dir.resolve())).splitlines()
+    # -z: paths unquoted (spaces, non-ASCII), a rename's old path in a field of its own
+    fields = repo.git.status("--porcelain", "-z", "-uall", "--",
+                             str(exp_dir.resolve())).split("\0")
+    dirty, skip = [], False
+    for entry in fields:
+        if skip or not entry:
+            skip = False
+            continue
+        dirty.append(entry[3:])
+        skip = entry[0] in "RC"  # the next field is the old path of this rename/copy
     return {"repository": repo.working_tree_dir, "branch": branch, "head": head,
-            "uncommitted": [line[3:] for line in dirty][:20]}
+            "uncommitted": dirty[:20]}
 
 
 def torch_versions() -> dict[str, Any]:

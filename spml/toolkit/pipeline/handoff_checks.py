@@ -52,6 +52,7 @@ SEEDS_CHECK = "L0-09"
 IMPORTABLE_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pth")
 PROBE_STEM = "spml_probe"
 TEST_DIRS = frozenset({"tests", "test", "validation"})
+DYNAMIC_IMPORTS = frozenset({"import_module", "__import__"})
 _TAIL_LINES = 5
 _LOG_READ_BYTES = 1 << 20
 _MAX_LISTED = 5
@@ -189,7 +190,7 @@ def is_test_code(path: str) -> bool:
 
 def _is_test_module(module: str) -> bool:
     first = module.split(".")[0]
-    return first in {"tests", "validation"} or first.startswith("test_")
+    return first in {"tests", "test", "validation"} or first.startswith("test_")
 
 
 def _test_imports(exp_dir: Path, files: Sequence[str]) -> Iterator[tuple[str, str]]:
@@ -225,7 +226,16 @@ def _imported_names(node: ast.AST) -> list[str]:
         if node.module:
             return [node.module]
         return [alias.name for alias in node.names]  # `from . import tests`
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+            and isinstance(node.args[0].value, str) and _call_name(node.func) in DYNAMIC_IMPORTS:
+        return [node.args[0].value]  # importlib.import_module("tests.helpers"), __import__
     return []
+
+
+def _call_name(func: ast.expr) -> str:
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return func.id if isinstance(func, ast.Name) else ""
 
 
 def _interactive_problems(l1: L1Report) -> list[tuple[str, str]]:

@@ -5,7 +5,7 @@ plan, the handoff, the loop and verification got:
 
 | state | next |
 |---|---|
-| `verification.md` written | `done` |
+| `verification.md` written, committed, and judging the loop's best of now | `done` |
 | a loop document, and its loop finished (ledger or watchdog status) | `verify` |
 | a loop document, its loop not finished | `run` |
 | the `[INTEGRATION]` subtask concluded, no loop document | `handoff` |
@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import git
+
+from spml.errors import ProtocolError
 from spml.protocols.design import find_design
 from spml.protocols.plan import load_plan
 from spml.toolkit.pipeline.planner import find_plan
@@ -42,19 +45,33 @@ class NextStage:
 
 def next_stage(exp_dir: Path) -> NextStage:
     """What to run next in ``exp_dir`` (module doc)."""
+    stale = ""
     if (exp_dir / VERIFICATION_FILENAME).is_file():
-        return NextStage("done", f"{VERIFICATION_FILENAME} is written")
+        stale = _stale_verification(exp_dir)
+        if not stale:
+            return NextStage("done", f"{VERIFICATION_FILENAME} is written and committed")
     loop = next((name for name in LOOP_DOCUMENTS if (exp_dir / name).is_file()), None)
+    if loop is not None and stale:
+        found = _loop_next(exp_dir, loop)
+        return NextStage(found.stage, f"{stale}; {found.why}")
     if loop is not None:
-        finished, state = _loop_state(exp_dir, loop)
-        if finished and loop == "experiment-context.md":
-            return NextStage("verify", f"{loop}: the watchdog's training finished ({state}); "
-                                       "judge its runs against a baseline's runs with `spml "
-                                       "verify --baseline A.csv --treatment B.csv ...`")
-        if finished:
-            return NextStage("verify", f"{loop}: the loop finished ({state}); verify its result "
-                                       "(`spml experiment verify`)")
-        return NextStage("run", f"{loop} is written and its loop is {state}")
+        return _loop_next(exp_dir, loop)
+    return _pipeline_next(exp_dir)
+
+
+def _loop_next(exp_dir: Path, loop: str) -> NextStage:
+    finished, state = _loop_state(exp_dir, loop)
+    if finished and loop == "experiment-context.md":
+        return NextStage("verify", f"{loop}: the watchdog's training finished ({state}); "
+                                   "judge its runs against a baseline's runs with `spml "
+                                   "verify --baseline A.csv --treatment B.csv ...`")
+    if finished:
+        return NextStage("verify", f"{loop}: the loop finished ({state}); verify its result "
+                                   "(`spml experiment verify`)")
+    return NextStage("run", f"{loop} is written and its loop is {state}")
+
+
+def _pipeline_next(exp_dir: Path) -> NextStage:
     design = find_design(exp_dir)
     if design is None:
         return NextStage("brainstorm", "no design doc in plans/")
@@ -94,3 +111,46 @@ def _loop_state(exp_dir: Path, loop: str) -> tuple[bool, str]:
 
 def _has_code(exp_dir: Path) -> bool:
     return any(exp_dir.glob("*.py"))
+
+
+def _stale_verification(exp_dir: Path) -> str:
+    """Why the written `verification.md` does not settle the experiment ("" when it does): it
+    was never committed (a verification interrupted before its commit), or it judged another
+    commit than the loop's best now (the loop ran on afterwards)."""
+    try:
+        repo = git.Repo(exp_dir, search_parent_directories=True)
+        if repo.git.status("--porcelain", "--", str(exp_dir / VERIFICATION_FILENAME)):
+            return f"{VERIFICATION_FILENAME} is not committed (its verification was interrupted)"
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError, git.GitCommandError):
+        return ""
+    judged = _judged_commit(exp_dir)
+    best = _loop_best(exp_dir)
+    if judged and best and judged != best:
+        return (f"{VERIFICATION_FILENAME} judged {judged[:12]}, but the loop's best is now "
+                f"{best[:12]}")
+    return ""
+
+
+def _judged_commit(exp_dir: Path) -> str:
+    from spml.protocols.frontmatter import read_front_matter
+
+    try:
+        return str(read_front_matter(exp_dir / VERIFICATION_FILENAME).data.get(
+            "chosen_commit") or "")
+    except (ProtocolError, OSError):
+        return ""
+
+
+def _loop_best(exp_dir: Path) -> str:
+    """The loop branch's HEAD ("" when there is no loop or it cannot be read)."""
+    from spml.toolkit.loop.experiment import Experiment
+    from spml.toolkit.verification.subject import loop_kind_in
+
+    kind = loop_kind_in(exp_dir)
+    if kind is None:
+        return ""
+    try:
+        experiment = Experiment.locate(exp_dir, kind.protocol_filename)
+        return git.Repo(experiment.repo_root).commit(experiment.branch(kind.name)).hexsha
+    except Exception:  # noqa: BLE001 - no branch (never opened): nothing to compare with
+        return ""

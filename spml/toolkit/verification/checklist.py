@@ -5,7 +5,7 @@
 | VP completed | every plan subtask is done and ``[INTEGRATION]`` carries its conclusion |
 | controls held | the diff baseline..chosen touches only the protocol's variable files |
 | core separation | no core module of the chosen commit imports test or validation code |
-| reproducible | the experiment's files are committed and the runs' environment is recorded |
+| reproducible | both commits are on a branch or tag and the runs' environment is recorded |
 | anomalies reviewed | no fresh run failed, printed a non-finite value or a forbidden pattern |
 | review criteria | the chosen arm's means meet the numeric review criteria |
 
@@ -106,40 +106,58 @@ def core_separation(repo: git.Repo, chosen: str, exp_rel: str) -> Item:
     return Item(name, "pass", f"{len(core)} core module(s) import no test or validation code")
 
 
-def reproducible(environment: dict[str, Any], outputs: Sequence[str]) -> Item:
-    """The experiment directory is committed (what was measured is what a clone gets) and the
-    environment is recorded. ``outputs`` are paths spml itself writes (not counted)."""
+def reproducible(repo: git.Repo, commits: dict[str, str], environment: dict[str, Any],
+                 outputs: Sequence[str]) -> Item:
+    """Both measured commits can be checked out again (each is on a branch or tag) and the
+    environment the runs used is recorded. Uncommitted files of the person's checkout are
+    named but do not fail the item: the runs used the commits, not the checkout.
+    ``outputs`` are paths spml itself writes there (never named)."""
     name = "reproducible"
+    lost = [f"{side} commit {sha[:12]} is on no branch or tag (a clone cannot check it out)"
+            for side, sha in commits.items() if not _on_a_ref(repo, sha)]
+    if not environment.get("python"):
+        lost.append("the Python version is not recorded")
+    if lost:
+        return Item(name, "fail", "; ".join(lost))
     git_state = environment.get("git") or {}
     dirty = [p for p in git_state.get("uncommitted", []) if p not in outputs]
-    problems = [f"uncommitted: {_listed(dirty)} (commit or discard them: a clone would not "
-                "reproduce this checkout)"] if dirty else []
-    missing = [key for key in ("python", "torch") if not environment.get(key)]
-    if not git_state.get("head"):
-        missing.append("git HEAD")
-    problems += [f"not recorded: {', '.join(missing)}"] if missing else []
-    if problems:
-        return Item(name, "fail", "; ".join(problems))
-    return Item(name, "pass", f"committed at {git_state['head']}; python "
-                              f"{environment['python']}, torch {environment['torch']}")
+    torch = f", torch {environment['torch']}" if environment.get("torch") else ""
+    note = f"; uncommitted in the checkout (not measured): {_listed(dirty)}" if dirty else ""
+    shown = ", ".join(f"{side} {sha[:12]}" for side, sha in commits.items())
+    return Item(name, "pass", f"{shown} on branches; python {environment['python']}{torch}"
+                              f"{note}")
 
 
-def anomalies(runs: Sequence[Measurement], history: Sequence[str]) -> Item:
-    """Every fresh run ended, printed finite numbers and no forbidden pattern; the loop's own
-    anomalies (``history``: crashed rounds, violations) are listed as reviewed."""
+def _on_a_ref(repo: git.Repo, sha: str) -> bool:
+    try:
+        return bool(repo.git.for_each_ref("--contains", sha, "--count=1", "refs/heads",
+                                          "refs/tags"))
+    except git.GitCommandError:  # not a commit of this repository at all
+        return False
+
+
+def anomalies(arms: dict[str, Measurement], history: Sequence[str],
+              tampered: Sequence[str] = ()) -> Item:
+    """Every fresh run ended, printed finite numbers and no forbidden pattern, and nothing
+    rewrote the saved runs (``tampered``); the loop's own anomalies (``history``: crashed
+    rounds, violations) are listed as reviewed."""
     name = "anomalies reviewed"
-    found = [f"{m.primary} run failed: {m.cause}" for m in runs if m.cause]
-    for measured in runs:
+    found = list(tampered)
+    runs = {id(m): (side, m) for side, m in arms.items()}.values()  # one arm may be both
+    for side, measured in runs:
+        if measured.cause:
+            found.append(f"{side} run failed: {measured.cause}")
         for seed in measured.seeds:
-            found += [f"seed {seed.seed}: non-finite {key}" for key in seed.nonfinite_keys]
-            found += [f"seed {seed.seed}: {hits}x forbidden pattern {pattern!r}"
+            where = f"{side} seed {seed.seed}"
+            found += [f"{where}: non-finite {key}" for key in seed.nonfinite_keys]
+            found += [f"{where}: {hits}x forbidden pattern {pattern!r}"
                       for pattern, hits in seed.pattern_hits.items() if hits]
-            found += [f"seed {seed.seed}: check {check} failed ({result.cause})"
+            found += [f"{where}: check {check} failed ({result.cause})"
                       for check, result in seed.custom.items() if not result.passed]
     loop = f"; loop history: {_listed(list(history))}" if history else "; loop history: clean"
     if found:
         return Item(name, "fail", _listed(found) + loop)
-    count = sum(len(m.seeds) for m in runs)
+    count = sum(len(m.seeds) for _, m in runs)
     return Item(name, "pass", f"{count} fresh run(s) clean{loop}")
 
 

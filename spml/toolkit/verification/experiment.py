@@ -19,9 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from spml.errors import ProtocolError
 from spml.toolkit.files import write_atomic
 from spml.toolkit.loop.confirm import Bench, read_confirmation
-from spml.toolkit.loop.measurement import Measurement, load_measurement
+from spml.toolkit.loop.measurement import Measurement, load_measurement, save_measurement
 from spml.toolkit.verification.checklist import (
     Item,
     anomalies,
@@ -42,6 +43,23 @@ SIDES = ("baseline", "chosen")
 LEDGER_FILES = ("experiences.md", "experiences.png")
 
 
+def check_settings(runs: int, confidence: float, method: str) -> None:
+    """Refuse bad settings before anything runs.
+
+    Raises:
+        ProtocolError: fewer than 2 runs, a confidence outside (0.5, 1), an unknown method.
+    """
+    if runs < 2:
+        raise ProtocolError(f"runs must be >= 2 (one run per arm has no noise estimate), got "
+                            f"{runs}")
+    if method not in ("welch", "bootstrap"):
+        raise ProtocolError(f"method must be welch or bootstrap, got {method!r}")
+    try:
+        VerifyRule("maximize", 0.0, confidence)  # its own check of the confidence
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+
+
 def verify_dir(subject: Subject) -> Path:
     """Where the verification's runs and logs live."""
     return subject.session.experiment.state_dir / "verify"
@@ -51,13 +69,32 @@ def _bench(subject: Subject) -> Bench:
     return Bench(subject.session, "verify", verify_dir(subject))
 
 
-def measure_arm(subject: Subject, side: str, runs: int) -> Measurement:
-    """Train and evaluate one arm's commit on ``runs`` fresh seeds (continuing saved runs of
-    the same tree)."""
+def saved_runs(subject: Subject) -> dict[str, Measurement | None]:
+    """Both arms' runs saved by an earlier (killed) verification, read before anything runs:
+    the trained code of one arm could otherwise rewrite the other arm's file."""
+    return {side: load_measurement(verify_dir(subject), f"{side}.json") for side in SIDES}
+
+
+def measure_arm(subject: Subject, side: str, runs: int,
+                saved: Measurement | None = None) -> Measurement:
+    """Train and evaluate one arm's commit on ``runs`` fresh seeds (continuing ``saved`` runs
+    of the same tree)."""
     commit = subject.baseline_commit if side == "baseline" else subject.chosen_commit
-    saved = load_measurement(verify_dir(subject), f"{side}.json")
     seeds = [VERIFY_SEED0 + i for i in range(runs)]
     return _bench(subject).measure(side, commit, seeds, saved)
+
+
+def guard_saved(subject: Subject, arms: dict[str, Measurement]) -> list[str]:
+    """Compare each arm's saved file with what this process measured; a file the trained code
+    rewrote is put back (so a later run resumes from the truth) and named."""
+    tampered = []
+    for side, measured in arms.items():
+        on_disk = load_measurement(verify_dir(subject), f"{side}.json")
+        if on_disk != measured:
+            save_measurement(verify_dir(subject), measured, f"{side}.json")
+            tampered.append(f"the {side} arm's saved runs were rewritten while the code ran "
+                            "(put back from the supervisor's copy)")
+    return tampered
 
 
 def remove_bench(subject: Subject) -> None:
@@ -73,23 +110,25 @@ def judge(subject: Subject, arms: dict[str, Measurement], confidence: float,
     if not subject.changed:
         return _no_comparison("ineffective", rule, arms, "the loop kept no change: its best "
                               "is the baseline commit itself")
-    empty = [side for side in SIDES if not arms[side].values]
-    if empty:
-        cause = arms[empty[0]].cause or "no value printed"
-        return _no_comparison("inconclusive", rule, arms, f"the {empty[0]} arm could not be "
-                              f"measured ({cause})")
+    failed = [side for side in SIDES if arms[side].cause or not arms[side].values]
+    if failed:
+        side = failed[0]
+        seed = VERIFY_SEED0 + len(arms[side].seeds)
+        cause = arms[side].cause or "no value printed"
+        return _no_comparison("inconclusive", rule, arms, f"the {side} arm's run on seed "
+                              f"{seed} failed ({cause}); fix that before judging", None)
     return verify_arms(arms["baseline"].values, arms["chosen"].values, rule)
 
 
 def _no_comparison(verdict: Any, rule: VerifyRule, arms: dict[str, Measurement],
-                   why: str) -> Verification:
+                   why: str, estimate: float | None = 0.0) -> Verification:
     counts = [len(arms[side].values) if side in arms else 0 for side in SIDES]
-    return Verification(verdict, 0.0, None, None, *counts, "none", rule.confidence,
+    return Verification(verdict, estimate, None, None, *counts, "none", rule.confidence,
                         rule.min_effect, why)
 
 
 def walk_checklist(subject: Subject, arms: dict[str, Measurement],
-                   environment: dict[str, Any]) -> list[Item]:
+                   environment: dict[str, Any], tampered: list[str] | None = None) -> list[Item]:
     """SPML's checklist (`checklist`), in its order."""
     session = subject.session
     exp_rel = session.experiment.exp_rel
@@ -101,8 +140,9 @@ def walk_checklist(subject: Subject, arms: dict[str, Measurement],
         controls_held(repo, subject.baseline_commit, subject.chosen_commit, exp_rel=exp_rel,
                       variable=session.protocol.editable_files, fixed=session.fixed_globs),
         core_separation(repo, subject.chosen_commit, exp_rel),
-        reproducible(environment, outputs),
-        anomalies(list({id(m): m for m in arms.values()}.values()), loop_history(subject)),
+        reproducible(repo, {"baseline": subject.baseline_commit,
+                            "chosen": subject.chosen_commit}, environment, outputs),
+        anomalies(arms, loop_history(subject), tampered or []),
         criteria_met(subject.criteria, arms["chosen"]),
     ]
 

@@ -17,6 +17,7 @@ single-run comparison, which then judges the point estimate alone and says so.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -33,7 +34,7 @@ class Verification:
     """The verdict and the numbers behind it."""
 
     verdict: Verdict
-    improvement: float          # oriented: positive is better
+    improvement: float | None   # oriented: positive is better (None: nothing compared)
     low: float | None           # the interval (None: a single-run comparison has none)
     high: float | None
     n_baseline: int
@@ -48,7 +49,8 @@ class Verification:
         interval = ("none (no comparison)" if self.method == "none" else
                     "none (single runs)" if self.low is None else
                     f"[{self.low:+.6g}, {self.high:+.6g}] ({self.confidence:.0%})")
-        return [self.verdict, f"improvement: {self.improvement:+.6g} (positive is better)",
+        estimate = "none" if self.improvement is None else f"{self.improvement:+.6g}"
+        return [self.verdict, f"improvement: {estimate} (positive is better)",
                 f"interval: {interval}", f"n: baseline {self.n_baseline}, treatment "
                 f"{self.n_treatment}", f"method: {self.method}; minimum effect "
                 f"{self.min_effect:g}", f"why: {self.reason}"]
@@ -135,9 +137,11 @@ def _bootstrap(baseline: Sequence[float], treatment: Sequence[float],
     def difference(t: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.mean(t, axis=axis) - np.mean(b, axis=axis)
 
-    result = stats.bootstrap((list(treatment), list(baseline)), difference,
-                             confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
-                             rng=np.random.default_rng(BOOTSTRAP_SEED))
+    with warnings.catch_warnings():  # arms without spread: handled below, not printed
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap((list(treatment), list(baseline)), difference,
+                                 confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
+                                 rng=np.random.default_rng(BOOTSTRAP_SEED))
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if math.isnan(low) or math.isnan(high):  # degenerate (no spread): the observed difference
         diff = _mean(treatment) - _mean(baseline)

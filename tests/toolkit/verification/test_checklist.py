@@ -120,21 +120,49 @@ def test_core_separation_fails_when_core_code_imports_tests(repo):
     assert "test_model.py" not in item.detail  # tests may import core code
 
 
+@pytest.mark.parametrize("source", ['import importlib\nimportlib.import_module("tests.helpers")\n',
+                                    'helpers = __import__("tests.helpers")\n',
+                                    "import test\n"])
+def test_core_separation_sees_dynamic_imports_of_test_code(repo, source):
+    repo_, _ = repo
+    chosen = _commit(repo_, {"exp/model.py": source})
+    assert core_separation(repo_, chosen, "exp").status == "fail"
+
+
 ENVIRONMENT = {"git": {"head": "abc123", "uncommitted": []}, "python": "3.11.7",
                "torch": "2.13.0"}
 
 
-def test_reproducible_fails_on_uncommitted_files_and_missing_facts():
-    assert reproducible(ENVIRONMENT, []).status == "pass"
+def test_reproducible_needs_both_commits_on_a_ref_and_names_uncommitted_files(repo):
+    repo_, base = repo
+    chosen = _commit(repo_, {"exp/params.yaml": "x: 2\n"})
+    commits = {"baseline": base, "chosen": chosen}
+    item = reproducible(repo_, commits, ENVIRONMENT, [])
+    assert item.status == "pass"
+    assert "python 3.11.7, torch 2.13.0" in item.detail
+    # the checkout's scratch files are named, not held against commits the runs never used
     dirty = {**ENVIRONMENT, "git": {"head": "abc123", "uncommitted": ["exp/notes.py",
                                                                       "exp/experiences.md"]}}
-    item = reproducible(dirty, ["exp/experiences.md"])  # spml's own outputs do not count
+    item = reproducible(repo_, commits, dirty, ["exp/experiences.md"])
+    assert item.status == "pass"
+    assert item.detail.endswith("uncommitted in the checkout (not measured): exp/notes.py")
+    # a chosen commit that no branch holds any more cannot be checked out by a clone
+    git(Path(repo_.working_dir), "reset", "-q", "--hard", base)
+    item = reproducible(repo_, commits, ENVIRONMENT, [])
     assert item.status == "fail"
-    assert "exp/notes.py" in item.detail
-    assert "experiences.md" not in item.detail
-    item = reproducible({**ENVIRONMENT, "torch": None}, [])
+    assert f"chosen commit {chosen[:12]} is on no branch or tag" in item.detail
+    item = reproducible(repo_, {"baseline": base}, {**ENVIRONMENT, "python": None}, [])
     assert item.status == "fail"
-    assert "not recorded: torch" in item.detail
+    assert "the Python version is not recorded" in item.detail
+
+
+def test_git_state_lists_unusual_paths_unquoted(tmp_path):
+    from spml.toolkit.pipeline.context import git_state
+
+    git(tmp_path, "init", "-q", "-b", "main")
+    (tmp_path / "my exp").mkdir()
+    (tmp_path / "my exp" / "实验.md").write_text("x\n")
+    assert git_state(tmp_path)["uncommitted"] == ["my exp/实验.md"]
 
 
 def _runs(**seed_fields) -> Measurement:
@@ -144,22 +172,28 @@ def _runs(**seed_fields) -> Measurement:
 
 
 @pytest.mark.parametrize(("runs", "found"), [
-    (_runs(nonfinite_keys=["grad_norm"]), "seed 20001: non-finite grad_norm"),
+    (_runs(nonfinite_keys=["grad_norm"]), "chosen seed 20001: non-finite grad_norm"),
     (_runs(pattern_hits={"UserWarning": 3}), "3x forbidden pattern 'UserWarning'"),
     (_runs(custom={"hf": CheckResult(exit_code=1, cause="exit 1")}), "check hf failed"),
     (Measurement(tree="t", primary="loss", cause="train crashed: exit 1"),
-     "loss run failed: train crashed"),
+     "chosen run failed: train crashed"),
 ])
 def test_anomalies_fail_on_what_a_fresh_run_showed(runs, found):
-    item = anomalies([_runs(), runs], ["round 2 broke a rule (edited train.py)"])
+    item = anomalies({"baseline": _runs(), "chosen": runs},
+                     ["round 2 broke a rule (edited train.py)"])
     assert item.status == "fail"
     assert found in item.detail
     assert "loop history: round 2 broke a rule" in item.detail
 
 
 def test_anomalies_pass_on_clean_runs_and_list_the_loop_history():
-    item = anomalies([_runs(), _runs()], [])
+    item = anomalies({"baseline": _runs(), "chosen": _runs()}, [])
     assert (item.status, item.detail) == ("pass", "4 fresh run(s) clean; loop history: clean")
+    same = _runs()  # a loop that kept nothing: one arm is both, counted once
+    assert anomalies({"baseline": same, "chosen": same}, []).detail.startswith("2 fresh")
+    item = anomalies({"baseline": _runs()}, [], ["the baseline arm's saved runs were rewritten"])
+    assert item.status == "fail"
+    assert item.detail.startswith("the baseline arm's saved runs were rewritten")
 
 
 CRITERIA = ReviewCriteria.model_validate(
@@ -209,3 +243,19 @@ def test_unmet_review_criteria_leave_the_verdict_and_are_named(repo):
     text = report.markdown()
     assert text.startswith("---\nverdict: effective\nestimate: 0.5\ninterval:\n- 0.2\n- 0.8\n")
     assert "| baseline | aaaaaaaaaaaa | 20000 | 1.5 |" in text
+
+
+def test_a_failed_run_is_named_with_its_arm_and_seed_and_no_estimate():
+    from types import SimpleNamespace
+
+    from spml.toolkit.verification.experiment import judge
+
+    subject = SimpleNamespace(direction="minimize", min_effect=0.0, changed=True)
+    broken = Measurement(tree="t", primary="loss", seeds=_runs().seeds[:1],
+                         cause="train crashed: exit 1")
+    stats = judge(subject, {"baseline": _runs(), "chosen": broken}, 0.95, "welch")
+    assert stats.verdict == "inconclusive"
+    assert stats.reason == ("the chosen arm's run on seed 20001 failed (train crashed: exit 1); "
+                            "fix that before judging")
+    assert stats.improvement is None
+    assert stats.lines()[1] == "improvement: none (positive is better)"
