@@ -53,8 +53,15 @@ class FixedSpec(_Section):
     epoch_limit: int | None = Field(
         default=None, ge=1, description="Optional epoch cap, passed as SPML_EPOCH_LIMIT."
     )
+    outputs: list[str] = Field(
+        default_factory=list, description="Globs of what training writes for the evaluation "
+        "(checkpoints, predictions); every other git-ignored file is removed before each "
+        "evaluation. Empty: every non-importable one stays. Importable files (.py, .pyc, .so, "
+        ".pth) are never outputs."
+    )
 
     _files = field_validator("files")(_check_globs)
+    _outputs = field_validator("outputs")(_check_globs)
 
 
 class VariableSpec(_Section):

@@ -30,6 +30,14 @@ from spml.toolkit.git.workspace import Workspace
 from spml.toolkit.loop.acceptance import judge_runs
 from spml.toolkit.loop.begin import RoundPlan, protect_supervisor_files
 from spml.toolkit.loop.compliance import check_round, verify_fixed_files
+from spml.toolkit.loop.evaluation import (
+    METRIC_FILE_VAR,
+    clean_for_evaluation,
+    evaluation_env,
+    importable_leftovers,
+    metric_file,
+    read_metric_file,
+)
 from spml.toolkit.loop.faults import crash_point
 from spml.toolkit.loop.incumbent import NO_CHANGE, find_incumbent, measured_runs, pool_tree
 from spml.toolkit.loop.measurement import (
@@ -102,8 +110,9 @@ def measure(session: LoopSession, plan: RoundPlan) -> Measurement:
         return result.model_copy(update={"cause": NO_CHANGE})
 
     def checked() -> list[Any]:  # what training did to the files the researcher may not touch
-        return verify_fixed_files(session, plan) + check_round(session, plan,
-                                                               after_researcher=False)
+        return verify_fixed_files(session, plan) + check_round(
+            session, plan, after_researcher=False) + importable_leftovers(
+            session.workspace, session.experiment.exp_rel)
 
     if plan.measures_head or not _sequential(session):
         acceptance = session.protocol.acceptance
@@ -239,20 +248,41 @@ def _evaluate(session: LoopSession, site: Site,
               seed: int) -> tuple[dict[str, float], dict[str, str], str, float]:
     """The eval's metrics, the parser's reason for each named metric it could not read, the
     cause that fails the run (empty: none) and the eval's seconds."""
-    # Bytecode written during training must not stand in for the fixed eval sources.
-    site.workspace.clean_ignored(keep=lambda path: "__pycache__" not in path.split("/"))
-    result = run_command(
-        session.protocol.eval.command, cwd=site.workdir,
-        log_dir=site.log_dir, name=f"{site.prefix}eval-{seed}",
-        env=command_env(session, site.round_no, seed),
-        time_limit_s=session.protocol.eval_timeout_s,
-        pid_file=session.experiment.state_dir / "eval.pid",
-    )
+    # What training left that Python could import must not stand in for the fixed eval's
+    # modules (bytecode, a sourceless .pyc, .so, .pth): see `evaluation`.
+    clean_for_evaluation(site.workspace, site.exp_rel,
+                         getattr(session.protocol.fixed, "outputs", []))
+    with metric_file() as reported:
+        result = run_command(
+            session.protocol.eval.command, cwd=site.workdir,
+            log_dir=site.log_dir, name=f"{site.prefix}eval-{seed}",
+            env={**command_env(session, site.round_no, seed), **evaluation_env(),
+                 METRIC_FILE_VAR: str(reported)},
+            time_limit_s=session.protocol.eval_timeout_s,
+            pid_file=session.experiment.state_dir / "eval.pid",
+        )
+        try:
+            from_file = read_metric_file(reported)
+        except ValueError as exc:
+            return {}, {}, f"eval wrote an unreadable {METRIC_FILE_VAR}: {exc}", \
+                result.duration_s
     if result.kind is ExitKind.TIMEOUT:
         return {}, {}, f"eval killed: exceeded {session.protocol.eval_timeout_s:g}s", \
             result.duration_s
     if not result.ok:
         return {}, {}, f"eval failed: {result.describe()}", result.duration_s
+    if from_file is not None:
+        metrics, problems = from_file, {name: f"not in {METRIC_FILE_VAR}" for name in
+                                        _named_metrics(session) if name not in from_file}
+    else:
+        metrics, problems = _stdout_metrics(session, result)
+    cause = _primary_cause(session, metrics, problems)
+    return metrics, problems, cause, result.duration_s
+
+
+def _stdout_metrics(session: LoopSession,
+                    result: CommandResult) -> tuple[dict[str, float], dict[str, str]]:
+    """The metrics printed on stdout (an evaluation that wrote no SPML_METRIC_FILE)."""
     text = result.stdout_text()
     metrics = {k: v for k, v in find_pairs(text).items() if math.isfinite(v)}
     problems: dict[str, str] = {}
@@ -263,8 +293,7 @@ def _evaluate(session: LoopSession, site: Site,
         except MetricNotFound as exc:
             if mentions(text, name):  # "'0x10' is not a number" says more than "no value"
                 problems[name] = exc.reason
-    cause = _primary_cause(session, metrics, problems)
-    return metrics, problems, cause, result.duration_s
+    return metrics, problems
 
 
 def _named_metrics(session: LoopSession) -> list[str]:
