@@ -45,9 +45,9 @@ def verification_flow(experiment_dir: str, runs: int = verifying.DEFAULT_RUNS,
     exp = Path(experiment_dir).resolve()
     subject = subject_task(str(exp))
     with hold_experiment(exp, subject.session.kind.protocol_filename):
-        saved = verifying.saved_runs(subject)
+        verifying.start_afresh(subject)
         sides = verifying.SIDES if subject.changed else ("baseline",)
-        arms = {side: measure_arm_task(subject, side, runs, saved[side]) for side in sides}
+        arms = {side: measure_arm_task(subject, side, runs) for side in sides}
         tampered = verifying.guard_saved(subject, arms)
         remove_bench_task(subject)
     arms.setdefault("chosen", arms["baseline"])  # the loop kept nothing: one arm is both

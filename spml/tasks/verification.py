@@ -29,11 +29,9 @@ def subject_task(experiment_dir: str) -> Subject:
 
 @task(name="re-measure", task_run_name="re-measure the {side} on fresh seeds",
       cache_policy=NO_CACHE)
-def measure_arm_task(subject: Subject, side: str, runs: int,
-                     saved: Measurement | None) -> Measurement:
-    """``runs`` fresh-seed train+eval runs of one arm (saved run by run; ``saved``: the runs a
-    killed verification left)."""
-    return verifying.measure_arm(subject, side, runs, saved)
+def measure_arm_task(subject: Subject, side: str, runs: int) -> Measurement:
+    """``runs`` fresh-seed train+eval runs of one arm (saved run by run)."""
+    return verifying.measure_arm(subject, side, runs)
 
 
 @task(name="remove the scratch worktree", cache_policy=NO_CACHE)

@@ -39,14 +39,14 @@ def _finished_loop(unique_experiment, **overrides):
 def test_verification_re_measures_both_arms_and_commits_its_report(unique_experiment,
                                                                    run_artifact):
     exp = _finished_loop(unique_experiment)
-    state = verification_flow(str(exp), runs=2, return_state=True)
+    state = verification_flow(str(exp), runs=3, return_state=True)
     result = state.result()
     assert result["verdict"] == "effective"
     front = read_report(exp / "verification.md")
     assert front["verdict"] == "effective"
     assert front["estimate"] == pytest.approx(8.0)  # 9 - 1, oriented: positive is better
     assert front["interval"] == [pytest.approx(8.0), pytest.approx(8.0)]  # no noise at all
-    assert front["n"] == {"baseline": 2, "chosen": 2}
+    assert front["n"] == {"baseline": 3, "chosen": 3}
     assert front["baseline_commit"] != front["chosen_commit"]
     assert set(front["checklist"].values()) <= {"pass", "unknown"}
     assert (exp / "verification.png").read_bytes().startswith(PNG_MAGIC)
@@ -64,15 +64,10 @@ def test_verification_re_measures_both_arms_and_commits_its_report(unique_experi
     assert "autoresearch-verify" not in git(exp, "worktree", "list")  # the bench is removed
 
     # The fresh runs are saved: measuring an arm again reuses them (no new training).
-    subject = find_subject(exp)
-    logs = sorted(verifying.verify_dir(subject).glob("*.log"))
-    saved = verifying.saved_runs(subject)
-    again = verifying.measure_arm(subject, "chosen", 2, saved["chosen"])
-    fewer = verifying.measure_arm(subject, "chosen", 1, saved["chosen"])
-    verifying.remove_bench(subject)
-    assert [s.seed for s in again.seeds] == [20000, 20001]
-    assert [s.seed for s in fewer.seeds] == [20000]  # a rerun with fewer runs reports fewer
-    assert sorted(verifying.verify_dir(subject).glob("*.log")) == logs
+    # A second verification with fewer runs measures (and reports) fewer, tampering nothing.
+    again = verification_flow(str(exp), runs=2)
+    assert again["verdict"] == "effective"
+    assert read_report(exp / "verification.md")["n"] == {"baseline": 2, "chosen": 2}
 
 
 FORGE = """import json, os, pathlib, runpy, sys
@@ -103,7 +98,7 @@ def test_trained_code_that_rewrites_the_other_arms_runs_is_caught(unique_experim
     assert "| baseline | " in text
     assert "999.0" not in text  # the report used the supervisor's own copy
     saved = json.loads((state_dir / "verify" / "baseline.json").read_text())
-    # put back: a later verification resumes from the truth
+    # put back: the saved runs say what the report says
     assert [seed["metrics"]["loss"] for seed in saved["seeds"]] == [9.0, 9.0]
 
 
@@ -119,8 +114,24 @@ def test_a_stale_or_uncommitted_report_is_not_done(unique_experiment):
     assert "but the loop's best is now" in nxt.why
     verification_flow(str(exp), runs=2)
     assert next_stage(exp).stage == "done"
-    (exp / "verification.md").write_text((exp / "verification.md").read_text() + "\nedit\n")
-    assert next_stage(exp).stage == "verify"  # written but not committed: not settled
+    (exp / "verification.md").write_text((exp / "verification.md").read_text() + "\nnote\n")
+    assert next_stage(exp).stage == "done"  # a person's note on a committed report is theirs
+    first = git(exp, "rev-list", "HEAD", "--", "verification.md").split()[-1]
+    git(exp, "reset", "-q", "--mixed", f"{first}~1")  # as if killed before the first commit
+    nxt = next_stage(exp)
+    assert nxt.stage == "verify"
+    assert nxt.why.startswith("verification.md is not committed")
+
+
+def test_a_deleted_loop_branch_is_refused_not_read_as_no_change(unique_experiment):
+    exp = _finished_loop(unique_experiment)
+    branch = Experiment.locate(exp, PROTOCOL_FILENAME).branch("autoresearch")
+    worktree = next(line.split()[0] for line in git(exp, "worktree", "list").splitlines()
+                    if branch in line)
+    git(exp, "worktree", "remove", "--force", worktree)
+    git(exp, "branch", "-D", branch)
+    with pytest.raises(ProtocolError, match=f"the loop's branch {branch} is gone"):
+        find_subject(exp)
 
 
 def test_a_loop_that_kept_nothing_is_ineffective(unique_experiment):
@@ -182,8 +193,8 @@ def test_experiment_flow_stops_for_a_person_at_revise(tmp_path):
     assert state.result(raise_on_failure=False)["stages"] == []
 
 
-def test_cli_verify_killed_mid_run_resumes_and_commits_once(unique_experiment,
-                                                            prefect_api_url):
+def test_cli_verify_killed_mid_run_starts_over_and_commits_once(unique_experiment,
+                                                               prefect_api_url):
     exp = _finished_loop(unique_experiment)
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url,
            "SPML_CRASH_AT": "chosen-before-seed-20001"}
@@ -196,14 +207,16 @@ def test_cli_verify_killed_mid_run_resumes_and_commits_once(unique_experiment,
     assert not (exp / "verification.md").exists()
     assert "verification" not in git(exp, "log", "--format=%s")
     assert "autoresearch-verify" in git(exp, "worktree", "list")  # the kill left the bench
+    # What the trained code could have written meanwhile is no evidence: forge a saved file.
+    forged = verifying.verify_dir(subject) / "baseline.json"
+    forged.write_text(forged.read_text().replace('"loss": 9.0', '"loss": 999.0'))
 
     del env["SPML_CRASH_AT"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[0] == "effective"
-    trained = sorted(p.name for p in verifying.verify_dir(subject).glob("*train-*.stdout.log"))
-    assert trained == ["baseline-train-20000.stdout.log", "baseline-train-20001.stdout.log",
-                       "chosen-train-20000.stdout.log", "chosen-train-20001.stdout.log"]
+    assert done.stdout.splitlines()[:2] == ["effective", "improvement: +8 (positive is better)"]
+    front = read_report(exp / "verification.md")
+    assert front["n"] == {"baseline": 2, "chosen": 2}  # every run measured again
     subjects = git(exp, "log", "--format=%s").splitlines()
     assert subjects.count("experiment: verification — effective") == 1
     assert git(exp, "status", "--porcelain", "--", ".") == ""

@@ -119,7 +119,10 @@ def _stale_verification(exp_dir: Path) -> str:
     commit than the loop's best now (the loop ran on afterwards)."""
     try:
         repo = git.Repo(exp_dir, search_parent_directories=True)
-        if repo.git.status("--porcelain", "--", str(exp_dir / VERIFICATION_FILENAME)):
+        # never committed (a person's later edits to a committed report are theirs to keep)
+        report = (exp_dir / VERIFICATION_FILENAME).resolve()
+        if not repo.git.ls_tree("HEAD", "--", str(report.relative_to(
+                Path(repo.working_dir).resolve()))):
             return f"{VERIFICATION_FILENAME} is not committed (its verification was interrupted)"
     except (git.InvalidGitRepositoryError, git.NoSuchPathError, git.GitCommandError):
         return ""

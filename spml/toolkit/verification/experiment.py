@@ -5,7 +5,8 @@ The steps the `verification` flow orchestrates, each a plain function:
 1. `measure_arm`: the baseline commit and the chosen commit, ``runs`` times each, on seeds no
    round and no confirmation used (`VERIFY_SEED0` on), through the loop's own measurement
    machinery (`spml.toolkit.loop.confirm.Bench`: a scratch worktree, per-seed
-   `measurement.json` saved after every run, so a killed verification resumes).
+   `measurement.json` saved after every run). A killed verification starts over: files the
+   trained code could have written are never taken as runs (`start_afresh`).
 2. `judge`: `verify_arms` with the protocol's minimum effect.
 3. `walk_checklist`: SPML's checklist on the evidence (`checklist`).
 4. `build_report` + `write_report`: `verification.md` and `verification.png` beside it.
@@ -69,24 +70,25 @@ def _bench(subject: Subject) -> Bench:
     return Bench(subject.session, "verify", verify_dir(subject))
 
 
-def saved_runs(subject: Subject) -> dict[str, Measurement | None]:
-    """Both arms' runs saved by an earlier (killed) verification, read before anything runs:
-    the trained code of one arm could otherwise rewrite the other arm's file."""
-    return {side: load_measurement(verify_dir(subject), f"{side}.json") for side in SIDES}
+def start_afresh(subject: Subject) -> None:
+    """Forget the runs an earlier verification saved: without a sandbox the trained code can
+    write that folder (during the loop, before a kill, from a process that outlived its run),
+    so a file found there is no evidence. A killed verification starts over."""
+    for stale in verify_dir(subject).glob("*.json"):
+        stale.unlink()
 
 
-def measure_arm(subject: Subject, side: str, runs: int,
-                saved: Measurement | None = None) -> Measurement:
-    """Train and evaluate one arm's commit on ``runs`` fresh seeds (continuing ``saved`` runs
-    of the same tree)."""
+def measure_arm(subject: Subject, side: str, runs: int) -> Measurement:
+    """Train and evaluate one arm's commit on ``runs`` fresh seeds (saved run by run, for the
+    tampering check and to read)."""
     commit = subject.baseline_commit if side == "baseline" else subject.chosen_commit
     seeds = [VERIFY_SEED0 + i for i in range(runs)]
-    return _bench(subject).measure(side, commit, seeds, saved)
+    return _bench(subject).measure(side, commit, seeds, None)
 
 
 def guard_saved(subject: Subject, arms: dict[str, Measurement]) -> list[str]:
     """Compare each arm's saved file with what this process measured; a file the trained code
-    rewrote is put back (so a later run resumes from the truth) and named."""
+    rewrote is put back and named."""
     tampered = []
     for side, measured in arms.items():
         on_disk = load_measurement(verify_dir(subject), f"{side}.json")

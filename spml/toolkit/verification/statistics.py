@@ -124,7 +124,9 @@ def _welch(baseline: Sequence[float], treatment: Sequence[float],
     if _spread(baseline) == 0 and _spread(treatment) == 0:  # no noise at all: exact
         diff = _mean(treatment) - _mean(baseline)
         return diff, diff
-    result = stats.ttest_ind(list(treatment), list(baseline), equal_var=False)
+    with warnings.catch_warnings():  # near-identical runs: scipy's precision note, not ours
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_ind(list(treatment), list(baseline), equal_var=False)
     interval = result.confidence_interval(confidence_level=confidence)
     return float(interval.low), float(interval.high)
 

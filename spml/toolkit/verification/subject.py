@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import git
+
 from spml.errors import ProtocolError
 from spml.protocols.design import find_design, load_design
 from spml.protocols.experiences import Experiences
 from spml.protocols.review_criteria import ReviewCriteria
 from spml.toolkit.loop.confirm import baseline_commit
+from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.kind import KINDS, LoopKind
 from spml.toolkit.loop.ledger import read_ledger
 from spml.toolkit.loop.session import LoopSession
@@ -68,6 +71,7 @@ def find_subject(exp_dir: Path) -> Subject:
     kind = loop_kind_in(exp_dir)
     if kind is None:
         raise ProtocolError(_no_loop_message(exp_dir))
+    _require_loop_branch(exp_dir, kind)
     session = LoopSession.load(exp_dir, kind)
     ledger = read_ledger(session.experiment)
     if ledger is None or ledger.status not in FINISHED:
@@ -88,6 +92,22 @@ def find_subject(exp_dir: Path) -> Subject:
         getattr(session.protocol, "review_criteria", None)
     return Subject(session, ledger, base, session.workspace.head(), metric, direction,
                    _min_effect(session), criteria, design_path)
+
+
+def _require_loop_branch(exp_dir: Path, kind: LoopKind) -> None:
+    """The loop's branch holds its best; opening the session would recreate a deleted one at
+    the checkout's HEAD, and the best would silently become the baseline."""
+    experiment = Experiment.locate(exp_dir, kind.protocol_filename)
+    if not experiment.opened_before():
+        return  # loading says "no loop was opened"
+    branch = experiment.branch(kind.name)
+    try:
+        git.Repo(experiment.repo_root).git.rev_parse("--verify", "--quiet",
+                                                     f"refs/heads/{branch}")
+    except git.GitCommandError:
+        raise ProtocolError(f"the loop's branch {branch} is gone, so its best commit cannot be "
+                            "re-measured; restore the branch (git reflog) or run the loop "
+                            "again") from None
 
 
 def _min_effect(session: LoopSession) -> float:
