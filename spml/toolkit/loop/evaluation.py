@@ -17,14 +17,16 @@ whatever the researcher's code wants. So:
 * `metric_file` / `read_metric_file`: ``SPML_METRIC_FILE`` names a fresh file outside the
   worktree; a fixed evaluation that writes its metrics there as one JSON object is read from
   it, and its stdout only when it wrote nothing (the older protocols' way). Variable code that
-  the evaluation imports runs inside it and can still write that file: the preflight warns
-  when the evaluation imports variable files.
+  the evaluation imports runs inside it and can still write that file: `evaluation_imports`
+  lets the preflight warn when the evaluation imports variable files.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -121,3 +123,57 @@ def read_metric_file(path: Path) -> dict[str, float] | None:
             raise ValueError(f"{name!r} is {value!r}, not a finite number")
         metrics[str(name)] = float(value)
     return metrics
+
+
+def evaluation_imports(workdir: Path, command: str) -> list[str]:
+    """The experiment's own Python files the evaluation command imports, transitively (a
+    static reading of its script's imports; paths relative to ``workdir``)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return []
+    todo = [w for w in words if w.endswith(".py") and (workdir / w).is_file()]
+    if "-m" in words[:-1]:
+        todo += _module_files(workdir, words[words.index("-m") + 1])
+    seen: set[str] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo += [found for module in _imports_of(workdir / path, path)
+                 for found in _module_files(workdir, module)]
+    return sorted(seen - {w for w in words})
+
+
+def _imports_of(file: Path, rel: str) -> list[str]:
+    try:
+        tree = ast.parse(file.read_bytes(), filename=rel)
+    except (OSError, SyntaxError, ValueError):
+        return []
+    package = rel.rsplit("/", 1)[0].replace("/", ".") if "/" in rel else ""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the file's package, up level-1 steps
+                parts = package.split(".") if package else []
+                parts = parts[:len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join([*parts, *([base] if base else [])])
+            found += [base] + [f"{base}.{alias.name}" if base else alias.name
+                               for alias in node.names]
+    return [name for name in found if name]
+
+
+def _module_files(workdir: Path, module: str) -> list[str]:
+    """The files under ``workdir`` that importing ``module`` runs (its packages' __init__)."""
+    parts = module.split(".")
+    out = []
+    for depth in range(1, len(parts) + 1):
+        stem = "/".join(parts[:depth])
+        for candidate in (f"{stem}.py", f"{stem}/__init__.py"):
+            if (workdir / candidate).is_file():
+                out.append(candidate)
+    return out

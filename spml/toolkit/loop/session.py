@@ -123,6 +123,7 @@ def preflight(session: LoopSession) -> None:
         if not any(compile_globs([glob])(f) for f in files):
             raise ProtocolError(f"fixed.files pattern {glob!r} must match a committed file, "
                                 "matches none. Commit the file or fix the pattern.")
+    warn_variable_imports(session)
     if session.kind is not AUTORESEARCH:
         _check_params_file(p, compile_globs(session.fixed_globs))
         return
@@ -137,6 +138,22 @@ def preflight(session: LoopSession) -> None:
     if params_file is not None and not is_variable(params_file):
         raise ProtocolError(f"researcher.params_file must be a variable file, got "
                             f"{params_file!r}. Add it to variable.files.")
+
+
+def warn_variable_imports(session: LoopSession) -> list[str]:
+    """Warn (and return them) when the fixed evaluation imports files the researcher may
+    edit: that code runs inside the evaluation, where it could print or write any metric."""
+    from spml.toolkit.loop.evaluation import evaluation_imports  # it imports compliance
+
+    imported = evaluation_imports(session.workdir, session.protocol.eval.command)
+    is_fixed = compile_globs(session.fixed_globs)
+    editable = compile_globs(list(session.protocol.editable_files))
+    variable = [path for path in imported if editable(path) and not is_fixed(path)]
+    if variable:
+        log.warning("the fixed evaluation imports variable file(s) %s: the researcher's code "
+                    "runs inside the evaluation and could forge its metric; move what the "
+                    "evaluation needs into fixed files", ", ".join(variable))
+    return variable
 
 
 def _check_variable_glob(session: LoopSession, glob: str, files: list[str],

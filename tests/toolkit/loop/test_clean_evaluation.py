@@ -136,3 +136,22 @@ def test_declared_outputs_are_all_the_evaluation_sees(tmp_path, outputs, baselin
     git(exp.parent, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "scratch")
     ledger = drive(exp, max_rounds=0)
     assert ledger.rows[0].result == pytest.approx(baseline)
+
+
+def test_the_preflight_warns_when_the_evaluation_imports_variable_code(tmp_path, caplog):
+    from spml.toolkit.loop.evaluation import evaluation_imports
+
+    exp = _experiment(tmp_path, HONEST_MODEL, f"{sys.executable} evaluate_model.py")
+    (exp / "evaluate_model.py").write_text(
+        "from helpers import score\nprint(f\"loss={score()}\")\n")
+    (exp / "helpers").mkdir()
+    (exp / "helpers" / "__init__.py").write_text("from .metrics import score\n")
+    (exp / "helpers" / "metrics.py").write_text("import model\ndef score():\n    return 1\n")
+    assert evaluation_imports(exp, f"{sys.executable} evaluate_model.py") == [
+        "helpers/__init__.py", "helpers/metrics.py", "model.py"]
+    assert evaluation_imports(exp, f"{sys.executable} evaluate.py") == []
+    git(exp.parent, "add", "-A")
+    git(exp.parent, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "eval")
+    with caplog.at_level("WARNING"):
+        drive(exp, max_rounds=0)
+    assert "the fixed evaluation imports variable file(s) model.py" in caplog.text
