@@ -40,6 +40,9 @@ def toy_protocol(plan_path: Path, **overrides: Any) -> dict[str, Any]:
         # One run per round: these toys test the engine, not the statistics; the noise-aware
         # default (`significance`) has its own tests (tests/toolkit/loop/test_noise_aware.py).
         "acceptance": {"mode": "greedy"},
+        # The scripted researcher logs beside its plan, outside the worktree: let that folder
+        # through the sandbox, as a user does for a coding agent's own directories.
+        "sandbox": {"writable": [str(plan_path.parent)]},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(fields.get(key), dict):
@@ -80,6 +83,7 @@ def iteration_protocol_fields(tmp_path: Path, *, max_rounds: int = 1, train_time
         "researcher": {"kind": "command", "command": researcher, "timeout": 60},
         "acceptance": {"repeats": repeats},
         "review_criteria": criteria,
+        "sandbox": {"writable": [str(tmp_path)]},  # the scripted researcher's run log
     }
 
 
@@ -154,6 +158,7 @@ def drive(exp: Path, max_rounds: int | None = None,
     """Run a whole loop with the toolkit alone: the flow's round sequence, without Prefect."""
     from spml.toolkit.loop.confirm import confirm_result
     from spml.toolkit.loop.experiment import hold_experiment
+    from spml.toolkit.loop.holdout import measure_holdout
     from spml.toolkit.loop.kind import kind_named
     from spml.toolkit.loop.lifecycle import close_loop, next_step, open_loop
     from spml.toolkit.loop.round import PlainSteps, run_round
@@ -168,6 +173,7 @@ def drive(exp: Path, max_rounds: int | None = None,
             if between_rounds is not None:
                 between_rounds(step.round_no)
         confirm_result(LoopSession.load(exp, loop_kind), step.status)
+        measure_holdout(LoopSession.load(exp, loop_kind), step.status)
         return close_loop(LoopSession.load(exp, loop_kind), step)
 
 

@@ -16,7 +16,9 @@ from spml.tasks.loop import (
     between_rounds,
     close_experiment,
     confirm_best,
+    holdout_best,
     needs_confirmation,
+    needs_holdout,
     open_experiment,
 )
 from spml.toolkit.loop.experiment import Experiment, hold_experiment
@@ -46,6 +48,8 @@ def run_loop(kind: str, experiment_dir: str, max_rounds: int | None,
             step = between_rounds(experiment_dir, kind, progress, step.round_no)
         if needs_confirmation(experiment_dir, kind, step):
             confirm_best(experiment_dir, step, kind)
+        if needs_holdout(experiment_dir, kind, step):
+            holdout_best(experiment_dir, step, kind)
         summary = close_experiment(experiment_dir, step, kind)
         publish_summary(experiment_dir, summary, kind)
     logger.info("%s — %s", summary.status, summary.headline())

@@ -20,6 +20,7 @@ from spml.protocols.frontmatter import (
 )
 from spml.protocols.frontmatter import parse_duration as parse_duration  # public: re-exported
 from spml.protocols.researchers import ResearcherSpec
+from spml.protocols.sandbox import HoldoutSpec, SandboxSpec
 
 PROTOCOL_FILENAME = "autoresearch-protocol.md"
 Direction = Literal["maximize", "minimize"]
@@ -172,6 +173,12 @@ class AutoresearchProtocol(_Section):
         default=5, ge=1, description="Experience rows shown to the researcher each round."
     )
     acceptance: AcceptanceSpec = Field(default_factory=AcceptanceSpec)
+    holdout: HoldoutSpec | None = Field(
+        default=None, description="Held-out data sealed from every round and measured when "
+        "the loop ends (paths untracked by git, and the command that evaluates on them).")
+    sandbox: SandboxSpec = Field(
+        default_factory=SandboxSpec, description="How the researcher, training and evaluation "
+        "commands are confined: auto (default), on, off, or {mode, writable, network}.")
 
     @property
     def train_timeout_s(self) -> float:
@@ -210,7 +217,7 @@ TRAIN_GRACE_S = 30.0
 # Changing these mid-run would make the metric incomparable with the recorded best.
 # `acceptance` too: a best recorded under one rule is no yardstick for another.
 LOCKED_FIELDS: tuple[str, ...] = ("train_command", "fixed", "eval", "baseline", "researcher.kind",
-                                  "acceptance")
+                                  "acceptance", "holdout")
 
 
 def load_protocol(path: Path) -> AutoresearchProtocol:

@@ -53,6 +53,8 @@ _HEADER_BEST = re.compile(r"^best:\s*(?P<metric>\S+)\s*=\s*(?P<value>\S+)(?:\s*Â
                           r"\s*\((?:n=(?P<n>\d+),\s*)?R?(?P<round>[^)]*)\)")
 _HEADER_ROUNDS = re.compile(r"^rounds:\s*(\d+)\s*/\s*(\d+)")
 _HEADER_STATUS = re.compile(r"^status:\s*(\S+)")
+_HEADER_SANDBOX = re.compile(r"^sandbox:\s*(.+?)\s*$")
+_HEADER_HOLDOUT = re.compile(r"^holdout:\s*(.+?)\s*$")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan", re.IGNORECASE)
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
 
@@ -114,6 +116,8 @@ class Experiences(BaseModel):
     best_commit: str | None = None
     columns: tuple[str, ...] = COLUMNS
     incumbent: Estimate | None = None  # the kept code's pooled runs (see the module docstring)
+    sandbox: str | None = None  # how the loop's commands were confined, in words
+    holdout: str | None = None  # the end's measurement on the sealed holdout, in words
 
     @property
     def best_value(self) -> float | None:
@@ -192,6 +196,10 @@ class Experiences(BaseModel):
             lines.append(f"direction: {self.direction}")
         if self.best_commit is not None:
             lines.append(f"best_commit: {self.best_commit}")
+        if self.sandbox is not None:
+            lines.append(f"sandbox: {self.sandbox}")
+        if self.holdout is not None:
+            lines.append(f"holdout: {self.holdout}")
         lines += [f"rounds: {self.rounds_done} / {self.max_rounds}",
                   f"status: {self.status}", "", *table_lines(self.rows, self.columns)]
         return "\n".join(lines) + "\n"
@@ -269,6 +277,10 @@ def _parse_header_line(line: str, number: int, source: str, header: dict[str, An
         header["best_commit"] = None if match.group(1) == NO_VALUE else match.group(1)
     elif match := _HEADER_ROUNDS.match(line):
         header["max_rounds"] = int(match.group(2))
+    elif match := _HEADER_SANDBOX.match(line):
+        header["sandbox"] = match.group(1)
+    elif match := _HEADER_HOLDOUT.match(line):
+        header["holdout"] = match.group(1)
     elif match := _HEADER_STATUS.match(line):
         if match.group(1) not in get_args(Status):
             raise ProtocolError(f"{source} line {number}: status must be one of "

@@ -33,6 +33,7 @@ from spml.protocols.frontmatter import (
 )
 from spml.protocols.researchers import ResearcherSpec
 from spml.protocols.review_criteria import Criterion, ReviewCriteria
+from spml.protocols.sandbox import SandboxSpec
 
 PROTOCOL_FILENAME = "iteration-protocol.md"
 
@@ -98,6 +99,9 @@ class IterationProtocol(_Section):
     experiences_window: int = Field(
         default=5, ge=1, description="Experience rows shown to the researcher each round.")
     review_criteria: ReviewCriteria
+    sandbox: SandboxSpec = Field(
+        default_factory=SandboxSpec, description="How the researcher, training and evaluation "
+        "commands are confined: auto (default), on, off, or {mode, writable, network}.")
 
     _focused_files = field_validator("focused_files")(_check_globs)
 

@@ -23,6 +23,7 @@ from spml.toolkit.loop import control
 from spml.toolkit.loop.begin import RoundPlan, begin_round
 from spml.toolkit.loop.compliance import Violation, check_round
 from spml.toolkit.loop.confirm import confirm_result, read_confirmation, wants_confirmation
+from spml.toolkit.loop.holdout import measure_holdout, wants_holdout
 from spml.toolkit.loop.kind import kind_named
 from spml.toolkit.loop.ledger import read_ledger
 from spml.toolkit.loop.lifecycle import NextStep, close_loop, next_step, open_loop
@@ -165,6 +166,21 @@ def confirm_best(experiment_dir: str, step: NextStep, kind: str) -> str:
     text = confirm_result(_session(experiment_dir, kind), step.status)
     if text:
         get_run_logger().info("confirmed on fresh seeds: %s", text)
+    return text
+
+
+def needs_holdout(experiment_dir: str, kind: str, step: NextStep) -> bool:
+    """Whether `holdout_best` has work."""
+    return step.kind == "end" and wants_holdout(_session(experiment_dir, kind), step.status)
+
+
+@task(name="holdout", task_run_name="measure best and baseline on the sealed holdout",
+      cache_policy=NO_CACHE, retries=0)
+def holdout_best(experiment_dir: str, step: NextStep, kind: str) -> str:
+    """The final best and the baseline on the holdout no round could read."""
+    text = measure_holdout(_session(experiment_dir, kind), step.status)
+    if text:
+        get_run_logger().info("holdout: %s", text)
     return text
 
 

@@ -21,7 +21,11 @@ Contents, in the order a round runs them:
   `verify_fixed_files`, `restore_supervisor_files`.
 - S3+S4 `measure`: the fixed train and eval commands with hard limits -> `Measurement`
   (`measurement`: the per-seed record in `rounds/NNNN/measurement.json`; `observe`: what the
-  supervisor reads from the training output itself).
+  supervisor reads from the training output itself; `evaluation`: the evaluation's clean
+  room and `SPML_METRIC_FILE`).
+- `sandboxing`: every command run for the researcher (researcher, train, eval) confined by
+  bwrap, the holdout sealed (`sandbox:` in the protocol); `holdout`: the end's measurement of
+  best and baseline on it; `confirm`: the end's re-measurement on fresh seeds (`Bench`).
 - S5 decide: `policies` (`Decision`, the `Policy` interface, Auto Research's `MinDeltaPolicy`),
   `review` (ml-iteration's compound `ReviewPolicy`), `incumbent` (HEAD's measured state);
   `settle` (decide, commit or archive + roll back, crash-safe order) and `record` (ledger

@@ -19,6 +19,7 @@ from spml.toolkit.loop.ledger import adopt_ledger, read_ledger, write_ledger
 from spml.toolkit.loop.policies import target_reached
 from spml.toolkit.loop.record import generation_lines
 from spml.toolkit.loop.recovery import recover_unfinished_round
+from spml.toolkit.loop.sandboxing import sandbox_status
 from spml.toolkit.loop.session import (
     LoopSession,
     accepted_protocol,
@@ -165,7 +166,8 @@ def _open_ledger(session: LoopSession) -> None:
                             f"protocol says {p.direction}. Use a new experiment directory.")
     write_ledger(session.experiment, ledger.model_copy(update={
         "max_rounds": session.max_rounds, "status": "running",
-        "direction": ledger.direction or p.direction,
+        "direction": ledger.direction or p.direction, "sandbox": sandbox_status(session),
+        "holdout": None,  # the last end's measurement: this run ends anew
         "columns": merge_columns(ledger.columns, session.kind.columns(p))}))
 
 

@@ -51,6 +51,7 @@ from spml.toolkit.loop.measurement import (
     save_measurement,
 )
 from spml.toolkit.loop.observe import FirstStepClock, read_lines, scan_training_output
+from spml.toolkit.loop.sandboxing import command_box
 from spml.toolkit.loop.session import LoopSession
 from spml.toolkit.metrics.output import find_pairs, mentions, parse_metric
 from spml.toolkit.process.runner import CommandResult, ExitKind, run_command, supervisor_path
@@ -217,12 +218,13 @@ def _train(session: LoopSession, site: Site, seed: int) -> tuple[CommandResult, 
     name = f"{site.prefix}train-{seed}"
     with FirstStepClock(site.log_dir / f"{name}.stdout.log",
                         site.log_dir / f"{name}.stderr.log") as clock:
-        result = run_command(
-            session.protocol.train_command, cwd=site.workdir, log_dir=site.log_dir,
-            name=name, env=command_env(session, site.round_no, seed),
-            time_limit_s=session.protocol.train_timeout_s,
-            pid_file=session.experiment.state_dir / "train.pid",
-        )
+        with command_box(session, site.workspace.path) as box:
+            result = run_command(
+                session.protocol.train_command, cwd=site.workdir, log_dir=site.log_dir,
+                name=name, env=command_env(session, site.round_no, seed),
+                time_limit_s=session.protocol.train_timeout_s,
+                pid_file=session.experiment.state_dir / "train.pid", confine=box,
+            )
     return result, clock.first_step_s
 
 
@@ -252,14 +254,15 @@ def _evaluate(session: LoopSession, site: Site,
     # modules (bytecode, a sourceless .pyc, .so, .pth): see `evaluation`.
     clean_for_evaluation(site.workspace, site.exp_rel,
                          getattr(session.protocol.fixed, "outputs", []))
-    with metric_file() as reported:
+    with metric_file() as reported, \
+            command_box(session, site.workspace.path, reported.parent, evaluation=True) as box:
         result = run_command(
             session.protocol.eval.command, cwd=site.workdir,
             log_dir=site.log_dir, name=f"{site.prefix}eval-{seed}",
             env={**command_env(session, site.round_no, seed), **evaluation_env(),
                  METRIC_FILE_VAR: str(reported)},
             time_limit_s=session.protocol.eval_timeout_s,
-            pid_file=session.experiment.state_dir / "eval.pid",
+            pid_file=session.experiment.state_dir / "eval.pid", confine=box,
         )
         try:
             from_file = read_metric_file(reported)
@@ -318,13 +321,14 @@ def _custom_checks(session: LoopSession, site: Site, seed: int) -> dict[str, Che
     criteria = getattr(session.protocol, "review_criteria", None)
     out = {}
     for check in criteria.custom if criteria is not None else []:
-        result = run_command(
-            check.command, cwd=site.workdir, log_dir=site.log_dir,
-            name=f"{site.prefix}check-{check.name}-{seed}",
-            env=command_env(session, site.round_no, seed),
-            time_limit_s=check.timeout or session.protocol.eval_timeout_s,
-            pid_file=session.experiment.state_dir / "eval.pid",
-        )
+        with command_box(session, site.workspace.path) as box:
+            result = run_command(
+                check.command, cwd=site.workdir, log_dir=site.log_dir,
+                name=f"{site.prefix}check-{check.name}-{seed}",
+                env=command_env(session, site.round_no, seed),
+                time_limit_s=check.timeout or session.protocol.eval_timeout_s,
+                pid_file=session.experiment.state_dir / "eval.pid", confine=box,
+            )
         cause = "" if result.ok else result.describe()
         out[check.name] = CheckResult(exit_code=result.exit_code if result.kind is not
                                       ExitKind.TIMEOUT else None, cause=cause)

@@ -26,6 +26,7 @@ from spml.toolkit.loop.experiment import (
 from spml.toolkit.loop.kind import AUTORESEARCH, LoopKind
 from spml.toolkit.loop.ledger import read_json
 from spml.toolkit.loop.researchers import Researcher, make_researcher
+from spml.toolkit.loop.sandboxing import check_holdout, check_sandbox
 
 log = logging.getLogger(__name__)
 STAGE = AUTORESEARCH.name  # kept for callers that name Auto Research's branch
@@ -40,6 +41,7 @@ class LoopSession:
     workspace: Workspace
     max_rounds_override: int | None = None
     kind: LoopKind = AUTORESEARCH
+    reads_holdout: bool = False  # its evaluation is the holdout's (`spml.toolkit.loop.holdout`)
 
     @classmethod
     def load(cls, experiment_dir: str | Path, kind: LoopKind = AUTORESEARCH) -> LoopSession:
@@ -124,6 +126,8 @@ def preflight(session: LoopSession) -> None:
             raise ProtocolError(f"fixed.files pattern {glob!r} must match a committed file, "
                                 "matches none. Commit the file or fix the pattern.")
     warn_variable_imports(session)
+    check_sandbox(session)
+    check_holdout(session)
     if session.kind is not AUTORESEARCH:
         _check_params_file(p, compile_globs(session.fixed_globs))
         return

@@ -84,6 +84,9 @@ def render_summary(summary: LoopSummary, ledger: Experiences, title: str = "Auto
         f"- **Rounds:** {summary.rounds_done} / {summary.max_rounds}, "
         f"{summary.commits} committed",
         f"- **Ended because:** {summary.reason or summary.status}",
+        *([f"- **Holdout (sealed during the rounds):** {ledger.holdout}"]
+          if ledger.holdout else []),
+        *([f"- **Sandbox:** {ledger.sandbox}"] if ledger.sandbox else []),
         "",
         "## What worked",
         *(f"- {i}" for i in summary.insights or ["(no round beat the baseline)"]),

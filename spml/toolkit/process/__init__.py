@@ -10,6 +10,8 @@
 - `lock`: `SupervisorLock` (one supervisor per directory, freed by the kernel on kill -9) and
   `is_held` (how `status` tells a live supervisor from a killed one).
 - `procfs`: /proc helpers (descendants that left the group, found by an environment token).
+- `sandbox`: `Confinement` (what a command may write, what it may not read, network or none)
+  run by the bundled bwrap; `unavailable_reason` (why a kernel cannot sandbox).
 """
 
 from spml.toolkit.process.result import CommandResult, ExitKind

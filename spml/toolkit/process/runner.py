@@ -37,6 +37,7 @@ from spml.toolkit.process.procfs import (
     start_time,
 )
 from spml.toolkit.process.result import CommandResult, ExitKind, classify_returncode
+from spml.toolkit.process.sandbox import Confinement, bwrap_binary, unavailable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def run_command(  # noqa: PLR0913 - the documented, keyword-only API of the shar
     time_limit_s: float | None = None,
     kill_grace_s: float = 5.0,
     pid_file: Path | None = None,
+    confine: Confinement | None = None,
 ) -> CommandResult:
     """Run ``command`` in its own process group and wait for it, killing what it leaves behind.
 
@@ -74,6 +76,7 @@ def run_command(  # noqa: PLR0913 - the documented, keyword-only API of the shar
         time_limit_s: Wall-clock limit; on expiry the group gets SIGTERM, then SIGKILL.
         kill_grace_s: Seconds between that SIGTERM and SIGKILL.
         pid_file: If given, holds ``{"pgid", "pid", "start_time"}`` JSON while the call runs.
+        confine: Run inside this sandbox (see `spml.toolkit.process.sandbox`).
 
     Returns:
         The :class:`CommandResult`; a failing or killed command is a result, not an error.
@@ -83,7 +86,7 @@ def run_command(  # noqa: PLR0913 - the documented, keyword-only API of the shar
             ``cwd`` or executable, unwritable log dir or pid file).
     """
     running = start_command(command, cwd=cwd, log_dir=log_dir, name=name, env=env,
-                            pid_file=pid_file, time_limit_s=time_limit_s)
+                            pid_file=pid_file, time_limit_s=time_limit_s, confine=confine)
     timed_out = False
     try:
         timed_out = _supervise(running.proc, running.display, time_limit_s, kill_grace_s)
@@ -146,6 +149,7 @@ def start_command(  # noqa: PLR0913 - same keyword-only API as run_command
     env: Mapping[str, str] | None = None,
     pid_file: Path | None = None,
     time_limit_s: float | None = None,
+    confine: Confinement | None = None,
 ) -> RunningCommand:
     """Start ``command`` like `run_command` does, without waiting; see `RunningCommand`.
 
@@ -153,6 +157,8 @@ def start_command(  # noqa: PLR0913 - same keyword-only API as run_command
         CommandError: The command could not be started.
     """
     argv, display = _argv_and_display(command)
+    if confine is not None:
+        argv = _confined(argv, display, confine)
     paths = _log_paths(log_dir, name, display)
     token = uuid.uuid4().hex
     proc = _spawn(argv, display, cwd, {**(env or {}), TOKEN_VAR: token}, *paths)
@@ -166,6 +172,13 @@ def start_command(  # noqa: PLR0913 - same keyword-only API as run_command
             running.finish()
             raise
     return running
+
+
+def _confined(argv: list[str], display: str, confine: Confinement) -> list[str]:
+    binary = bwrap_binary()
+    if binary is None:
+        raise CommandError(f"cannot confine {display!r}: {unavailable_reason()}")
+    return confine.wrap(argv, binary)
 
 
 def kill_stale_process_group(pid_file: Path) -> bool:

@@ -11,8 +11,9 @@ The steps the `verification` flow orchestrates, each a plain function:
 3. `walk_checklist`: SPML's checklist on the evidence (`checklist`).
 4. `build_report` + `write_report`: `verification.md` and `verification.png` beside it.
 
-Holdout: the runs evaluate with the protocol's own eval command. spml has no sealed holdout
-split yet (the researcher sandbox adds one); the report says which data judged.
+Holdout: where the protocol has one (`holdout:`), each run evaluates with the holdout command,
+which alone may read the sealed data (training stays sealed: `spml.toolkit.loop.holdout`);
+otherwise with the protocol's own eval command. The report says which data judged.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 from spml.errors import ProtocolError
 from spml.toolkit.files import write_atomic
 from spml.toolkit.loop.confirm import Bench, read_confirmation
+from spml.toolkit.loop.holdout import holdout_session
 from spml.toolkit.loop.measurement import Measurement, load_measurement, save_measurement
+from spml.toolkit.loop.session import LoopSession
 from spml.toolkit.verification.checklist import (
     Item,
     anomalies,
@@ -67,7 +70,10 @@ def verify_dir(subject: Subject) -> Path:
 
 
 def _bench(subject: Subject) -> Bench:
-    return Bench(subject.session, "verify", verify_dir(subject))
+    session = subject.session
+    if getattr(session.protocol, "holdout", None) is not None:
+        session = holdout_session(session)
+    return Bench(session, "verify", verify_dir(subject))
 
 
 def start_afresh(subject: Subject) -> None:
@@ -176,14 +182,22 @@ def build_report(subject: Subject, arms: dict[str, Measurement], stats: Verifica
                   evidence_lines(subject, environment), PLOT_FILENAME)
 
 
+def _data_line(session: LoopSession) -> str:
+    holdout = getattr(session.protocol, "holdout", None)
+    if holdout is not None:
+        return (f"data: the sealed holdout {', '.join(holdout.paths)}, evaluated by "
+                f"`{holdout.command}` (no round could read it)")
+    return (f"data: the protocol's eval command `{session.protocol.eval.command}` (no sealed "
+            "holdout is configured)")
+
+
 def evidence_lines(subject: Subject, environment: dict[str, Any]) -> list[str]:
     """What the verdict was reached on, beyond the fresh runs."""
     ledger, session = subject.ledger, subject.session
     kept = [r for r in ledger.kept_rounds() if r > 0]
     lines = [f"loop: {session.kind.title}, {ledger.rounds_done} round(s), {len(kept)} kept "
              f"({', '.join(map(str, kept)) or 'none'}), status {ledger.status}",
-             f"data: the protocol's eval command `{session.protocol.eval.command}` (no sealed "
-             "holdout is configured)",
+             _data_line(session),
              f"seeds: {VERIFY_SEED0} on (no round or confirmation used them)"]
     confirmation = read_confirmation(session)
     if confirmation:

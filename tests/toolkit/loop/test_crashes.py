@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import pytest
 from fixtures.loop_steps.stepkit import (
     BRANCH,
     PROJECT,
@@ -32,6 +33,7 @@ from spml.toolkit.loop import control
 from spml.toolkit.loop.ledger import read_journal
 from spml.toolkit.loop.measurement import load_measurement
 from spml.toolkit.loop.researchers.optuna_search import STUDY_NAME
+from spml.toolkit.process.sandbox import unavailable_reason
 
 HELPERS = Path(__file__).parents[2] / "helpers.py"
 
@@ -112,8 +114,23 @@ def test_kill_after_measuring_redoes_the_round(tmp_path: Path) -> None:
     assert researcher_runs(tmp_path) == Counter({1: 1, 2: 2})  # round 2 was redone
 
 
-def test_kill_during_evaluation_kills_the_orphaned_eval(tmp_path: Path) -> None:
-    exp = make_experiment(tmp_path, max_rounds=2, eval_plan={"2": {"eval_sleep": 60}})
+def _group_gone(pgid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("sandbox", ["off", "auto"])
+def test_kill_during_evaluation_kills_the_orphaned_eval(tmp_path: Path, sandbox: str) -> None:
+    if sandbox == "auto" and unavailable_reason():
+        pytest.skip(f"no sandbox here: {unavailable_reason()}")
+    exp = make_experiment(tmp_path, max_rounds=2, eval_plan={"2": {"eval_sleep": 60}},
+                          sandbox={"mode": sandbox})
     eval_pid = experiment(exp).state_dir / "eval.pid"
     eval_log = experiment(exp).round_dir(2) / "eval-0.stdout.log"
     proc = start(exp)
@@ -125,7 +142,10 @@ def test_kill_during_evaluation_kills_the_orphaned_eval(tmp_path: Path) -> None:
     orphan = json.loads(eval_pid.read_text())["pid"]
     proc.kill()
     proc.wait()
-    assert not is_gone(orphan)  # the eval outlived its supervisor
+    if sandbox == "off":
+        assert not is_gone(orphan)  # the eval outlived its supervisor
+    else:  # bwrap (--die-with-parent) takes its whole group down with the supervisor
+        assert _group_gone(orphan)
     (tmp_path / "eval-plan.json").write_text("{}")
 
     assert finish(start(exp)) == 0

@@ -24,6 +24,7 @@ from spml.toolkit.loop.kind import AUTORESEARCH
 from spml.toolkit.loop.lifecycle import open_loop
 from spml.toolkit.loop.measurement import INCUMBENT_FILENAME, load_measurement
 from spml.toolkit.loop.session import LoopSession
+from spml.toolkit.process.sandbox import unavailable_reason
 
 HELPERS = Path(__file__).parents[2] / "helpers.py"
 
@@ -197,7 +198,11 @@ Path("knob.json").write_text(json.dumps({{"change": int(sys.argv[1]), "effect": 
     assert min(incumbent.values) > 0.45
 
 
-def test_a_planted_confirmation_fails_the_round_and_is_removed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sandbox", ["off", "auto"])
+def test_a_planted_confirmation_fails_the_round_and_is_removed(tmp_path: Path,
+                                                               sandbox: str) -> None:
+    if sandbox == "auto" and unavailable_reason():
+        pytest.skip(f"no sandbox here: {unavailable_reason()}")
     exp_dir = tmp_path / "repo" / "exp"
     plant = script(tmp_path, "plant", f"""
 import json, sys
@@ -207,10 +212,14 @@ confirm.mkdir(parents=True, exist_ok=True)
 (confirm / "baseline.json").write_text(json.dumps({{"tree": "x", "seeds": []}}))
 Path("knob.json").write_text(json.dumps({{"change": int(sys.argv[1]), "effect": 5}}) + "\\n")
 """)
-    exp = make_canary(tmp_path, {}, max_rounds=1, researcher=plant)
+    exp = make_canary(tmp_path, {}, max_rounds=1, researcher=plant, sandbox=sandbox)
     drive(exp)
     row = ledger(exp).rows[1]
-    assert (row.compliance, row.verdict) == ("fail", "rolled_back")
+    if sandbox == "off":  # written, then caught by compliance and removed
+        assert (row.compliance, row.verdict) == ("fail", "rolled_back")
+    else:  # never written: the sandbox stops the researcher
+        assert row.verdict == "rolled_back"
+        assert "Read-only file system" in row.insight
     assert not (state_dir(exp) / "confirm" / "baseline.json").exists()
 
 

@@ -147,7 +147,9 @@ def _is_zombie(pid: int) -> bool:
 
 
 def test_external_kill_during_training_kills_orphaned_training(toy_experiment, tmp_path) -> None:
-    exp = toy_experiment({"default": "good", "2": "slow_train"})
+    # unconfined: bwrap would take the training down with its supervisor (its own pid
+    # namespace; tests/toolkit/loop/test_crashes.py), and this is the path without it
+    exp = toy_experiment({"default": "good", "2": "slow_train"}, sandbox={"mode": "off"})
     proc = start(exp)
     pid_file = Experiment.locate(exp, "x").state_dir / "train.pid"
     deadline = time.monotonic() + 60

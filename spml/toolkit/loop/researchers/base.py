@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from spml.protocols.sandbox import SandboxSpec
+
 
 @dataclass(frozen=True)
 class ResearchContext:
@@ -18,6 +20,9 @@ class ResearchContext:
     log_dir: Path
     timeout_s: float
     env: dict[str, str] = field(default_factory=dict)
+    worktree: Path | None = None   # the loop's worktree (what a confined researcher may write)
+    sandbox: SandboxSpec = field(default_factory=SandboxSpec)
+    sealed: tuple[Path, ...] = ()  # the holdout: unreadable to the researcher
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import time
 
 from spml.protocols.researchers import CommandResearcherSpec
 from spml.toolkit.loop.researchers.base import Proposal, ResearchContext
+from spml.toolkit.loop.sandboxing import confined
 from spml.toolkit.process.runner import ExitKind, run_command
 
 MAX_STRATEGY_CHARS = 300
@@ -33,11 +34,17 @@ class CommandResearcher:
             "SPML_WORKDIR": str(ctx.workdir),
         }
         ctx.strategy_path.unlink(missing_ok=True)
+        ctx.strategy_path.parent.mkdir(parents=True, exist_ok=True)
+        ctx.strategy_path.touch()  # a confined researcher can write an existing file only
         started = time.monotonic()
-        result = run_command(command, cwd=ctx.workdir, log_dir=ctx.log_dir, name="researcher",
-                             env=env, time_limit_s=ctx.timeout_s,
-                             pid_file=ctx.log_dir / "researcher.pid")
+        with confined(ctx.sandbox, ctx.worktree or ctx.workdir, ctx.strategy_path,
+                      sealed=ctx.sealed) as box:
+            result = run_command(command, cwd=ctx.workdir, log_dir=ctx.log_dir,
+                                 name="researcher", env=env, time_limit_s=ctx.timeout_s,
+                                 pid_file=ctx.log_dir / "researcher.pid", confine=box)
         duration = time.monotonic() - started
+        if ctx.strategy_path.is_file() and ctx.strategy_path.stat().st_size == 0:
+            ctx.strategy_path.unlink()  # none written: the brief's stdout fallback applies
         strategy = self._strategy(ctx, result.stdout_text(64_000))
         if result.kind is ExitKind.TIMEOUT:
             cause = f"researcher timed out after {ctx.timeout_s:g}s (process group killed)"

@@ -6,6 +6,7 @@ import logging
 
 from spml.toolkit.loop.begin import RoundPlan
 from spml.toolkit.loop.researchers.base import Proposal, ResearchContext
+from spml.toolkit.loop.sandboxing import sandbox_spec, sealed_paths
 from spml.toolkit.loop.session import LoopSession
 from spml.toolkit.process.runner import supervisor_path
 
@@ -19,6 +20,8 @@ def research_context(session: LoopSession, plan: RoundPlan) -> ResearchContext:
         round_no=plan.round_no, workdir=session.workdir, brief_path=round_dir / "brief.md",
         strategy_path=round_dir / "strategy.txt", log_dir=round_dir,
         timeout_s=session.protocol.researcher_timeout_s, env=supervisor_path(),
+        worktree=session.workspace.path, sandbox=sandbox_spec(session.protocol),
+        sealed=sealed_paths(session),
     )
 
 
