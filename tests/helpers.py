@@ -177,6 +177,52 @@ def drive(exp: Path, max_rounds: int | None = None,
         return close_loop(LoopSession.load(exp, loop_kind), step)
 
 
+
+def write_marked_plan(exp: Path, done: tuple[int, ...] = (), conclude: bool = False) -> Path:
+    """`plans/2026-12-05-x.md` from the good plan fixture, subtasks ``done`` marked done (and
+    concluded `effective` with ``conclude``); returns the plan's path."""
+    from spml.protocols.plan import load_plan
+
+    path = exp / "plans" / "2026-12-05-x.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURES / "plan" / "good-plan.md", path)
+    plan = load_plan(path)
+    for number in done:
+        plan = plan.mark(number, "done")
+        if conclude:
+            plan = plan.set_conclusion(number, {"Result": "effective"})
+    path.write_text(plan.render())
+    return path
+
+
+def tiny_experiment(repo: Path, files: dict[str, str], protocol: dict[str, Any]) -> Path:
+    """`repo/exp` holding ``files`` and an Auto Research protocol, committed on main."""
+    exp = repo / "exp"
+    exp.mkdir(parents=True)
+    for name, text in files.items():
+        (exp / name).write_text(text)
+    write_protocol(exp, protocol)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@x", "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "experiment")
+    return exp
+
+
+def model_protocol(tmp_path: Path, eval_command: str = "") -> dict[str, Any]:
+    """One round of a `model.py` experiment: fixed train.py and evaluate.py, metric `loss`
+    (minimized), the researcher `tmp_path/researcher.py` copying `tmp_path/candidate.py`."""
+    return {
+        "research_question": "Can the model be better?", "max_rounds": 1,
+        "train_command": f"{sys.executable} train.py",
+        "fixed": {"files": ["train.py", "evaluate.py"], "time_limit": 10},
+        "variable": {"files": ["model.py"]},
+        "eval": {"command": eval_command or f"{sys.executable} evaluate.py", "metric": "loss",
+                 "direction": "minimize"},
+        "researcher": {"kind": "command", "timeout": 20, "command":
+                       f"{sys.executable} {tmp_path / 'researcher.py'} "
+                       f"{tmp_path / 'candidate.py'}"},
+        "acceptance": {"mode": "greedy"}}
+
 if __name__ == "__main__":  # python helpers.py EXP [MAX_ROUNDS [KIND]]: Prefect-free supervisor
     drive(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else None,
           kind=sys.argv[3] if len(sys.argv) > 3 else "autoresearch")

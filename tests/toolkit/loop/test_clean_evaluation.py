@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import drive, git, write_protocol
+from helpers import drive, git, model_protocol, tiny_experiment
 
 from spml.toolkit.loop.evaluation import is_importable, read_metric_file
 
@@ -38,30 +38,11 @@ pathlib.Path(os.environ["SPML_STRATEGY_FILE"]).write_text("a faster model\\n")
 
 
 def _experiment(tmp_path: Path, candidate: str, eval_command: str = "") -> Path:
-    repo = tmp_path / "repo"
-    exp = repo / "exp"
-    exp.mkdir(parents=True)
-    (exp / "train.py").write_text(TRAIN)
-    (exp / "evaluate.py").write_text(EVALUATE)
-    (exp / "model.py").write_text(HONEST_MODEL.replace("X", "9.0"))
-    (exp / ".gitignore").write_text("outputs/\n*.pyc\n__pycache__/\n")
     (tmp_path / "candidate.py").write_text(candidate.replace("X", "4.0"))
     (tmp_path / "researcher.py").write_text(RESEARCHER)
-    write_protocol(exp, {
-        "research_question": "Can the model be better?", "max_rounds": 1,
-        "train_command": f"{sys.executable} train.py",
-        "fixed": {"files": ["train.py", "evaluate.py"], "time_limit": 10},
-        "variable": {"files": ["model.py"]},
-        "eval": {"command": eval_command or f"{sys.executable} evaluate.py", "metric": "loss",
-                 "direction": "minimize"},
-        "researcher": {"kind": "command", "timeout": 20, "command":
-                       f"{sys.executable} {tmp_path / 'researcher.py'} "
-                       f"{tmp_path / 'candidate.py'}"},
-        "acceptance": {"mode": "greedy"}})
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@x", "add", "-A")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "experiment")
-    return exp
+    return tiny_experiment(tmp_path / "repo", {
+        "train.py": TRAIN, "evaluate.py": EVALUATE, "model.py": HONEST_MODEL.replace("X", "9.0"),
+        ".gitignore": "outputs/\n*.pyc\n__pycache__/\n"}, model_protocol(tmp_path, eval_command))
 
 
 def test_a_sourceless_pyc_shadowing_the_evaluation_is_never_committed(tmp_path):

@@ -201,10 +201,11 @@ def test_slow_first_step_fails_fast_first_step(tmp_path: Path, good: HandoffRepo
 def test_ignoring_the_time_limit_fails_time_limit_honoured(tmp_path: Path,
                                                            good: HandoffReport) -> None:
     report = variant(tmp_path, good, lambda exp: replace_in(exp / "train.py", TIME_LIMIT_LINES,
-                                                            ""), grace_s=1.0)
+                                                            ""), grace_s=6.0)
+    # a grace that a loaded machine's slow start (imports, first log line) fits into
     assert failing(report) == ["time_limit_honoured"]
     honoured = check(report, "time_limit_honoured")
-    assert "killed after exceeding 1.5s time limit" in honoured.detail
+    assert "killed after exceeding 6.5s time limit" in honoured.detail
     assert "output tail: " in honoured.detail
     assert "step=" in honoured.detail
     assert "SPML_TIME_LIMIT" in honoured.fix

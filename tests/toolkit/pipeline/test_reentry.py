@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import write_marked_plan
 
 from spml.protocols.experiences import Experiences
-from spml.protocols.plan import load_plan
 from spml.toolkit.pipeline.reentry import next_stage
 from spml.toolkit.watchdog.context import ContextFile
 
@@ -22,14 +22,7 @@ def with_design(exp: Path) -> Path:
 
 
 def with_plan(exp: Path, done: tuple[int, ...] = (), conclude: bool = False) -> Path:
-    path = exp / "plans" / "2026-12-05-x.md"
-    shutil.copy(FIXTURES / "plan" / "good-plan.md", path)
-    plan = load_plan(path)
-    for number in done:
-        plan = plan.mark(number, "done")
-        if conclude:
-            plan = plan.set_conclusion(number, {"Result": "effective"})
-    path.write_text(plan.render())
+    write_marked_plan(exp, done, conclude)
     return exp
 
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import git as gitpython
 import pytest
-from helpers import git
+from helpers import git, write_marked_plan
 
-from spml.protocols.plan import load_plan
 from spml.protocols.review_criteria import ReviewCriteria
 from spml.toolkit.loop.measurement import CheckResult, Measurement, SeedRecord
 from spml.toolkit.verification.checklist import (
@@ -30,14 +29,7 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 def _plan(exp: Path, done: tuple[int, ...], conclude: bool) -> None:
     (exp / "plans").mkdir(parents=True, exist_ok=True)
     shutil.copy(FIXTURES / "design" / "good-design.md", exp / "plans" / "2026-12-05-x-design.md")
-    path = exp / "plans" / "2026-12-05-x.md"
-    shutil.copy(FIXTURES / "plan" / "good-plan.md", path)
-    plan = load_plan(path)
-    for number in done:
-        plan = plan.mark(number, "done")
-        if conclude:
-            plan = plan.set_conclusion(number, {"Result": "effective"})
-    path.write_text(plan.render())
+    write_marked_plan(exp, done, conclude)
 
 
 def test_vp_completed_needs_every_subtask_done_and_the_integration_concluded(tmp_path):
