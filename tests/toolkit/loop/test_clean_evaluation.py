@@ -80,6 +80,21 @@ def test_the_metric_file_wins_over_stdout(tmp_path):
     assert [row.result for row in ledger.rows] == [pytest.approx(9.0), pytest.approx(4.0)]
 
 
+PRINTING_MODEL = HONEST_MODEL + "print('loss=0.0')  # in the evaluation too, once imported\n"
+IMPORTING_EVAL = "import model  # variable code runs inside the evaluation\n" + METRIC_FILE_EVAL
+
+
+def test_a_metric_line_printed_by_variable_code_in_the_evaluation_is_not_read(tmp_path, caplog):
+    exp = _experiment(tmp_path, PRINTING_MODEL, f"{sys.executable} evaluate_file.py")
+    (exp / "evaluate_file.py").write_text(IMPORTING_EVAL)
+    git(exp.parent, "add", "-A")
+    git(exp.parent, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "eval")
+    ledger = drive(exp)
+    assert "imports variable file(s) model.py" in caplog.text  # warned before the rounds
+    assert [row.result for row in ledger.rows] == [pytest.approx(9.0), pytest.approx(4.0)]
+    assert "loss=0.0" in (exp / ".spml/autoresearch/rounds/0001/eval-0.stdout.log").read_text()
+
+
 @pytest.mark.parametrize(("path", "importable"), [
     ("exp/json.pyc", True), ("exp/fast.so", True), ("exp/x.pth", True),
     ("exp/__pycache__/model.cpython-311.pyc", True), ("exp/sitecustomize.py", True),
