@@ -17,6 +17,7 @@ import pytest
 from helpers import drive, git, model_protocol, tiny_experiment
 
 from spml.errors import ProtocolError
+from spml.toolkit.loop import sandboxing
 from spml.toolkit.process.sandbox import unavailable_reason
 from spml.toolkit.verification.experiment import evidence_lines, measure_arm, remove_bench
 from spml.toolkit.verification.subject import find_subject
@@ -175,3 +176,26 @@ def test_verification_judges_on_the_holdout(tmp_path):
     assert list(arms["chosen"].values) == [pytest.approx(10.0)] * 2  # 4.0 x the holdout 2.5
     assert list(arms["baseline"].values) == [pytest.approx(22.5)] * 2
     assert "data: the sealed holdout holdout" in "\n".join(evidence_lines(subject, {}))
+
+
+def test_without_a_sandbox_auto_says_so_and_on_refuses(tmp_path, monkeypatch, caplog):
+    # A kernel without unprivileged user namespaces cannot exist here: stand in for its probe.
+    monkeypatch.setattr(sandboxing, "unavailable_reason", lambda: "no user namespaces")
+    exp = _experiment(tmp_path, MODEL)
+    ledger = drive(exp)
+    assert ledger.sandbox == "UNCONFINED: no user namespaces"
+    assert "run UNCONFINED: no user namespaces" in caplog.text
+    assert "UNCONFINED" in (exp / "experiences.md").read_text()
+    protocol = exp / "autoresearch-protocol.md"
+    protocol.write_text(protocol.read_text().replace("---\nToy", "sandbox: 'on'\n---\nToy"))
+    git(exp.parent, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qam", "on")
+    with pytest.raises(ProtocolError, match="sandbox: on, but no user namespaces"):
+        drive(exp)
+
+
+def test_sandbox_off_is_written_in_the_ledger(tmp_path):
+    exp = _experiment(tmp_path, MODEL)
+    protocol = exp / "autoresearch-protocol.md"
+    protocol.write_text(protocol.read_text().replace("---\nToy", "sandbox: false\n---\nToy"))
+    git(exp.parent, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qam", "off")
+    assert drive(exp).sandbox.startswith("off (sandbox: off in the protocol)")
