@@ -108,8 +108,14 @@ def read_metric_file(path: Path) -> dict[str, float] | None:
     Raises:
         ValueError: the file is not one JSON object of finite numbers.
     """
+    # The supervisor reads it unconfined: a link could point it at a file the evaluation may
+    # not read itself (the holdout during the rounds).
+    if path.is_symlink():
+        raise ValueError("it is a symbolic link; write the metrics into the file itself")
     if not path.is_file():
         return None
+    if path.stat().st_nlink > 1:
+        raise ValueError("it is a hard link to another file; write the metrics into it")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

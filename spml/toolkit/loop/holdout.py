@@ -23,6 +23,7 @@ from spml.toolkit.loop.confirm import Bench, baseline_commit, confirmation_text
 from spml.toolkit.loop.handedits import load_ledger
 from spml.toolkit.loop.ledger import write_ledger
 from spml.toolkit.loop.measurement import Measurement
+from spml.toolkit.loop.sandboxing import sandbox_status, sealed_paths
 from spml.toolkit.loop.session import LoopSession
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ def measure_holdout(session: LoopSession, status: str) -> str:
         bench.measure("baseline", base, seeds, None)
     bench.remove()
     text = holdout_text(session, measured["best"], measured["baseline"], same=base == best)
+    if not sealed_paths(session) or sandbox_status(session).startswith(("off", "UNCONFINED")):
+        text = f"NOT sealed during the rounds (no sandbox): {text}"
     ledger = load_ledger(session.experiment)
     write_ledger(session.experiment, ledger.model_copy(update={"holdout": text}))
     log.info("holdout: %s", text)

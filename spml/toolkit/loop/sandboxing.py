@@ -14,12 +14,15 @@ a loop that ran unconfined (``sandbox: auto`` on a kernel without user namespace
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from git import GitCommandError
 
 from spml.errors import ProtocolError
 from spml.protocols.sandbox import SandboxSpec
@@ -67,11 +70,30 @@ def check_sandbox(session: LoopSession) -> None:
 
 
 def sealed_paths(session: LoopSession) -> tuple[Path, ...]:
-    """The protocol's holdout paths in the person's checkout (where the untracked data lies)."""
+    """What no round may read: the protocol's holdout paths in the person's checkout (where the
+    untracked data lies), where they and the links inside them really point, and the state
+    folders whose logs hold results measured on the holdout."""
     holdout = getattr(session.protocol, "holdout", None)
     if holdout is None:
         return ()
-    return tuple(session.experiment.exp_dir / path for path in holdout.paths)
+    state = session.experiment.state_dir
+    return (*_resolved(session.experiment.exp_dir, tuple(holdout.paths)),
+            state / "holdout", state / "verify")
+
+
+@functools.cache
+def _resolved(exp_dir: Path, paths: tuple[str, ...]) -> tuple[Path, ...]:
+    """Each path and, through symbolic links (the path itself, or links inside a folder), the
+    place it really is: a seal at the link alone would leave the real place readable."""
+    found: dict[Path, None] = {}
+    for path in paths:
+        where = exp_dir / path
+        found[where.resolve()] = None
+        if where.is_dir():
+            for inner in where.rglob("*"):
+                if inner.is_symlink():
+                    found[inner.resolve()] = None
+    return tuple(found)
 
 
 def command_box(session: LoopSession, worktree: Path, *writable: Path,
@@ -84,20 +106,31 @@ def command_box(session: LoopSession, worktree: Path, *writable: Path,
 
 
 def check_holdout(session: LoopSession) -> None:
-    """A holdout must exist and be untracked: git history would hand it to the researcher."""
+    """A holdout must exist and never have been committed: git history would hand it to the
+    researcher."""
     holdout = getattr(session.protocol, "holdout", None)
-    for path, absolute in zip(holdout.paths if holdout else [], sealed_paths(session),
-                              strict=True):
-        if not absolute.exists():
+    for path in holdout.paths if holdout else []:
+        where = session.experiment.exp_dir / path
+        if not where.exists():
             raise ProtocolError(f"holdout.paths: {path!r} does not exist in "
                                 f"{session.experiment.exp_dir}; put the held-out data there "
                                 "(untracked) or fix the path")
-        tracked = session.workspace.repo.git.ls_files("--", str(absolute))
+        git = session.workspace.repo.git
+        try:
+            tracked = git.ls_files("--", str(where)) or \
+                git.log("--all", "--format=%h", "-1", "--", str(where))
+        except GitCommandError as exc:
+            raise ProtocolError(f"holdout.paths: git cannot look up {path!r}: "
+                                f"{exc.stderr.strip()}") from None
         if tracked:
             raise ProtocolError(
-                f"holdout.paths: {path!r} is tracked by git ({tracked.splitlines()[0]}), so "
-                "every commit hands it to the researcher. Untrack it (git rm --cached, add it "
-                "to .gitignore) and, if it was ever committed, take a new held-out split")
+                f"holdout.paths: {path!r} is or was tracked by git ({tracked.splitlines()[0]}), "
+                "so the repository hands it to the researcher. Take a new held-out split, "
+                "keep it untracked (.gitignore) and out of every commit")
+    for sealed in sealed_paths(session):
+        if session.experiment.exp_dir.resolve().is_relative_to(sealed):
+            raise ProtocolError(f"holdout.paths lead to {sealed}, which holds the experiment "
+                                "itself: point them (and the links inside) at the data only")
     if holdout and (sandbox_spec(session.protocol).mode == "off" or unavailable_reason()):
         log.warning("holdout %s is NOT sealed: the commands run unconfined",
                     ", ".join(holdout.paths))

@@ -145,11 +145,15 @@ def preflight(session: LoopSession) -> None:
 
 
 def warn_variable_imports(session: LoopSession) -> list[str]:
-    """Warn (and return them) when the fixed evaluation imports files the researcher may
-    edit: that code runs inside the evaluation, where it could print or write any metric."""
+    """Warn (and return them) when the fixed evaluation, or the holdout's, imports files the
+    researcher may edit: that code runs inside it, where it could print or write any metric
+    (and, in the holdout's, read the held-out data)."""
     from spml.toolkit.loop.evaluation import evaluation_imports  # it imports compliance
 
-    imported = evaluation_imports(session.workdir, session.protocol.eval.command)
+    holdout = getattr(session.protocol, "holdout", None)
+    commands = [session.protocol.eval.command, *([holdout.command] if holdout else [])]
+    imported = sorted({path for command in commands
+                       for path in evaluation_imports(session.workdir, command)})
     is_fixed = compile_globs(session.fixed_globs)
     editable = compile_globs(list(session.protocol.editable_files))
     variable = [path for path in imported if editable(path) and not is_fixed(path)]

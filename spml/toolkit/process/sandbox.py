@@ -11,15 +11,20 @@ The view a confined command gets:
 * the whole file system read-only (``/`` bound recursively read-only), so the user's home,
   site-packages, other projects and the main repository's ``.git`` (refs, hooks, config,
   objects) cannot be written;
-* ``/dev`` as on the host (GPUs, ``/dev/shm`` for data-loader workers);
+* a user namespace with no capabilities, even for root, and its own pid namespace and
+  ``/proc``: a seal cannot be unmounted, the supervisor's ``/proc/<pid>/root`` is not there;
+* ``/dev`` as on the host (GPUs), a private ``/dev/shm`` (data-loader workers);
+* the usual socket folders (``/run``: the session bus, agents, docker.sock) empty and the
+  agent variables (``SSH_AUTH_SOCK``...) unset, since a read-only mount does not stop
+  ``connect()``; sockets elsewhere stay reachable;
 * writable: the paths of `Confinement.writable` (the worktree, a private temporary directory
   which ``TMPDIR`` names, and what the protocol lists);
 * sealed: each directory of `Confinement.sealed` shows as empty, each file cannot be opened
   (``/dev/null`` mounted over it without device access);
 * the network as it is, or none (``network=False``: a new, empty network namespace).
 
-Processes stay in the caller's process group and pid namespace, so the shared runner's time
-limits, group kills and escaped-process search work unchanged.
+Processes stay in the caller's process group (no new session), so the runner's time limits
+and group kills reach them; whatever they leave behind dies with the pid namespace.
 """
 
 from __future__ import annotations
@@ -47,8 +52,8 @@ class Confinement:
 
     def wrap(self, argv: Sequence[str], bwrap: Path) -> list[str]:
         """``argv`` run inside the sandbox by ``bwrap``."""
-        args = [str(bwrap), "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev",
-                "--die-with-parent", "--unshare-pid"]
+        args = [str(bwrap), *_ISOLATION, "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev",
+                "--proc", "/proc", "--tmpfs", "/dev/shm", *_hide_sockets()]
         writable = [*self.writable, *([self.tmpdir] if self.tmpdir else [])]
         for path in _existing(writable):
             args += ["--bind", str(path), str(path)]
@@ -61,7 +66,33 @@ class Confinement:
             args.append("--unshare-net")
         if self.tmpdir is not None:
             args += ["--setenv", "TMPDIR", str(self.tmpdir)]
+        for name in _AGENT_SOCKETS:
+            args += ["--unsetenv", name]
         return [*args, "--", *argv]
+
+
+# A user namespace without capabilities (root included: no umount of a seal, no ptrace of the
+# supervisor), its own pid namespace and /proc (the host's processes and their /proc/<pid>/root
+# are out of reach; what the command leaves behind dies with it), its own IPC.
+_ISOLATION = ("--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+              "--unshare-cgroup-try", "--cap-drop", "ALL", "--die-with-parent")
+# Unix sockets ignore read-only mounts: the user's session bus, ssh and gpg agents, docker.
+_AGENT_SOCKETS = ("SSH_AUTH_SOCK", "DBUS_SESSION_BUS_ADDRESS", "GPG_AGENT_INFO", "DOCKER_HOST")
+_SOCKET_DIRS = ("/run", "/tmp/.X11-unix", "/tmp/.ICE-unix")
+_KEPT_UNDER_RUN = ("/run/systemd/resolve", "/run/nvidia-persistenced")  # DNS, the GPU daemon
+
+
+def _hide_sockets() -> list[str]:
+    """Empty the usual socket directories (/run holds $XDG_RUNTIME_DIR, the system bus and
+    docker.sock), keeping what name resolution and the GPU driver read there."""
+    args: list[str] = []
+    for folder in _SOCKET_DIRS:
+        if Path(folder).is_dir() and not Path(folder).is_symlink():
+            args += ["--tmpfs", folder]
+    for kept in _KEPT_UNDER_RUN:
+        if Path(kept).is_dir():
+            args += ["--ro-bind", kept, kept]
+    return args
 
 
 def _existing(paths: Sequence[Path]) -> list[Path]:

@@ -151,3 +151,15 @@ def test_the_preflight_warns_when_the_evaluation_imports_variable_code(tmp_path,
     with caplog.at_level("WARNING"):
         drive(exp, max_rounds=0)
     assert "the fixed evaluation imports variable file(s) model.py" in caplog.text
+
+
+def test_a_metric_file_that_is_a_link_is_refused(tmp_path):
+    (tmp_path / "elsewhere.json").write_text('{"loss": 0.0}')
+    link = tmp_path / "metrics.json"
+    link.symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(ValueError, match="symbolic link"):
+        read_metric_file(link)
+    link.unlink()
+    link.hardlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(ValueError, match="hard link"):
+        read_metric_file(link)

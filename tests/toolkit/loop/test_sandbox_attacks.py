@@ -114,10 +114,14 @@ HOLDOUT_EVAL = ("import os\nloss = float(open('outputs/loss.txt').read())\n"
                 "scale = float(open(os.path.join(os.environ['SPML_HOLDOUT_DIR'], 'holdout', "
                 "'scale.txt')).read().split()[0])\nprint(f'loss={loss * scale}')\n")
 PEEK = '''def _peek(path):
-    try:
-        return open(path).read()
-    except OSError as exc:
-        return f"unreadable: {exc}"
+    import glob
+    seen = []
+    for where in [path] + [root + path for root in glob.glob("/proc/*/root")]:
+        try:  # directly, and through any process's view of the disk
+            seen.append(open(where).read())
+        except OSError as exc:
+            seen.append(f"unreadable: {exc}")
+    return " ".join(seen)
 '''
 
 
@@ -163,7 +167,7 @@ def test_a_tracked_holdout_is_refused(tmp_path):
     exp = _holdout_experiment(tmp_path)
     git(exp.parent, "add", "-f", "exp/holdout/scale.txt")
     git(exp.parent, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "leak")
-    with pytest.raises(ProtocolError, match="holdout.paths: 'holdout' is tracked by git"):
+    with pytest.raises(ProtocolError, match="holdout.paths: 'holdout' is or was tracked by git"):
         drive(exp)
 
 
@@ -199,3 +203,33 @@ def test_sandbox_off_is_written_in_the_ledger(tmp_path):
     protocol.write_text(protocol.read_text().replace("---\nToy", "sandbox: false\n---\nToy"))
     git(exp.parent, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qam", "off")
     assert drive(exp).sandbox.startswith("off (sandbox: off in the protocol)")
+
+
+def test_a_holdout_committed_once_is_refused_even_when_untracked_now(tmp_path):
+    exp = _holdout_experiment(tmp_path)
+    git(exp.parent, "add", "-f", "exp/holdout/scale.txt")
+    git(exp.parent, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "leak")
+    git(exp.parent, "rm", "-q", "--cached", "exp/holdout/scale.txt")
+    git(exp.parent, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "untrack")
+    with pytest.raises(ProtocolError, match="'holdout' is or was tracked by git"):
+        drive(exp)
+
+
+def test_a_holdout_behind_a_link_is_sealed_where_it_really_is(tmp_path):
+    exp = _holdout_experiment(tmp_path)
+    store = tmp_path / "store"  # the data's real place, outside the repository
+    (exp / "holdout").rename(store)
+    (exp / "holdout").symlink_to(store)
+    drive(exp)
+    everything = git(exp, "log", "--all", "-p", "--format=%B") + "".join(
+        p.read_text(errors="replace") for p in (exp / ".spml").rglob("*.log"))
+    assert SECRET not in everything
+    assert "best 10" in (exp / "experiences.md").read_text()  # the end still reads it
+
+
+def test_a_holdout_command_that_imports_variable_code_is_warned_about(tmp_path, caplog):
+    exp = _holdout_experiment(tmp_path)
+    (exp / "evaluate_holdout.py").write_text("import model\n" + HOLDOUT_EVAL)
+    git(exp.parent, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qam", "import")
+    drive(exp)
+    assert "imports variable file(s) model.py" in caplog.text

@@ -3,6 +3,7 @@ commands under the real bwrap; and the protocol's `sandbox:` / `holdout:` sectio
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import threading
@@ -103,3 +104,29 @@ def test_the_ledger_header_keeps_the_sandbox_and_holdout_lines():
     assert "sandbox: UNCONFINED: no bwrap\n" in text
     parsed = parse_experiences(text)
     assert (parsed.sandbox, parsed.holdout) == (ledger.sandbox, ledger.holdout)
+
+
+@needs_bwrap
+def test_no_capabilities_no_host_processes_no_unmounting_a_seal(tmp_path, box):
+    """What root could otherwise do inside (this machine runs the tests as root)."""
+    script = (
+        "import os, subprocess\n"
+        "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
+        f"print({os.getpid()} in [int(p) for p in os.listdir('/proc') if p.isdigit()])\n"
+        f"print(subprocess.run(['umount', {str(tmp_path / 'sealed')!r}]).returncode != 0)\n"
+        f"print(os.listdir({str(tmp_path / 'sealed')!r}))\n")
+    result = _run(tmp_path, script, box)
+    assert result.ok, result.stderr_path.read_text()
+    assert result.stdout_text().split() == ["0000000000000000", "False", "True", "[]"]
+
+
+@needs_bwrap
+def test_dev_shm_is_private_and_agent_sockets_are_gone(tmp_path, box, monkeypatch):
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/user/0/ssh-agent.sock")
+    script = ("import os\nopen('/dev/shm/spml-left-behind', 'w').write('x')\n"
+              "print(os.environ.get('SSH_AUTH_SOCK'), os.listdir('/run/user') "
+              "if os.path.isdir('/run/user') else [])\n")
+    result = _run(tmp_path, script, box)
+    assert result.ok, result.stderr_path.read_text()
+    assert result.stdout_text().split() == ["None", "[]"]
+    assert not Path("/dev/shm/spml-left-behind").exists()
