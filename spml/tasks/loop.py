@@ -23,6 +23,7 @@ from spml.toolkit.loop import control
 from spml.toolkit.loop.begin import RoundPlan, begin_round
 from spml.toolkit.loop.compliance import Violation, check_round
 from spml.toolkit.loop.confirm import confirm_result, read_confirmation, wants_confirmation
+from spml.toolkit.loop.cost import loop_cost
 from spml.toolkit.loop.holdout import measure_holdout, wants_holdout
 from spml.toolkit.loop.kind import kind_named
 from spml.toolkit.loop.ledger import read_ledger
@@ -189,7 +190,8 @@ def close_experiment(experiment_dir: str, step: NextStep, kind: str) -> LoopSumm
     """Write the final status and summarize the loop."""
     session = _session(experiment_dir, kind)
     ledger = close_loop(session, step)
-    return summarize(ledger, step.reason, confirmed=read_confirmation(session))
+    cost = loop_cost(session.experiment.state_dir / "rounds").render()
+    return summarize(ledger, step.reason, confirmed=read_confirmation(session), cost=cost)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ Contents, in the order a round runs them:
   `handedits`: a person's edits of the ledger and the protocol while a loop runs.
 - `control`: the person on the loop — notes and stop requests as files.
 - `brief`: the markdown brief a researcher gets each round (one renderer per kind).
-- `summary`: the end-of-loop report; `narrate`: what a round's run says in the Prefect UI
-  (its state's name and message, its page); `plot`: the ledger drawn as `experiences.png`.
-  `scaffold`: writing a new protocol. `faults`: test-only crash points.
+- `summary`: the end-of-loop report (`cost`: what each round and the loop cost); `narrate`:
+  what a round's run says in the Prefect UI (its state's name and message, its page); `plot`:
+  the ledger drawn as `experiences.png`. `scaffold`: writing a new protocol. `faults`:
+  test-only crash points.
 """

@@ -24,6 +24,7 @@ class LoopSummary(BaseModel):
     insights: list[str]
     best_estimate: str = ""   # the pooled best with its spread and count, when known
     confirmed: str = ""       # the final best against the baseline on fresh seeds
+    cost: str = ""            # what the rounds cost (`spml.toolkit.loop.cost`)
 
     @property
     def improvement(self) -> float | None:
@@ -51,7 +52,8 @@ class LoopSummary(BaseModel):
                 f"{format_value(self.best)} (R{self.best_round}){pct}")
 
 
-def summarize(ledger: Experiences, reason: str = "", confirmed: str = "") -> LoopSummary:
+def summarize(ledger: Experiences, reason: str = "", confirmed: str = "",
+              cost: str = "") -> LoopSummary:
     """Condense the ledger (and the end-of-loop confirmation, if any) into a `LoopSummary`."""
     baseline = next((r.result for r in ledger.rows if r.round == 0), None)
     best = ledger.best
@@ -62,6 +64,7 @@ def summarize(ledger: Experiences, reason: str = "", confirmed: str = "") -> Loo
         best_estimate=ledger.incumbent.render() if ledger.incumbent else "", confirmed=confirmed,
         rounds_done=ledger.rounds_done, max_rounds=ledger.max_rounds, commits=len(committed),
         insights=[f"R{r.round}: {r.strategy} — {r.insight}" for r in committed[-5:]],
+        cost=cost,
     )
 
 
@@ -87,6 +90,7 @@ def render_summary(summary: LoopSummary, ledger: Experiences, title: str = "Auto
         *([f"- **Holdout (sealed during the rounds):** {ledger.holdout}"]
           if ledger.holdout else []),
         *([f"- **Sandbox:** {ledger.sandbox}"] if ledger.sandbox else []),
+        *([f"- **Cost:** {summary.cost}"] if summary.cost else []),
         "",
         "## What worked",
         *(f"- {i}" for i in summary.insights or ["(no round beat the baseline)"]),

@@ -187,3 +187,22 @@ def _detect_torch(index: int) -> GpuDetection:
                                 mig_enabled=profile is not None,
                                 mig_profile=profile.text if profile else None,
                                 hardware=hardware, sm_clock_mhz=None, backend="torch"))
+
+
+def gpus_held(nvml: Any | None = None) -> int:
+    """How many GPUs a command started here holds: those ``CUDA_VISIBLE_DEVICES`` names when
+    it is set, else every GPU NVML sees (0 without NVML or a GPU)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        nv = nvml if nvml is not None else load_nvml()
+        nv.nvmlInit()
+    except Exception:  # noqa: BLE001 - no library, no driver: no GPU held
+        return 0
+    try:
+        return int(nv.nvmlDeviceGetCount())
+    except Exception:  # noqa: BLE001 - a driver that answers nothing holds nothing
+        return 0
+    finally:
+        nv.nvmlShutdown()

@@ -23,6 +23,7 @@ class ResearchContext:
     worktree: Path | None = None   # the loop's worktree (what a confined researcher may write)
     sandbox: SandboxSpec = field(default_factory=SandboxSpec)
     sealed: tuple[Path, ...] = ()  # the holdout: unreadable to the researcher
+    cost_path: Path | None = None  # where a researcher may report its tokens and dollars
 
 
 @dataclass(frozen=True)

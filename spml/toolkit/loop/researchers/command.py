@@ -6,6 +6,7 @@ import shlex
 import time
 
 from spml.protocols.researchers import CommandResearcherSpec
+from spml.toolkit.loop.cost import COST_FILE_VAR
 from spml.toolkit.loop.researchers.base import Proposal, ResearchContext
 from spml.toolkit.loop.sandboxing import confined
 from spml.toolkit.process.runner import ExitKind, run_command
@@ -32,12 +33,18 @@ class CommandResearcher:
             "SPML_ROUND": str(ctx.round_no),
             "SPML_STRATEGY_FILE": str(ctx.strategy_path),
             "SPML_WORKDIR": str(ctx.workdir),
+            **({COST_FILE_VAR: str(ctx.cost_path)} if ctx.cost_path else {}),
         }
         ctx.strategy_path.unlink(missing_ok=True)
         ctx.strategy_path.parent.mkdir(parents=True, exist_ok=True)
         ctx.strategy_path.touch()  # a confined researcher can write an existing file only
+        reports = [ctx.strategy_path]
+        if ctx.cost_path is not None:
+            ctx.cost_path.unlink(missing_ok=True)
+            ctx.cost_path.touch()
+            reports.append(ctx.cost_path)
         started = time.monotonic()
-        with confined(ctx.sandbox, ctx.worktree or ctx.workdir, ctx.strategy_path,
+        with confined(ctx.sandbox, ctx.worktree or ctx.workdir, *reports,
                       sealed=ctx.sealed) as box:
             result = run_command(command, cwd=ctx.workdir, log_dir=ctx.log_dir,
                                  name="researcher", env=env, time_limit_s=ctx.timeout_s,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from spml.toolkit.loop.begin import RoundPlan
+from spml.toolkit.loop.cost import COST_FILENAME, record_researcher
 from spml.toolkit.loop.researchers.base import Proposal, ResearchContext
 from spml.toolkit.loop.sandboxing import sandbox_spec, sealed_paths
 from spml.toolkit.loop.session import LoopSession
 from spml.toolkit.process.runner import supervisor_path
+from spml.toolkit.profiling.gpuinfo import gpus_held
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +24,16 @@ def research_context(session: LoopSession, plan: RoundPlan) -> ResearchContext:
         strategy_path=round_dir / "strategy.txt", log_dir=round_dir,
         timeout_s=session.protocol.researcher_timeout_s, env=supervisor_path(),
         worktree=session.workspace.path, sandbox=sandbox_spec(session.protocol),
-        sealed=sealed_paths(session),
+        sealed=sealed_paths(session), cost_path=round_dir / COST_FILENAME,
     )
 
 
 def run_researcher(session: LoopSession, plan: RoundPlan) -> Proposal:
     """S1: let the researcher change the variable files."""
-    proposal = session.researcher().propose(research_context(session, plan))
+    context = research_context(session, plan)
+    started = time.monotonic()
+    proposal = session.researcher().propose(context)
+    record_researcher(context.log_dir, time.monotonic() - started, gpus_held())
     log.info("round %d researcher: %s%s", plan.round_no, proposal.strategy,
              f" — FAILED: {proposal.cause}" if not proposal.ok else "")
     return proposal
