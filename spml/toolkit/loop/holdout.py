@@ -18,18 +18,23 @@ import logging
 import shlex
 from dataclasses import replace
 from pathlib import Path
+from statistics import fmean
 
-from spml.toolkit.loop.confirm import Bench, baseline_commit, confirmation_text
+from spml.toolkit.loop.confirm import (
+    CONFIRMED_ENDINGS,
+    Bench,
+    baseline_commit,
+    confirmation_text,
+)
 from spml.toolkit.loop.handedits import load_ledger
 from spml.toolkit.loop.ledger import write_ledger
 from spml.toolkit.loop.measurement import Measurement
-from spml.toolkit.loop.sandboxing import sandbox_status, sealed_paths
+from spml.toolkit.loop.sandboxing import confines, sandbox_spec
 from spml.toolkit.loop.session import LoopSession
 
 log = logging.getLogger(__name__)
 HOLDOUT_SEED0 = 30_000   # apart from rounds, confirmation (10 000) and verification (20 000)
 HOLDOUT_DIR_VAR = "SPML_HOLDOUT_DIR"
-_ENDINGS = ("completed", "target_reached", "stopped")
 
 
 def holdout_dir(session: LoopSession) -> Path:
@@ -39,7 +44,7 @@ def holdout_dir(session: LoopSession) -> Path:
 
 def wants_holdout(session: LoopSession, status: str) -> bool:
     """A protocol with a holdout, a loop that ended (not one interrupted: it resumes)."""
-    return getattr(session.protocol, "holdout", None) is not None and status in _ENDINGS
+    return getattr(session.protocol, "holdout", None) is not None and status in CONFIRMED_ENDINGS
 
 
 def holdout_session(session: LoopSession) -> LoopSession:
@@ -70,7 +75,7 @@ def measure_holdout(session: LoopSession, status: str) -> str:
         bench.measure("baseline", base, seeds, None)
     bench.remove()
     text = holdout_text(session, measured["best"], measured["baseline"], same=base == best)
-    if not sealed_paths(session) or sandbox_status(session).startswith(("off", "UNCONFINED")):
+    if not confines(sandbox_spec(session.protocol)):
         text = f"NOT sealed during the rounds (no sandbox): {text}"
     ledger = load_ledger(session.experiment)
     write_ledger(session.experiment, ledger.model_copy(update={"holdout": text}))
@@ -84,10 +89,6 @@ def holdout_text(session: LoopSession, best: Measurement, base: Measurement,
     if same or not best.values:  # the loop kept nothing: one version
         if not best.values:
             return f"could not be measured: {best.cause or 'no value'}"
-        return (f"the loop kept no change; the baseline measures {_mean(best.values):.6g} "
+        return (f"the loop kept no change; the baseline measures {fmean(best.values):.6g} "
                 f"(n={len(best.values)})")
     return confirmation_text(session, best, base)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)

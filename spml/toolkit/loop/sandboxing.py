@@ -40,6 +40,11 @@ def sandbox_spec(protocol: object) -> SandboxSpec:
     return spec if isinstance(spec, SandboxSpec) else SandboxSpec()
 
 
+def confines(spec: SandboxSpec) -> bool:
+    """Whether commands under ``spec`` really run in a sandbox here."""
+    return spec.mode != "off" and not unavailable_reason()
+
+
 def sandbox_status(session: LoopSession) -> str:
     """One line for the ledger header and the summary."""
     spec = sandbox_spec(session.protocol)
@@ -131,7 +136,7 @@ def check_holdout(session: LoopSession) -> None:
         if session.experiment.exp_dir.resolve().is_relative_to(sealed):
             raise ProtocolError(f"holdout.paths lead to {sealed}, which holds the experiment "
                                 "itself: point them (and the links inside) at the data only")
-    if holdout and (sandbox_spec(session.protocol).mode == "off" or unavailable_reason()):
+    if holdout and not confines(sandbox_spec(session.protocol)):
         log.warning("holdout %s is NOT sealed: the commands run unconfined",
                     ", ".join(holdout.paths))
 
@@ -141,7 +146,7 @@ def confined(spec: SandboxSpec, worktree: Path, *writable: Path,
              sealed: tuple[Path, ...] = ()) -> Iterator[Confinement | None]:
     """The confinement of one command run in ``worktree`` (None: run unconfined), with a
     private temporary directory that is removed afterwards; ``sealed`` paths read as empty."""
-    if spec.mode == "off" or unavailable_reason():
+    if not confines(spec):
         yield None
         return
     granted = [Path(p).expanduser() for p in spec.writable]
