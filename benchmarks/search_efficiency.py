@@ -18,6 +18,11 @@ trials in the study).
     python benchmarks/search_efficiency.py                        # 12 rounds, seeds 0..4
     python benchmarks/search_efficiency.py --rounds 50 --seeds 1  # ask timings at 50 trials
     python benchmarks/search_efficiency.py --samplers auto gp:4   # gp with startup_trials=4
+    python benchmarks/search_efficiency.py --batch 4              # 4 candidates per batch
+
+With ``--batch K`` the rounds go in batches of K (`parallel: {candidates: K}`): K asks against
+the same study, each with its own params file (a candidate's worktree), its siblings' trials
+still RUNNING; then the K values are told. Equal rounds = equal candidate counts.
 
 A sampler is auto/tpe/gp/random/cmaes, optionally `:N` for startup_trials=N.
 """
@@ -58,34 +63,42 @@ def score(lr: float, width: int, dropout: float) -> float:
     return 0.95 * math.exp(-loss)
 
 
-def _context(root: Path, work: Path, round_no: int) -> ResearchContext:
+def _context(root: Path, work: Path, round_no: int,
+             batch: tuple[int, ...] = ()) -> ResearchContext:
     round_dir = root / "rounds" / str(round_no)
     round_dir.mkdir(parents=True)
     return ResearchContext(round_no=round_no, workdir=work, brief_path=round_dir / "brief.md",
                            strategy_path=round_dir / "strategy.txt",
-                           log_dir=round_dir / "logs", timeout_s=60.0)
+                           log_dir=round_dir / "logs", timeout_s=60.0, batch=batch)
 
 
-def run(spec: OptunaResearcherSpec, rounds: int) -> tuple[float, list[float]]:
+def run(spec: OptunaResearcherSpec, rounds: int, batch: int = 1) -> tuple[float, list[float]]:
     """One search: the best score (baseline included) and each round's propose seconds."""
     with tempfile.TemporaryDirectory() as tmp:
-        root, work = Path(tmp), Path(tmp) / "work"
-        work.mkdir()
-        (work / "params.yaml").write_text(BASELINE)
+        root = Path(tmp)
+        works = [root / f"work-{slot}" for slot in range(batch)]
+        for work in works:
+            work.mkdir()
+            (work / "params.yaml").write_text(BASELINE)
 
-        def researcher() -> OptunaResearcher:
+        def researcher(slot: int = 0) -> OptunaResearcher:
             return OptunaResearcher(spec, storage_path=root / "optuna.db",
-                                    direction="maximize", workdir=work)
+                                    direction="maximize", workdir=works[slot])
 
-        best = _score_file(work / "params.yaml")
+        best = _score_file(works[0] / "params.yaml")
         researcher().observe(0, best, committed=True)
         seconds = []
-        for round_no in range(1, rounds + 1):
-            proposal = researcher().propose(_context(root, work, round_no))
-            seconds.append(proposal.duration_s)
-            value = _score_file(work / "params.yaml")
-            researcher().observe(round_no, value, committed=value > best)
-            best = max(best, value)
+        for first in range(1, rounds + 1, batch):
+            rounds_of_batch = tuple(range(first, min(first + batch, rounds + 1)))
+            for slot, round_no in enumerate(rounds_of_batch):
+                context = _context(root, works[slot], round_no,
+                                   rounds_of_batch if batch > 1 else ())
+                seconds.append(researcher(slot).propose(context).duration_s)
+            values = [_score_file(works[slot] / "params.yaml")
+                      for slot in range(len(rounds_of_batch))]
+            for round_no, value in zip(rounds_of_batch, values, strict=True):
+                researcher().observe(round_no, value, committed=value > best)
+            best = max(best, *values)
         return best, seconds
 
 
@@ -101,11 +114,11 @@ def _spec(sampler: str, seed: int) -> OptunaResearcherSpec:
     return OptunaResearcherSpec.model_validate(fields)
 
 
-def report(sampler: str, seeds: int, rounds: int) -> None:
+def report(sampler: str, seeds: int, rounds: int, batch: int = 1) -> None:
     """Run every seed with one sampler and print one line."""
     bests, seconds, last = [], [], []
     for seed in range(seeds):
-        best, times = run(_spec(sampler, seed), rounds)
+        best, times = run(_spec(sampler, seed), rounds, batch)
         bests.append(best)
         seconds.extend(times)
         last.append(times[-1])
@@ -121,13 +134,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12, help="rounds after the baseline")
     parser.add_argument("--seeds", type=int, default=5, help="sampler seeds 0..N-1")
     parser.add_argument("--samplers", nargs="+", default=["auto", "tpe", "random"])
+    parser.add_argument("--batch", type=int, default=1, help="candidates per batch")
     args = parser.parse_args()
     print(f"synthetic task, optimum 0.95, baseline {_score_file_text(BASELINE):.3f}; "
-          f"best of baseline + {args.rounds} rounds, seeds 0..{args.seeds - 1}")
+          f"best of baseline + {args.rounds} rounds, seeds 0..{args.seeds - 1}, "
+          f"batches of {args.batch}")
     print(f"{'sampler':<18} {'median best':>11} {'min':>6} {'max':>6} "
           f"{'propose s':>10} {'max s':>8} {'last s':>7}")
     for sampler in args.samplers:
-        report(sampler, args.seeds, args.rounds)
+        report(sampler, args.seeds, args.rounds, args.batch)
 
 
 def _score_file_text(text: str) -> float:

@@ -161,15 +161,16 @@ def drive(exp: Path, max_rounds: int | None = None,
     from spml.toolkit.loop.holdout import measure_holdout
     from spml.toolkit.loop.kind import kind_named
     from spml.toolkit.loop.lifecycle import close_loop, next_step, open_loop
-    from spml.toolkit.loop.round import PlainSteps, run_round
+    from spml.toolkit.loop.round import PlainBatchSteps, PlainSteps, run_batch, run_round
     from spml.toolkit.loop.session import LoopSession
 
     loop_kind = kind_named(kind)
-    steps = PlainSteps(loop_kind)
+    steps, batch_steps = PlainSteps(loop_kind), PlainBatchSteps(loop_kind)
     with hold_experiment(exp, loop_kind.protocol_filename):
         open_loop(str(exp), max_rounds, loop_kind)
         while (step := next_step(LoopSession.load(exp, loop_kind))).kind == "round":
-            run_round(steps, str(exp), step.round_no)
+            if step.candidates == 1 or run_batch(batch_steps, str(exp), step.round_no) is None:
+                run_round(steps, str(exp), step.round_no)
             if between_rounds is not None:
                 between_rounds(step.round_no)
         confirm_result(LoopSession.load(exp, loop_kind), step.status)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from prefect import get_run_logger, tags
+from prefect import Flow, get_run_logger, tags
 from prefect.context import TagsContext
 from prefect.states import Completed, State
 
 from spml.flows._interrupt import guarding, loop_recorder
+from spml.protocols.experiences import KEPT
 from spml.tasks.artifacts import publish_summary, start_progress
 from spml.tasks.flow_run import claim_flow_run
 from spml.tasks.loop import (
@@ -24,13 +25,16 @@ from spml.tasks.loop import (
 from spml.toolkit.loop.experiment import Experiment, hold_experiment
 from spml.toolkit.loop.kind import kind_named
 from spml.toolkit.loop.ledger import read_ledger
+from spml.toolkit.loop.lifecycle import NextStep
 from spml.toolkit.loop.narrate import round_label
 from spml.toolkit.loop.summary import LoopSummary
 
 
 def run_loop(kind: str, experiment_dir: str, max_rounds: int | None,
-             round_flow: Callable[[str, int], str], allow_dirty: bool = False) -> LoopSummary:
-    """Run (or resume) a loop of ``kind``; each round is ``round_flow`` (a subflow). Ctrl-C or
+             round_flow: Callable[[str, int], str], allow_dirty: bool = False,
+             batch_flow: Flow | None = None) -> LoopSummary:
+    """Run (or resume) a loop of ``kind``; each round is ``round_flow`` (a subflow), each batch
+    of candidates (`parallel:`) ``batch_flow``. Ctrl-C or
     SIGTERM ends it within seconds with the ledger `interrupted` (see `_interrupt`)."""
     logger = get_run_logger()
     # The lock is held until an interrupted supervisor has recorded and exited (`status` then
@@ -44,7 +48,9 @@ def run_loop(kind: str, experiment_dir: str, max_rounds: int | None,
         while step.kind != "end":
             logger.info("round %d of %d", step.round_no, limit)
             with tags(*run.tags):  # the round's run carries them (its tasks do not: `untagged`)
-                round_flow(experiment_dir, step.round_no)
+                if step.candidates == 1 or batch_flow is None or _run_batch(
+                        batch_flow, experiment_dir, step) is None:
+                    round_flow(experiment_dir, step.round_no)
             step = between_rounds(experiment_dir, kind, progress, step.round_no)
         if needs_confirmation(experiment_dir, kind, step):
             confirm_best(experiment_dir, step, kind)
@@ -54,6 +60,26 @@ def run_loop(kind: str, experiment_dir: str, max_rounds: int | None,
         publish_summary(experiment_dir, summary, kind)
     logger.info("%s — %s", summary.status, summary.headline())
     return summary
+
+
+def _run_batch(batch_flow: Flow, experiment_dir: str, step: NextStep) -> list[str] | None:
+    """The batch of ``step.candidates`` from ``step.round_no``; None when it could not begin
+    as a batch."""
+    return batch_flow(experiment_dir, step.round_no, step.candidates)
+
+
+def batch_ended(kind: str, experiment_dir: str, verdicts: list[str] | None,
+                first: int) -> State:
+    """The batch run's final state: named after the round it kept (`Kept R6`, `None kept`,
+    `Aborted`), its result the verdicts (None: it ran no batch)."""
+    if verdicts is None:
+        return Completed(name="Not a batch", message=f"R{first} runs alone", data=None)
+    if verdicts == ["aborted"]:
+        return Completed(name="Aborted", message="a stop request", data=verdicts)
+    kept = [first + i for i, verdict in enumerate(verdicts) if verdict in KEPT]
+    name = f"Kept R{kept[0]}" if kept else "None kept"
+    message = ", ".join(f"R{first + i} {v}" for i, v in enumerate(verdicts))
+    return Completed(name=name, message=message, data=verdicts)
 
 
 def loop_ended(summary: LoopSummary) -> State:

@@ -12,11 +12,13 @@ from prefect import flow
 from prefect.states import State
 
 from spml.flows._interrupt import guarding
-from spml.flows._loop import loop_ended, round_ended, run_loop, untagged
+from spml.flows._loop import batch_ended, loop_ended, round_ended, run_loop, untagged
+from spml.tasks.batch import TaskBatchSteps
 from spml.tasks.loop import TaskSteps
-from spml.toolkit.loop.round import run_round
+from spml.toolkit.loop.round import run_batch, run_round
 
 STEPS = TaskSteps("ml-iteration")
+BATCH_STEPS = TaskBatchSteps("ml-iteration")
 
 
 @flow(name="ml-iteration-round", flow_run_name="round-{round_no}")
@@ -27,6 +29,16 @@ def iteration_round(experiment_dir: str, round_no: int) -> State:
     with guarding(), untagged():
         verdict = run_round(STEPS, experiment_dir, round_no)
     return round_ended(STEPS.kind, experiment_dir, round_no, verdict)
+
+
+@flow(name="ml-iteration-batch", flow_run_name="batch-R{first}x{candidates}")
+def iteration_batch(experiment_dir: str, first: int, candidates: int) -> State:
+    """A batch of ``candidates`` from round ``first`` (`parallel:`; the task runners are
+    `spml.tasks.batch`'s). Its state is named after the round it kept; the caller gets the
+    verdicts, or None when HEAD's code needs measuring first (a round alone then runs)."""
+    with guarding(), untagged():
+        verdicts = run_batch(BATCH_STEPS, experiment_dir, first)
+    return batch_ended(STEPS.kind, experiment_dir, verdicts, first)
 
 
 @flow(name="ml-iteration")
@@ -45,4 +57,4 @@ def iteration_flow(experiment_dir: str, max_rounds: int | None = None,
         with the result in its message; calling the flow gives its `LoopSummary`.
     """
     return loop_ended(run_loop("ml-iteration", experiment_dir, max_rounds, iteration_round,
-                               allow_dirty))
+                               allow_dirty, iteration_batch))

@@ -19,6 +19,7 @@ from spml.protocols.frontmatter import (
     read_front_matter,
 )
 from spml.protocols.frontmatter import parse_duration as parse_duration  # public: re-exported
+from spml.protocols.parallel import ParallelSpec
 from spml.protocols.researchers import ResearcherSpec
 from spml.protocols.sandbox import HoldoutSpec, SandboxSpec
 
@@ -179,6 +180,10 @@ class AutoresearchProtocol(_Section):
     sandbox: SandboxSpec = Field(
         default_factory=SandboxSpec, description="How the researcher, training and evaluation "
         "commands are confined: auto (default), on, off, or {mode, writable, network}.")
+    parallel: ParallelSpec = Field(
+        default_factory=ParallelSpec, description="Candidates tried at once per batch, and "
+        "where they run: {candidates, runner: local|dask, address, git_remote, "
+        "gpus_per_candidate}.")
 
     @property
     def train_timeout_s(self) -> float:

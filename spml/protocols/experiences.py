@@ -184,9 +184,9 @@ class Experiences(BaseModel):
         if row.is_override:
             return self.model_copy(update={"rows": [*self.rows, row]})
         rows = [r for r in self.rows if r.round != row.round or r.is_override] + [row]
-        rounds = [r for r in rows if not r.is_override]
-        if rounds[-1] is row and rows[-1] is row:
-            return self.model_copy(update={"rows": rows})
+        earlier = [r.round for r in rows[:-1] if not r.is_override]
+        if all(n < row.round for n in earlier):  # the newest round (a batch settles its
+            return self.model_copy(update={"rows": rows})  # winner last: it is sorted in)
         return self.model_copy(update={"rows": sorted(rows, key=lambda r: r.round)})
 
     def render(self) -> str:

@@ -31,8 +31,9 @@ from spml.protocols.frontmatter import (
     load_model,
     read_front_matter,
 )
+from spml.protocols.parallel import ParallelSpec
 from spml.protocols.researchers import ResearcherSpec
-from spml.protocols.review_criteria import Criterion, ReviewCriteria
+from spml.protocols.review_criteria import SUPERVISOR_MEASURED, Criterion, ReviewCriteria
 from spml.protocols.sandbox import SandboxSpec
 
 PROTOCOL_FILENAME = "iteration-protocol.md"
@@ -102,6 +103,10 @@ class IterationProtocol(_Section):
     sandbox: SandboxSpec = Field(
         default_factory=SandboxSpec, description="How the researcher, training and evaluation "
         "commands are confined: auto (default), on, off, or {mode, writable, network}.")
+    parallel: ParallelSpec = Field(
+        default_factory=ParallelSpec, description="Candidates tried at once per batch, and "
+        "where they run: {candidates, runner: local|dask, address, git_remote, "
+        "gpus_per_candidate}; more than one candidate rules out timing criteria.")
 
     _focused_files = field_validator("focused_files")(_check_globs)
 
@@ -116,6 +121,23 @@ class IterationProtocol(_Section):
                 "with op >=, >, <= or < (e.g. {name: val_loss, op: '<=', threshold: 1.5}); "
                 "'==' criteria cannot be optimised")
         return criteria
+
+    @field_validator("parallel")
+    @classmethod
+    def _no_timing_in_parallel(cls, parallel: ParallelSpec,
+                               info: ValidationInfo) -> ParallelSpec:
+        criteria = info.data.get("review_criteria")
+        if not parallel.batched or criteria is None:
+            return parallel
+        timed = [f"performance.{c.name}" for c in criteria.performance] + [
+            f"metrics.{c.name}" for c in criteria.metrics if c.name in SUPERVISOR_MEASURED]
+        if timed:
+            raise ValueError(
+                f"parallel.candidates {parallel.candidates} with timing criteria "
+                f"({', '.join(timed)}): candidates that train at once share the machine, so "
+                "their times are not comparable with the incumbent's. Set parallel.candidates "
+                "to 1, or drop the timing criteria")
+        return parallel
 
     @property
     def train_timeout_s(self) -> float:

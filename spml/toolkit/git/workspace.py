@@ -117,6 +117,9 @@ class Workspace:
         self.branch = branch
         self._runner = runner
         self._admin_key = runner.admin_dir.relative_to(runner.common_dir).as_posix()
+        # Other branches a researcher here must not move (a batch candidate's worktree watches
+        # the loop's branch too).
+        self.also_watched: tuple[str, ...] = ()
 
     @classmethod
     def open_or_create(cls, repo_dir: Path, worktree_dir: Path, branch: str,
@@ -280,7 +283,8 @@ class Workspace:
         # could use to smuggle state. Other branches and tags belong to the user, who may keep
         # working in their checkout during a loop: they are neither checked nor restored.
         # Replace refs are watched too: they would rewrite what every other git reader sees.
-        return name in (self._branch_ref, "refs/stash") or name.startswith("refs/replace/")
+        return name in (self._branch_ref, "refs/stash") or name.startswith("refs/replace/") \
+            or name in self.also_watched
 
     def archive_attempt(self, ref: str, base: str, message: str) -> str | None:
         """Keep the working-tree state as a commit on ``ref`` (under ``refs/spml/``).
@@ -303,6 +307,12 @@ class Workspace:
                                tree, config=self._runner.identity_config())
         self._runner.run("update-ref", "-m", "spml: archive an attempt", ref, sha)
         return sha
+
+    def load_tree(self, tree: str) -> None:
+        """Make the worktree's files (and index) those of ``tree``, HEAD and branch unmoved:
+        another worktree's state, carried over to be committed or archived here. The worktree
+        must be clean (see `rollback`)."""
+        self._runner.run("read-tree", "-u", "--reset", tree)
 
     def diff_stat(self, old: str, new: str) -> str:
         """`git diff --stat` from ``old`` to ``new`` ('' when git cannot tell): the size of a

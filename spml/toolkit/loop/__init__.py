@@ -30,6 +30,10 @@ Contents, in the order a round runs them:
   `review` (ml-iteration's compound `ReviewPolicy`), `incumbent` (HEAD's measured state);
   `settle` (decide, commit or archive + roll back, crash-safe order) and `record` (ledger
   row, researcher feedback, journal cleared).
+- `batch`: batches of candidates (`parallel:` in the protocol): a worktree, pid files and GPU
+  slice per candidate, one settle that keeps at most the best (Bonferroni-corrected), the batch
+  journal and its recovery; `round.run_batch` is its sequence. `remote`: a candidate trained on
+  another machine (the Dask runner): its code pushed as a git ref, its results back as data.
 - `recovery`: finish or undo the round a killed supervisor left in flight, exactly once;
   `interrupt`: what a supervisor stopped by Ctrl-C / SIGTERM writes (ledger `status:
   interrupted`, the journal kept for recovery) and the one line it prints.

@@ -25,6 +25,7 @@ from spml.toolkit.loop.session import LoopSession, reload_protocol
 
 log = logging.getLogger(__name__)
 SNAPSHOT_FILENAME = "git-snapshot.json"
+BATCH_FILENAME = "batch.json"  # the journal of a batch of candidates (`batch`)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,14 @@ class RoundPlan:
     # Seeds HEAD's code runs on before the researcher starts, so that the candidate is compared
     # with enough runs of the incumbent (see `spml.toolkit.loop.measure.top_up_incumbent`).
     top_up: tuple[int, ...] = ()
+    # The rounds of this round's batch (`spml.toolkit.loop.batch`), () for a round alone. A
+    # candidate is judged against what was measured before its batch, never its siblings.
+    batch: tuple[int, ...] = ()
+
+    @property
+    def first_round(self) -> int:
+        """The first round of its batch (itself when alone): the runs before it are evidence."""
+        return self.batch[0] if self.batch else self.round_no
 
     @property
     def measures_head(self) -> bool:
@@ -85,42 +94,48 @@ def begin_round(session: LoopSession, round_no: int) -> tuple[LoopSession, Round
         log.warning("round %d re-measures HEAD %s: no measurement of its code", round_no,
                     base[:7])
     plan = RoundPlan(round_no, base, snapshot, tuple(notes),
-                     _read_all(supervisor_files(session, plan_round=round_no)),
+                     read_all(supervisor_files(session, plan_round=round_no)),
                      tuple(o.id for o in pending_overrides(session.experiment)), remeasure,
                      top_up_seeds(session, incumbent, runs))
     if not plan.measures_head:
-        write_atomic(round_dir / "brief.md", _brief(session, plan))
+        write_atomic(round_dir / "brief.md", round_brief(session, plan))
     return session, plan
 
 
-def _brief(session: LoopSession, plan: RoundPlan) -> str:
+def round_brief(session: LoopSession, plan: RoundPlan) -> str:
+    """The round's brief, from the ledger as it stands."""
     ledger = load_ledger(session.experiment)
     human = [n for n in plan.notes if not n.startswith("protocol edit")]
     return session.kind.render_brief(BriefInputs(session.protocol, session.prose(), ledger,
                                                  plan.round_no, session.max_rounds, human))
 
 
-def supervisor_files(session: LoopSession, plan_round: int) -> list[Path]:
+def supervisor_files(session: LoopSession, plan_round: int,
+                     first: int | None = None) -> list[Path]:
     """Files only the supervisor writes during a round, and the protocol (people's edits of it
-    and of the ledger are judged apart: see `handedits`)."""
+    and of the ledger are judged apart: see `handedits`). ``first``: the first round of the
+    round's batch (its siblings' measurement files are theirs to write meanwhile)."""
     experiment = session.experiment
     state = experiment.state_dir
+    first = plan_round if first is None else first
     # Every round's measurements decide what the incumbent and the noise are: nobody else may
     # rewrite them.
-    measured = [experiment.round_dir(n) / name for n in range(plan_round)
+    measured = [experiment.round_dir(n) / name for n in range(first)
                 for name in (MEASUREMENT_FILENAME, INCUMBENT_FILENAME)]
-    measured.append(experiment.round_dir(plan_round) / INCUMBENT_FILENAME)
+    measured.append(experiment.round_dir(first) / INCUMBENT_FILENAME)
     # And the end-of-loop confirmation of a loop that is resumed with more rounds.
     measured += [state / "confirm" / f"{side}.json" for side in ("best", "baseline")]
-    return [ledger_copy_path(experiment), state / "round.json", state / "session.json",
+    return [ledger_copy_path(experiment), state / "round.json", state / BATCH_FILENAME,
+            state / "session.json",
             state / IDENTITY_FILENAME, experiment.round_dir(plan_round) / SNAPSHOT_FILENAME,
             experiment.protocol_path, *measured]
 
 
 def protect_supervisor_files(session: LoopSession, plan: RoundPlan) -> RoundPlan:
     """``plan`` with the supervisor's files read again (after the incumbent's top-up wrote)."""
-    return replace(plan, supervisor_files=_read_all(supervisor_files(session, plan.round_no)))
+    return replace(plan, supervisor_files=read_all(supervisor_files(
+        session, plan.round_no, plan.first_round)))
 
 
-def _read_all(paths: list[Path]) -> dict[str, bytes | None]:
+def read_all(paths: list[Path]) -> dict[str, bytes | None]:
     return {str(p): p.read_bytes() if p.is_file() else None for p in paths}

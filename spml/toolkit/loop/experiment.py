@@ -164,6 +164,14 @@ class Experiment:
         """The branch the loop commits to."""
         return f"spml/{stage}/{self.name}"
 
+    def candidate_worktree_dir(self, stage: str, slot: int) -> Path:
+        """The worktree of candidate ``slot`` of a batch (`spml.toolkit.loop.batch`)."""
+        return self.git_dir / "spml" / "candidates" / f"{stage}-{self.name}" / str(slot)
+
+    def candidate_branch(self, stage: str, slot: int) -> str:
+        """The branch candidate ``slot``'s worktree stays on (never the loop's own branch)."""
+        return f"spml-candidates/{stage}/{self.name}/{slot}"
+
     def attempt_ref(self, round_no: int) -> str:
         """Where round ``round_no``'s rejected attempt is archived (this generation's)."""
         parts = (self.stage, self.name, self.generation, str(round_no))

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from spml.protocols.experiences import parse_experiences
 from spml.toolkit.files import write_atomic
+from spml.toolkit.loop.begin import BATCH_FILENAME
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.kind import KINDS
-from spml.toolkit.loop.ledger import ledger_copy_path, read_journal, read_ledger
+from spml.toolkit.loop.ledger import ledger_copy_path, read_journal, read_json, read_ledger
 
 _RUNNING = re.compile(r"^status:[ \t]*running[ \t]*$", re.MULTILINE)
 
@@ -69,13 +70,15 @@ def record_interrupted(experiment: Experiment, flags: tuple[str, ...] = ()) -> I
     for path in (ledger_copy_path(experiment), experiment.ledger_path):
         _mark_interrupted(path)
     journal = read_journal(experiment)
+    batch = read_json(experiment.state_dir / BATCH_FILENAME, None)  # a batch in flight
     try:
         ledger = read_ledger(experiment)
     except Exception:  # noqa: BLE001 - a hand-broken ledger must not hide the resume line
         ledger = None
     return Interruption(
         exp_dir=experiment.exp_dir, command=KINDS[experiment.stage].cli_group,
-        round_no=journal.round if journal is not None else None,
+        round_no=journal.round if journal is not None else
+        batch["rounds"][0] if isinstance(batch, dict) and batch.get("rounds") else None,
         last_round=max((r.round for r in ledger.rows), default=None) if ledger else None,
         status=ledger.status if ledger is not None else None, flags=flags)
 

@@ -61,6 +61,23 @@ def _iteration_policy(p: iteration.IterationProtocol, _noise: Noise) -> Policy:
     return ReviewPolicy(p.review_criteria, p.acceptance.noise)
 
 
+BATCH_COLUMN = "Batch"  # which batch of candidates a row belongs to (`parallel:`)
+
+
+def _with_batch(columns: tuple[str, ...], batched: bool) -> tuple[str, ...]:
+    """``columns`` with `Batch` after `Round` when the protocol runs batches of candidates."""
+    return (columns[0], BATCH_COLUMN, *columns[1:]) if batched else columns
+
+
+def _batched(protocol: Any) -> bool:
+    parallel = getattr(protocol, "parallel", None)
+    return parallel is not None and parallel.batched
+
+
+def _autoresearch_columns(p: autoresearch.AutoresearchProtocol) -> tuple[str, ...]:
+    return _with_batch(COLUMNS, _batched(p))
+
+
 def _iteration_columns(p: iteration.IterationProtocol) -> tuple[str, ...]:
     c = p.review_criteria
     present = {"Metrics": bool(c.metrics), "Speed": bool(c.performance),
@@ -69,7 +86,8 @@ def _iteration_columns(p: iteration.IterationProtocol) -> tuple[str, ...]:
                                                   or c.stability.forbid_patterns)),
                "Custom": bool(c.custom)}
     assert set(present) == set(DIMENSION_COLUMNS.values())
-    return tuple(col for col in ITERATION_COLUMNS if present.get(col, True))
+    shown = tuple(col for col in ITERATION_COLUMNS if present.get(col, True))
+    return _with_batch(shown, _batched(p))
 
 
 AUTORESEARCH = LoopKind(
@@ -77,7 +95,7 @@ AUTORESEARCH = LoopKind(
     protocol_filename=autoresearch.PROTOCOL_FILENAME,
     protocol_model=autoresearch.AutoresearchProtocol, load_protocol=autoresearch.load_protocol,
     read_body=autoresearch.read_protocol_body, locked_changes=autoresearch.locked_changes,
-    columns=lambda _p: COLUMNS, render_brief=render_brief, make_policy=_autoresearch_policy,
+    columns=_autoresearch_columns, render_brief=render_brief, make_policy=_autoresearch_policy,
     commit_prefix="autoresearch", artifact_prefix="autoresearch", cli_group="autoresearch",
 )
 ITERATION = LoopKind(
@@ -105,7 +123,7 @@ def kind_named(name: str) -> LoopKind:
 def merge_columns(kept: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, ...]:
     """A ledger's columns after a protocol edit: a new criterion dimension gains its column,
     a dropped one keeps it (rows are never rewritten)."""
-    order = ITERATION_COLUMNS if "Result" not in kept else COLUMNS
+    order = _with_batch(ITERATION_COLUMNS if "Result" not in kept else COLUMNS, True)
     present = set(kept) | set(wanted)
     return tuple(c for c in order if c in present) + tuple(
         c for c in kept if c not in order)

@@ -10,6 +10,7 @@ from spml.errors import ProtocolError
 from spml.protocols.experiences import Experiences, Status
 from spml.toolkit.git.workspace import Workspace, ensure_excluded
 from spml.toolkit.loop import control, generation
+from spml.toolkit.loop.batch import batch_size, gpu_slices, parallel_spec, recover_batch
 from spml.toolkit.loop.evidence import Noise
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.handedits import load_ledger
@@ -39,6 +40,7 @@ class NextStep:
     round_no: int = 0
     status: Status = "running"
     reason: str = ""
+    candidates: int = 1  # > 1: a batch of candidates, rounds round_no.. (`batch`)
 
 
 def open_loop(experiment_dir: str, max_rounds: int | None = None,
@@ -75,6 +77,8 @@ def open_loop(experiment_dir: str, max_rounds: int | None = None,
                                          experiment.branch(kind.name))
     session = LoopSession(experiment, protocol, workspace, max_rounds, kind)
     preflight(session)
+    spec = parallel_spec(protocol)
+    gpu_slices(spec, spec.candidates)  # a batch needs its GPUs: say so before the baseline
     save_session(experiment, protocol, max_rounds)
     if control.stop_requested(experiment):
         log.info("clearing a stop request left from before this run")
@@ -95,7 +99,8 @@ def _recover(session: LoopSession) -> LoopSession:
         generation.rebuild_for_recovery(experiment)
     else:
         adopt_ledger(experiment)  # while no loop ran, every edit was a person's
-    recover_unfinished_round(session)
+    if not recover_batch(session):
+        recover_unfinished_round(session)
     if not new_ledger:
         return session
     return replace(session, experiment=generation.start_generation(experiment))
@@ -190,7 +195,8 @@ def next_step(session: LoopSession) -> NextStep:
     if ledger.rounds_done >= session.max_rounds:
         return NextStep("end", status="completed",
                         reason=f"{ledger.rounds_done} of {session.max_rounds} rounds done")
-    return NextStep("round", ledger.rounds_done + 1)
+    return NextStep("round", ledger.rounds_done + 1,
+                    candidates=batch_size(session, ledger.rounds_done + 1))
 
 
 def _all_criteria_pass(session: LoopSession) -> bool:

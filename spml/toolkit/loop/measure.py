@@ -97,6 +97,8 @@ def command_env(session: LoopSession, round_no: int, seed: int) -> dict[str, str
     }
     if fixed.epoch_limit is not None:
         env["SPML_EPOCH_LIMIT"] = str(fixed.epoch_limit)
+    if session.gpus is not None:  # a candidate's own slice of the machine's GPUs
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(session.gpus)
     return env
 
 
@@ -120,7 +122,7 @@ def measure(session: LoopSession, plan: RoundPlan) -> Measurement:
         count = acceptance.incumbent_runs if plan.measures_head else acceptance.runs
         result = run_seeds(session, site, result, range(count), checked=checked)
     else:
-        result = _measure_until_decided(session, site, result, checked)
+        result = _measure_until_decided(session, site, result, checked, plan.first_round)
     crash_point("after-measure", plan.round_no)  # measured, not decided
     return result
 
@@ -131,11 +133,11 @@ def _sequential(session: LoopSession) -> bool:
 
 
 def _measure_until_decided(session: LoopSession, site: Site, result: Measurement,
-                           checked: Callable[[], list[Any]]) -> Measurement:
+                           checked: Callable[[], list[Any]], first_round: int) -> Measurement:
     """Run by run until the test decides. Code measured in an earlier round (a researcher that
     proposes it again) continues from those runs and within the same budget: proposing the
     same change until one draw is lucky gains nothing."""
-    runs = measured_runs(session.experiment, site.round_no)
+    runs = measured_runs(session.experiment, first_round)  # a batch's siblings are no evidence
     incumbent = find_incumbent(session, runs)
     prior = pool_tree(runs, result.tree)
     done = {seed.seed for seed in prior.seeds} if prior else set()
@@ -223,7 +225,7 @@ def _train(session: LoopSession, site: Site, seed: int) -> tuple[CommandResult, 
                 session.protocol.train_command, cwd=site.workdir, log_dir=site.log_dir,
                 name=name, env=command_env(session, site.round_no, seed),
                 time_limit_s=session.protocol.train_timeout_s,
-                pid_file=session.experiment.state_dir / "train.pid", confine=box,
+                pid_file=session.pid_file("train"), confine=box,
             )
     return result, clock.first_step_s
 
@@ -262,7 +264,7 @@ def _evaluate(session: LoopSession, site: Site,
             env={**command_env(session, site.round_no, seed), **evaluation_env(),
                  METRIC_FILE_VAR: str(reported)},
             time_limit_s=session.protocol.eval_timeout_s,
-            pid_file=session.experiment.state_dir / "eval.pid", confine=box,
+            pid_file=session.pid_file("eval"), confine=box,
         )
         try:
             from_file = read_metric_file(reported)
@@ -327,7 +329,7 @@ def _custom_checks(session: LoopSession, site: Site, seed: int) -> dict[str, Che
                 name=f"{site.prefix}check-{check.name}-{seed}",
                 env=command_env(session, site.round_no, seed),
                 time_limit_s=check.timeout or session.protocol.eval_timeout_s,
-                pid_file=session.experiment.state_dir / "eval.pid", confine=box,
+                pid_file=session.pid_file("eval"), confine=box,
             )
         cause = "" if result.ok else result.describe()
         out[check.name] = CheckResult(exit_code=result.exit_code if result.kind is not

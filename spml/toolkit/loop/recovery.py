@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def recover_unfinished_round(session: LoopSession) -> str:
     """Bring the worktree, ledger and researcher to a consistent state; say what was done."""
-    _kill_orphans(session)
+    kill_orphans(session)
     journal = read_journal(session.experiment)
     workspace = session.workspace
     if journal is None:
@@ -38,7 +38,7 @@ def recover_unfinished_round(session: LoopSession) -> str:
     if ledger is not None and ledger.has_round(journal.round):
         action = "finished the bookkeeping of"
         row = next(r for r in ledger.rows if r.round == journal.round)
-    elif journal.phase == "committing" and row is not None and _tip_is_round(session, journal):
+    elif journal.phase == "committing" and row is not None and tip_is_round(session, journal):
         action = "recorded the commit of"
     elif journal.phase == "rolling_back" and row is not None:
         # The round was measured and decided: finish its rollback instead of redoing it.
@@ -72,16 +72,17 @@ def _saved_snapshot(session: LoopSession, round_no: int) -> GitSnapshot | None:
         return None
 
 
-def _tip_is_round(session: LoopSession, journal: Journal) -> bool:
+def tip_is_round(session: LoopSession, journal: Journal) -> bool:
     commit = session.workspace.repo.commit(session.workspace.head())
     trailer = f"{ROUND_TRAILER}: {journal.round}"
     parents = [p.hexsha for p in commit.parents]
     return trailer in commit.message and parents == [journal.base]
 
 
-def _kill_orphans(session: LoopSession) -> None:
+def kill_orphans(session: LoopSession) -> None:
     state = session.experiment.state_dir
-    candidates = [state / "train.pid", state / "eval.pid"]
+    candidates = [state / "train.pid", state / "eval.pid", *state.glob("train-c*.pid"),
+                  *state.glob("eval-c*.pid")]
     candidates += list((state / "rounds").glob("*/researcher.pid"))
     for pid_file in candidates:
         if pid_file.exists() and kill_stale_process_group(pid_file):

@@ -42,6 +42,10 @@ class LoopSession:
     max_rounds_override: int | None = None
     kind: LoopKind = AUTORESEARCH
     reads_holdout: bool = False  # its evaluation is the holdout's (`spml.toolkit.loop.holdout`)
+    # A candidate of a batch (`spml.toolkit.loop.batch`): its slot, which names its pid files,
+    # and the GPUs its commands see (None: whatever the supervisor sees).
+    slot: int | None = None
+    gpus: tuple[str, ...] | None = None
 
     @classmethod
     def load(cls, experiment_dir: str | Path, kind: LoopKind = AUTORESEARCH) -> LoopSession:
@@ -68,6 +72,12 @@ class LoopSession:
     def workdir(self) -> Path:
         """The experiment directory inside the worktree (where commands run)."""
         return self.workspace.path / self.experiment.exp_rel
+
+    def pid_file(self, command: str) -> Path:
+        """Where the running ``command`` (train, eval) keeps its process group id: one file
+        per candidate slot, so that concurrent candidates never overwrite each other's."""
+        suffix = "" if self.slot is None else f"-c{self.slot}"
+        return self.experiment.state_dir / f"{command}{suffix}.pid"
 
     def prose(self) -> str:
         """The protocol's prose body, read fresh (edits apply at the next round). A protocol

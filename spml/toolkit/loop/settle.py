@@ -73,7 +73,7 @@ def _judge(session: LoopSession, plan: RoundPlan, measurement: Measurement,
            base: dict) -> ExperienceRow:
     autoresearch = session.kind.name == "autoresearch"
     # Every earlier run, read once for the candidate's pool, the noise and the incumbent.
-    runs = measured_runs(session.experiment, plan.round_no)
+    runs = measured_runs(session.experiment, plan.first_round)
     if autoresearch and not plan.measures_head:
         measurement = judged_candidate(session, measurement, runs)
     noise = noise_for(session, measurement, runs) if autoresearch else Noise(0.0, 0)

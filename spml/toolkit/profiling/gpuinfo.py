@@ -192,17 +192,26 @@ def _detect_torch(index: int) -> GpuDetection:
 def gpus_held(nvml: Any | None = None) -> int:
     """How many GPUs a command started here holds: those ``CUDA_VISIBLE_DEVICES`` names when
     it is set, else every GPU NVML sees (0 without NVML or a GPU)."""
+    return len(visible_gpus(nvml))
+
+
+def visible_gpus(nvml: Any | None = None) -> list[str]:
+    """The GPUs a command started here may use, as ``CUDA_VISIBLE_DEVICES`` entries: that
+    variable's own entries (indices or UUIDs) when it is set, else the indices of every GPU
+    NVML sees (none without NVML or a GPU)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+        names = [d.strip() for d in visible.split(",") if d.strip()]
+        # CUDA stops at the first invalid entry: "-1" hides every GPU after it.
+        return names[:names.index("-1")] if "-1" in names else names
     try:
         nv = nvml if nvml is not None else load_nvml()
         nv.nvmlInit()
     except Exception:  # noqa: BLE001 - no library, no driver: no GPU held
-        return 0
+        return []
     try:
-        return int(nv.nvmlDeviceGetCount())
+        return [str(i) for i in range(int(nv.nvmlDeviceGetCount()))]
     except Exception:  # noqa: BLE001 - a driver that answers nothing holds nothing
-        return 0
+        return []
     finally:
         nv.nvmlShutdown()

@@ -24,6 +24,7 @@ class ResearchContext:
     sandbox: SandboxSpec = field(default_factory=SandboxSpec)
     sealed: tuple[Path, ...] = ()  # the holdout: unreadable to the researcher
     cost_path: Path | None = None  # where a researcher may report its tokens and dollars
+    batch: tuple[int, ...] = ()    # the rounds proposed against the same incumbent, this one's
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,10 @@ class OptunaResearcher:
         """Ask one trial and write its values into the params file."""
         started = time.monotonic()
         study = self._study()
-        self._fail_running(study)
+        self._fail_running(study, keep=ctx.batch)
+        # The batch's siblings asked before this one are RUNNING: TPE's constant liar (on by
+        # default) and the GP sampler's running-trial mode propose away from them, and the
+        # sampler's seed follows the trial count, so concurrent trials never share a seed.
         trial = study.ask(self._distributions)
         trial.set_user_attr("round", ctx.round_no)
         params = {name: trial.params[name] for name in self._spec.space}
@@ -147,10 +150,12 @@ class OptunaResearcher:
         return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                 if t.user_attrs.get("round") == round_no]
 
-    def _fail_running(self, study: optuna.Study) -> None:
-        # A RUNNING trial here was asked by a supervisor that died before telling it.
+    def _fail_running(self, study: optuna.Study, keep: tuple[int, ...] = ()) -> None:
+        # A RUNNING trial of a round outside this batch was asked by a supervisor that died
+        # before telling it.
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(trial.number, state=TrialState.FAIL)
+            if trial.user_attrs.get("round") not in keep:
+                study.tell(trial.number, state=TrialState.FAIL)
 
     def _add_baseline(self, study: optuna.Study, value: float) -> None:
         try:  # ProtocolError is a ValueError: an unreadable params file seeds nothing either
