@@ -1,12 +1,14 @@
 """Wall time of 8 candidates with a 2 s training: one at a time, 4 at once on the local runner,
-4 at once on a Dask LocalCluster (`parallel: {candidates: 4, runner: dask}`).
+4 at once on Dask: the LocalCluster the runner starts (`parallel: {candidates: 4, runner:
+dask}`), and a running scheduler with 4 workers (`address:` and a bare `git_remote`, started
+before the clock runs, as a cluster that is already up).
 
-Each configuration runs the real `autoresearch` flow (Prefect's embedded server, as the `spml`
-CLI does) on a fresh copy of the toy experiment (tests/fixtures/toy) in a new git repository:
-the baseline, then 8 rounds whose scripted researcher sets `x` (a different value each round)
-and `train_s: 2` (the training sleeps 2 s). Acceptance is `greedy` (one run per candidate), so
-every candidate costs one training and one evaluation. Prints the loop's wall time per
-configuration (median over --repeats) and its ratio to one at a time.
+Each configuration runs the real `autoresearch` flow (against one local Prefect server, started
+before the clocks run) on a fresh copy of the toy experiment (tests/fixtures/toy) in a new git
+repository: the baseline, then 8 rounds whose scripted researcher sets `x` (a different value
+each round) and `train_s: 2` (the training sleeps 2 s). Acceptance is `greedy` (one run per
+candidate), so every candidate costs one training and one evaluation. Prints the loop's wall
+time per configuration (median over --repeats) and its ratio to one at a time.
 
     python benchmarks/parallel_candidates.py               # 8 candidates, 2 s each, 1 repeat
     python benchmarks/parallel_candidates.py --repeats 3 --configs sequential local
@@ -34,6 +36,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "sequential": {"candidates": 1},
     "local": {"candidates": 4},
     "dask": {"candidates": 4, "runner": "dask"},
+    "dask-address": {"candidates": 4, "runner": "dask"},  # + address, git_remote (below)
 }
 
 
@@ -46,7 +49,9 @@ def make_experiment(tmp: Path, parallel: dict[str, Any], rounds: int, train_s: f
     shutil.copy(FIXTURES / "toy" / "gitignore", exp / ".gitignore")
     plan = {str(n): f"set:x={3.0 - 2.0 / (n + 1):.4f},train_s={train_s}"
             for n in range(1, rounds + 1)}
-    (tmp / "plan.json").write_text(json.dumps(plan))
+    mine = tmp / "researcher"  # the researcher's plan and log: outside the repository
+    mine.mkdir()
+    (mine / "plan.json").write_text(json.dumps(plan))
     researcher = FIXTURES / "researchers" / "researcher.py"
     fields = {
         "research_question": "How fast do 8 candidates run?", "max_rounds": rounds,
@@ -56,9 +61,9 @@ def make_experiment(tmp: Path, parallel: dict[str, Any], rounds: int, train_s: f
         "eval": {"command": f"{sys.executable} evaluate.py", "metric": "loss",
                  "direction": "minimize"},
         "researcher": {"kind": "command", "timeout": 60,
-                       "command": f"{sys.executable} {researcher} {tmp / 'plan.json'}"},
+                       "command": f"{sys.executable} {researcher} {mine / 'plan.json'}"},
         "acceptance": {"mode": "greedy"},
-        "sandbox": {"writable": [str(tmp)]},
+        "sandbox": {"writable": [str(mine)]},
         "parallel": parallel,
     }
     (exp / "autoresearch-protocol.md").write_text(
@@ -70,15 +75,46 @@ def make_experiment(tmp: Path, parallel: dict[str, Any], rounds: int, train_s: f
     return exp
 
 
-def run_once(config: str, rounds: int, train_s: float) -> float:
+def start_cluster(tmp: Path, workers: int, api_url: str) -> tuple[str, list[subprocess.Popen]]:
+    """`dask scheduler` and ``workers`` single-thread `dask worker` processes on 127.0.0.1."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    scheduler_file = tmp / "scheduler.json"
+    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1",
+                               "--port", "0", "--no-dashboard", "--scheduler-file",
+                               str(scheduler_file)], env=env, stderr=subprocess.DEVNULL)]
+    while not scheduler_file.exists():
+        time.sleep(0.2)
+    address = json.loads(scheduler_file.read_text())["address"]
+    procs += [subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nthreads", "1",
+                                "--no-dashboard", "--host", "127.0.0.1"], env=env,
+                               stderr=subprocess.DEVNULL) for _ in range(workers)]
+    from distributed import Client
+
+    with Client(address) as client:
+        client.wait_for_workers(workers, timeout=120)
+        # A cluster that is up has workers that have imported what they run.
+        client.run(lambda: __import__("spml.toolkit.loop.remote") and None)
+    return address, procs
+
+
+def run_once(config: str, rounds: int, train_s: float, api_url: str) -> float:
     """One loop's wall time in seconds (the flow call, baseline included)."""
     from spml.flows.autoresearch import autoresearch_flow
 
     with tempfile.TemporaryDirectory(prefix=f"spml-bench-{config}-") as tmp:
-        exp = make_experiment(Path(tmp), CONFIGS[config], rounds, train_s)
+        parallel, procs = dict(CONFIGS[config]), []
+        if config == "dask-address":
+            remote = Path(tmp) / "remote.git"
+            subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+            parallel["address"], procs = start_cluster(Path(tmp), 4, api_url)
+            parallel["git_remote"] = str(remote)
+        exp = make_experiment(Path(tmp), parallel, rounds, train_s)
         started = time.perf_counter()
         summary = autoresearch_flow(str(exp))
         elapsed = time.perf_counter() - started
+        for proc in procs:
+            proc.terminate()
         assert summary.rounds_done == rounds, summary
         return elapsed
 
@@ -91,9 +127,17 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    walls = {config: statistics.median(run_once(config, args.rounds, args.train_s)
-                                       for _ in range(args.repeats))
-             for config in args.configs}
+    from prefect.testing.utilities import prefect_test_harness
+
+    # One local Prefect server for every configuration (the Dask workers report to it), started
+    # before any clock runs.
+    with prefect_test_harness(server_startup_timeout=120):
+        from prefect.settings import PREFECT_API_URL
+
+        api_url = str(PREFECT_API_URL.value())
+        walls = {config: statistics.median(run_once(config, args.rounds, args.train_s, api_url)
+                                           for _ in range(args.repeats))
+                 for config in args.configs}
     print(f"{args.rounds} candidates, {args.train_s:g} s training each, median of "
           f"{args.repeats}; {os.cpu_count()} CPUs")
     print(f"{'config':<12} {'wall s':>8} {'vs sequential':>14}")

@@ -24,7 +24,8 @@ def toy_experiment(tmp_path: Path) -> Callable[..., Path]:
     Call with ``plan={"default": "good", "2": "crash"}`` and protocol overrides.
     """
 
-    def make(plan: dict[str, str] | None = None, **overrides: Any) -> Path:
+    def make(plan: dict[str, str] | None = None, plan_dir: Path | None = None,
+             **overrides: Any) -> Path:
         repo = tmp_path / "repo"
         exp = repo / "exp"
         exp.mkdir(parents=True)
@@ -32,7 +33,9 @@ def toy_experiment(tmp_path: Path) -> Callable[..., Path]:
             shutil.copy(FIXTURES / "toy" / name, exp / name)
         shutil.copy(FIXTURES / "toy" / "gitignore", exp / ".gitignore")
         (repo / "README.md").write_text("user project\n")
-        plan_path = tmp_path / "plan.json"
+        plan_dir = plan_dir or tmp_path  # the sandbox's writable folder (plan, its log)
+        plan_dir.mkdir(parents=True, exist_ok=True)
+        plan_path = plan_dir / "plan.json"
         plan_path.write_text(json.dumps(plan or {"default": "good"}))
         write_protocol(exp, toy_protocol(plan_path, **overrides))
         git(repo, "init", "-q", "-b", "main")

@@ -123,11 +123,16 @@ def iteration_experiment(tmp_path: Path, plan: dict[str, dict[str, Any]],
     return exp
 
 
-def toy_repo(tmp_path: Path, plan: dict[str, str], *dirs: str, **protocol: Any) -> list[Path]:
+def toy_repo(tmp_path: Path, plan: dict[str, str], *dirs: str, plan_dir: Path | None = None,
+             **protocol: Any) -> list[Path]:
     """A git repo (`tmp_path/repo`) holding the toy experiment once per name in ``dirs``, all
-    driven by the scripted researcher's ``plan``; returns the experiment dirs."""
+    driven by the scripted researcher's ``plan``; returns the experiment dirs. ``plan_dir``:
+    where the plan and the researcher's log go (the sandbox's writable folder; default
+    ``tmp_path``, which holds the repository)."""
     repo = tmp_path / "repo"
-    plan_path = tmp_path / "plan.json"
+    plan_dir = plan_dir or tmp_path
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = plan_dir / "plan.json"
     plan_path.write_text(json.dumps(plan))
     exps = []
     for name in dirs:

@@ -11,7 +11,8 @@ runner orchestrates them; ``gpus_per_candidate`` gives each its own ``CUDA_VISIB
 ``runner: dask`` submits each candidate's training and evaluation to a Dask cluster through
 Prefect's Dask task runner: a local cluster when ``address`` is empty, else the scheduler at
 ``address``; its workers fetch the candidate's code from ``git_remote`` (a URL or path every
-worker can reach), never from a shared filesystem.
+worker can reach), never from a shared filesystem; ``gpus_per_candidate`` there asks each
+training for that many ``GPU`` worker resources (``dask worker --resources GPU=<n>``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class ParallelSpec(BaseModel):
         "the repository itself, which only workers on this machine can read).")
     gpus_per_candidate: int = Field(
         default=0, ge=0, le=64, description="GPUs each candidate's training holds (local: "
-        "CUDA_VISIBLE_DEVICES slices of the GPUs this machine has).")
+        "CUDA_VISIBLE_DEVICES slices of the GPUs this machine has; dask: GPU worker "
+        "resources).")
 
     @model_validator(mode="after")
     def _runner_fields(self) -> ParallelSpec:
@@ -53,6 +55,11 @@ class ParallelSpec(BaseModel):
         if self.address and not self.git_remote:
             raise ValueError("parallel.address names a remote Dask scheduler: its workers need "
                              "parallel.git_remote (a git URL they can fetch the candidates from)")
+        if self.runner == "dask" and self.gpus_per_candidate and not self.address:
+            raise ValueError("parallel.gpus_per_candidate with runner: dask asks Dask workers "
+                             "for GPU resources, which a LocalCluster has none of: give "
+                             "parallel.address (workers started with --resources GPU=<n>), or "
+                             "use runner: local on one machine")
         return self
 
     @property

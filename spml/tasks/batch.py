@@ -12,12 +12,14 @@ processes: `cache_policy=NO_CACHE`.
 
 from __future__ import annotations
 
+import atexit
 import socket
 from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from spml.errors import ProtocolError
@@ -55,13 +57,41 @@ def task_runner_for(spec: ParallelSpec, candidates: int) -> Any:
             raise ProtocolError("parallel.runner dask needs Prefect's Dask task runner: "
                                 "pip install 'spml-flows[dask]' (prefect-dask), or set "
                                 "parallel.runner to local") from None
-
-        if spec.address:
-            return DaskTaskRunner(address=spec.address)
-        return DaskTaskRunner(cluster_kwargs={
-            "n_workers": candidates, "threads_per_worker": 1, "processes": True,
-            "dashboard_address": None})
+        return DaskTaskRunner(address=spec.address or _local_cluster(candidates))
     return ThreadPoolTaskRunner(max_workers=candidates)
+
+
+_LOCAL_CLUSTERS: dict[tuple[int, str], Any] = {}
+
+
+def _local_cluster(workers: int) -> str:
+    """The address of a Dask LocalCluster of ``workers`` single-thread processes, started once
+    per supervisor process and kept for its later batches: its workers have imported spml and
+    Prefect by then (a cold start costs seconds per batch). Closed when the process exits."""
+    api_url = _api_url()
+    key = (workers, api_url)
+    if key not in _LOCAL_CLUSTERS:
+        from distributed import LocalCluster
+
+        # The workers report their task runs to this run's API: without its URL, each worker
+        # of the embedded (no server) mode would start a Prefect server of its own.
+        _LOCAL_CLUSTERS[key] = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            env={"PREFECT_API_URL": api_url})
+        if len(_LOCAL_CLUSTERS) == 1:
+            atexit.register(_close_local_clusters)
+    return _LOCAL_CLUSTERS[key].scheduler_address
+
+
+def _close_local_clusters() -> None:
+    for cluster in _LOCAL_CLUSTERS.values():
+        cluster.close()
+    _LOCAL_CLUSTERS.clear()
+
+
+def _api_url() -> str:
+    with get_client(sync_client=True) as client:
+        return str(client.api_url).rstrip("/")
 
 
 # persist_result=False: plans carry copies of .git/config and hooks (which may hold
@@ -193,8 +223,14 @@ def _measure_on_dask(experiment_dir: str, plans: tuple[RoundPlan, ...], kind: st
                      spec: ParallelSpec) -> list[Measurement]:
     """Ship the candidates as git refs, train and evaluate them on the Dask workers, and save
     what comes back. A candidate that changed nothing is measured here (nothing runs)."""
+    runner = task_runner_for(spec, len(plans))  # refuses clearly without prefect-dask
+    import dask
+
     jobs = ship_candidates(experiment_dir, plans, kind)
-    with task_runner_for(spec, len(plans)) as runner:
+    # gpus_per_candidate: each training waits for a worker with that many `GPU` resources
+    # free (`dask worker --resources GPU=2`); the worker's own CUDA_VISIBLE_DEVICES applies.
+    wanted = {"resources": {"GPU": spec.gpus_per_candidate}} if spec.gpus_per_candidate else {}
+    with runner, dask.annotate(**wanted):
         futures = {job.round_no: runner.submit(train_and_evaluate_remotely, {"job": job})
                    for job in jobs if job is not None}
         results = {round_no: future.result() for round_no, future in futures.items()}

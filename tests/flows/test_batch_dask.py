@@ -4,6 +4,7 @@ from a git remote (a bare repository here), never from the supervisor's files.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,8 +26,11 @@ from spml.flows.autoresearch import autoresearch_flow
 from spml.protocols.autoresearch import PROTOCOL_FILENAME
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.ledger import read_ledger
+from spml.toolkit.process.sandbox import unavailable_reason
 
 pytest.importorskip("prefect_dask")
+pytestmark = pytest.mark.skipif(bool(unavailable_reason()),
+                                reason=f"no sandbox here: {unavailable_reason()}")
 
 
 def spans(path: Path) -> dict[int, tuple[float, float, str]]:
@@ -64,8 +68,8 @@ def assert_batch_kept_r2(exp: Path, state) -> None:
 
 
 def test_a_batch_on_a_local_dask_cluster(unique_experiment, tmp_path: Path) -> None:
-    log = tmp_path / "spans.txt"
-    exp = unique_experiment(batch_plan(log), max_rounds=4,
+    log = tmp_path / "researcher" / "spans.txt"
+    exp = unique_experiment(batch_plan(log), plan_dir=log.parent, max_rounds=4,
                             parallel={"candidates": 4, "runner": "dask"})
     state = autoresearch_flow(str(exp), return_state=True)
     assert_batch_kept_r2(exp, state)
@@ -76,12 +80,15 @@ def test_a_batch_on_a_local_dask_cluster(unique_experiment, tmp_path: Path) -> N
     assert len(remote_tasks(state.state_details.flow_run_id)) == 4
 
 
-@pytest.fixture
-def dask_cluster(tmp_path: Path, prefect_api_url: str) -> Iterator[str]:
-    """A scheduler and two single-thread workers on 127.0.0.1, as separate processes."""
-    scheduler_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "DASK_DISTRIBUTED__WORKER__"
-           "DAEMON": "False"}
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory,
+                 prefect_api_url: str) -> Iterator[tuple[str, Path]]:
+    """A scheduler and two single-thread workers on 127.0.0.1, as separate processes; worker 0
+    offers one `GPU` resource (there is no GPU here: Dask only counts it). Yields the address
+    and the folder holding each worker's scratch folder (`worker-0`, `worker-1`)."""
+    tmp = tmp_path_factory.mktemp("dask")
+    scheduler_file = tmp / "scheduler.json"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url}
     bin_dir = Path(sys.executable).parent
     procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1",
                                "--port", "0", "--no-dashboard", "--scheduler-file",
@@ -90,18 +97,19 @@ def dask_cluster(tmp_path: Path, prefect_api_url: str) -> Iterator[str]:
     deadline = time.monotonic() + 60
     while not scheduler_file.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    address = __import__("json").loads(scheduler_file.read_text())["address"]
+    address = json.loads(scheduler_file.read_text())["address"]
     for n in range(2):
-        scratch = tmp_path / f"worker-{n}"
+        scratch = tmp / f"worker-{n}"
         scratch.mkdir()
+        resources = ["--resources", "GPU=1"] if n == 0 else []
         procs.append(subprocess.Popen(
             [str(bin_dir / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
-             "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{n}",
+             "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{n}", *resources,
              "--local-directory", str(scratch)],
             env={**env, "TMPDIR": str(scratch)}, cwd=scratch, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL))
     try:
-        yield address
+        yield address, tmp
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -112,13 +120,18 @@ def dask_cluster(tmp_path: Path, prefect_api_url: str) -> Iterator[str]:
                 proc.kill()
 
 
-def test_a_batch_on_a_dask_scheduler_with_two_workers(unique_experiment, tmp_path: Path,
-                                                      dask_cluster: str) -> None:
+def worker_of(cwd: str) -> str:
+    """`0` or `1`: which worker's scratch folder a training ran in."""
+    return cwd.split("/worker-")[1].split("/")[0]
+
+
+def test_a_batch_on_a_dask_scheduler_with_two_workers(
+        unique_experiment, tmp_path: Path, dask_cluster: tuple[str, Path]) -> None:
     remote = tmp_path / "remote.git"
     git(tmp_path, "init", "-q", "--bare", str(remote))
-    log = tmp_path / "spans.txt"
-    exp = unique_experiment(batch_plan(log), max_rounds=4, parallel={
-        "candidates": 4, "runner": "dask", "address": dask_cluster,
+    log = tmp_path / "researcher" / "spans.txt"
+    exp = unique_experiment(batch_plan(log), plan_dir=log.parent, max_rounds=4, parallel={
+        "candidates": 4, "runner": "dask", "address": dask_cluster[0],
         "git_remote": str(remote)})
     state = autoresearch_flow(str(exp), return_state=True)
     assert_batch_kept_r2(exp, state)
@@ -129,6 +142,19 @@ def test_a_batch_on_a_dask_scheduler_with_two_workers(unique_experiment, tmp_pat
         assert shown.startswith(f"x: {x}")
     # Both workers trained (two at a time: one thread each), each in its own scratch folder.
     trained = spans(log)
-    places = {cwd.split("/worker-")[1].split("/")[0] for _, _, cwd in trained.values()}
-    assert places == {"0", "1"}
+    assert {worker_of(cwd) for _, _, cwd in trained.values()} == {"0", "1"}
     assert len(remote_tasks(state.state_details.flow_run_id)) == 4
+
+
+def test_gpus_per_candidate_on_dask_waits_for_a_worker_with_gpus(
+        unique_experiment, tmp_path: Path, dask_cluster: tuple[str, Path]) -> None:
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    log = tmp_path / "researcher" / "spans.txt"
+    plan = {"1": f"set:x=1.0,spans={log}", "2": f"set:x=2.0,spans={log}"}
+    exp = unique_experiment(plan, plan_dir=log.parent, max_rounds=2, parallel={
+        "candidates": 2, "runner": "dask", "address": dask_cluster[0],
+        "git_remote": str(remote), "gpus_per_candidate": 1})
+    assert autoresearch_flow(str(exp), return_state=True).is_completed()
+    # Only worker 0 offers a GPU: both candidates trained there, one after the other.
+    assert {worker_of(cwd) for _, _, cwd in spans(log).values()} == {"0"}

@@ -3,6 +3,7 @@ once on the thread-pool runner, one kept, the batch run named after it."""
 
 from __future__ import annotations
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -15,14 +16,19 @@ from spml.flows.autoresearch import autoresearch_flow
 from spml.protocols.autoresearch import PROTOCOL_FILENAME
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.ledger import read_ledger
+from spml.toolkit.process.sandbox import unavailable_reason
+
+pytestmark = pytest.mark.skipif(bool(unavailable_reason()),
+                                reason=f"no sandbox here: {unavailable_reason()}")
 
 
 def test_a_batch_is_one_subflow_whose_candidates_train_at_once(unique_experiment,
                                                                tmp_path) -> None:
-    spans = tmp_path / "spans.txt"
+    mine = tmp_path / "researcher"  # outside the repository: the sandbox's writable folder
+    spans = mine / "spans.txt"
     plan = {str(n): f"set:x={x},train_s=1.5,spans={spans}"
             for n, x in ((1, 1.0), (2, 2.9), (3, 2.0), (4, -5.0))}
-    exp = unique_experiment(plan, max_rounds=4, parallel={"candidates": 4})
+    exp = unique_experiment(plan, plan_dir=mine, max_rounds=4, parallel={"candidates": 4})
     state = autoresearch_flow(str(exp), return_state=True)
     assert state.is_completed()
     summary = state.result()

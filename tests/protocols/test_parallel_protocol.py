@@ -75,6 +75,7 @@ def test_a_batch_of_four_on_the_local_runner(tmp_path: Path) -> None:
     ("parallel: {candidates: 2, runner: dask, address: 'tcp://h:8786'}",
      "parallel.git_remote"),
     ("parallel: {candidates: 2, workers: 3}", "parallel.workers"),
+    ("parallel: {candidates: 2, runner: dask, gpus_per_candidate: 1}", "--resources GPU"),
 ])
 def test_bad_parallel_sections_name_the_field(tmp_path: Path, parallel: str,
                                               expected: str) -> None:

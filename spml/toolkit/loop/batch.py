@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -48,7 +49,7 @@ from spml.toolkit.loop.begin import (
     round_brief,
     supervisor_files,
 )
-from spml.toolkit.loop.compliance import Violation, check_round
+from spml.toolkit.loop.compliance import Violation, check_round, restore_supervisor_files
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.faults import crash_point
 from spml.toolkit.loop.handedits import load_ledger, reconcile_ledger
@@ -60,6 +61,7 @@ from spml.toolkit.loop.overrides import apply_overrides, pending_overrides
 from spml.toolkit.loop.recovery import kill_orphans, recover_unfinished_round, tip_is_round
 from spml.toolkit.loop.researchers import Proposal
 from spml.toolkit.loop.researchers.dispatch import run_researcher
+from spml.toolkit.loop.sandboxing import confines, sandbox_spec, sandbox_status
 from spml.toolkit.loop.session import LoopSession, reload_protocol
 from spml.toolkit.loop.settle import RoundOutcome, decide, settle
 from spml.toolkit.profiling.gpuinfo import visible_gpus
@@ -111,13 +113,14 @@ def batch_size(session: LoopSession, round_no: int) -> int:
 
 
 def gpu_slices(spec: ParallelSpec, count: int) -> list[tuple[str, ...] | None]:
-    """Each candidate's `CUDA_VISIBLE_DEVICES` entries (None: no GPU asked for).
+    """Each candidate's `CUDA_VISIBLE_DEVICES` entries on this machine (None: no GPU asked
+    for, or the candidates train on Dask workers, whose GPUs Dask hands out).
 
     Raises:
         ProtocolError: the machine has fewer GPUs than ``count`` x gpus_per_candidate.
     """
     per = spec.gpus_per_candidate
-    if per == 0:
+    if per == 0 or spec.runner != "local":  # Dask: the workers' GPUs (worker resources)
         return [None] * count
     gpus = visible_gpus()
     if len(gpus) < per * count:
@@ -126,6 +129,35 @@ def gpu_slices(spec: ParallelSpec, count: int) -> list[tuple[str, ...] | None]:
             f"machine shows {len(gpus)} ({', '.join(gpus) or 'none'}). Lower "
             "parallel.candidates or parallel.gpus_per_candidate.")
     return [tuple(gpus[slot * per:(slot + 1) * per]) for slot in range(count)]
+
+
+def check_batch_sandbox(session: LoopSession) -> None:
+    """Candidates that run at once are kept apart by the sandbox alone: each may write only its
+    own worktree. Without it, or with a writable grant over the repository, one could edit a
+    sibling's files or branch unseen, and its idea be credited to the sibling.
+
+    Raises:
+        ProtocolError: `parallel.candidates > 1` without that separation.
+    """
+    count = parallel_spec(session.protocol).candidates
+    if count <= 1:
+        return
+    box = sandbox_spec(session.protocol)
+    if not confines(box):
+        raise ProtocolError(
+            f"parallel.candidates {count}: candidates that run at once must be kept out of "
+            f"each other's worktrees, and only the sandbox does that (here: "
+            f"{sandbox_status(session)}). Run where bubblewrap works with sandbox: auto or "
+            "on, or set parallel.candidates to 1")
+    git_dir = session.experiment.git_dir.resolve()
+    for path in box.writable:
+        granted = Path(path).expanduser().resolve()
+        if git_dir.is_relative_to(granted) or granted.is_relative_to(git_dir):
+            raise ProtocolError(
+                f"sandbox.writable {path!r} holds the repository's git directory {git_dir}: "
+                f"with parallel.candidates {count} each candidate could write its siblings' "
+                "worktrees and branches. Grant a folder outside the repository, or set "
+                "parallel.candidates to 1")
 
 
 def corrected(protocol: Any, count: int) -> Any:
@@ -149,7 +181,10 @@ def candidate_session(session: LoopSession, plan: RoundPlan) -> LoopSession:
     workspace = Workspace.open_or_create(experiment.repo_root,
                                          experiment.candidate_worktree_dir(kind, slot),
                                          experiment.candidate_branch(kind, slot), plan.base)
-    workspace.also_watched = (f"refs/heads/{session.workspace.branch}",)
+    # The loop's branch and every sibling's: a move of one cannot be pinned on its owner.
+    workspace.also_watched = (f"refs/heads/{session.workspace.branch}", *(
+        f"refs/heads/{experiment.candidate_branch(kind, other)}"
+        for other in range(len(plan.batch)) if other != slot))
     gpus = gpu_slices(parallel_spec(session.protocol), len(plan.batch))[slot]
     return replace(session, workspace=workspace, slot=slot, gpus=gpus,
                    protocol=corrected(session.protocol, len(plan.batch)))
@@ -164,7 +199,12 @@ def begin_batch(session: LoopSession, first: int) -> tuple[RoundPlan, ...] | Non
     session, protocol_note = reload_protocol(session)
     apply_overrides(session)
     size = batch_size(session, first)
-    gpu_slices(parallel_spec(session.protocol), size)  # enough GPUs, before anything is set up
+    try:  # a protocol edit may ask for what this machine cannot give: go on one at a time
+        check_batch_sandbox(session)
+        gpu_slices(parallel_spec(session.protocol), size)
+    except ProtocolError as exc:
+        log.warning("R%d runs alone, not as a batch: %s", first, exc)
+        return None
     base = session.workspace.head()
     session.workspace.rollback(base)
     runs = measured_runs(experiment, first)
@@ -184,16 +224,19 @@ def begin_batch(session: LoopSession, first: int) -> tuple[RoundPlan, ...] | Non
         round_dir.mkdir(parents=True, exist_ok=True)
         # On disk, the loop worktree's snapshot: what recovery and the settle restore.
         write_atomic(round_dir / SNAPSHOT_FILENAME, main_snapshot)
-        plan = RoundPlan(round_no, base, GitSnapshot.from_json(main_snapshot), tuple(notes),
-                         read_all(supervisor_files(session, round_no, first)), queued,
-                         top_up=top_up if slot == 0 else (), batch=rounds)
-        candidate = candidate_session(session, plan)
+        plans.append(RoundPlan(round_no, base, GitSnapshot.from_json(main_snapshot),
+                               tuple(notes), read_all(supervisor_files(session, round_no, first)),
+                               queued, top_up=top_up if slot == 0 else (), batch=rounds))
+    candidates = [candidate_session(session, plan) for plan in plans]
+    for candidate in candidates:
         candidate.workspace.rollback(base)
         candidate.workspace.clean_ignored()  # no outputs of an earlier candidate carried over
-        # Compliance compares the candidate's worktree with its own snapshot.
-        plan = replace(plan, snapshot=candidate.workspace.snapshot())
-        write_atomic(round_dir / "brief.md", round_brief(session, plan))
-        plans.append(plan)
+    # Only once every candidate branch is at the base: each snapshot watches its siblings'.
+    plans = [replace(plan, snapshot=candidate.workspace.snapshot())
+             for plan, candidate in zip(plans, candidates, strict=True)]
+    for plan in plans:
+        write_atomic(experiment.round_dir(plan.round_no) / "brief.md",
+                     round_brief(session, plan))
     return tuple(plans)
 
 
@@ -212,9 +255,13 @@ def research_candidate(session: LoopSession, plan: RoundPlan) -> Proposal:
 
 def comply_batch(session: LoopSession,
                  plans: tuple[RoundPlan, ...]) -> list[list[Violation]]:
-    """S2 for every candidate, once all researchers are done (a supervisor file one of them
-    changed is restored once, for all)."""
-    return [check_round(candidate_session(session, plan), plan) for plan in plans]
+    """S2 for every candidate, once all researchers are done. A supervisor file changed
+    meanwhile is restored, and fails every candidate: which one wrote it cannot be told."""
+    protocol = str(session.experiment.protocol_path)
+    shared = {v.reason: v for plan in plans
+              for v in restore_supervisor_files(plan, skip=(protocol,))}
+    return [check_round(candidate_session(session, plan), plan) + list(shared.values())
+            for plan in plans]
 
 
 def measure_candidate(session: LoopSession, plan: RoundPlan) -> Measurement:

@@ -58,7 +58,9 @@ def _autoresearch_policy(p: autoresearch.AutoresearchProtocol, noise: Noise) -> 
 
 def _iteration_policy(p: iteration.IterationProtocol, _noise: Noise) -> Policy:
     # ml-iteration's margins come from each criterion's own runs (see `review`).
-    return ReviewPolicy(p.review_criteria, p.acceptance.noise)
+    parallel = getattr(p, "parallel", None)
+    return ReviewPolicy(p.review_criteria, p.acceptance.noise,
+                        comparisons=parallel.candidates if parallel is not None else 1)
 
 
 BATCH_COLUMN = "Batch"  # which batch of candidates a row belongs to (`parallel:`)

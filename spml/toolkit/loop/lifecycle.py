@@ -10,7 +10,13 @@ from spml.errors import ProtocolError
 from spml.protocols.experiences import Experiences, Status
 from spml.toolkit.git.workspace import Workspace, ensure_excluded
 from spml.toolkit.loop import control, generation
-from spml.toolkit.loop.batch import batch_size, gpu_slices, parallel_spec, recover_batch
+from spml.toolkit.loop.batch import (
+    batch_size,
+    check_batch_sandbox,
+    gpu_slices,
+    parallel_spec,
+    recover_batch,
+)
 from spml.toolkit.loop.evidence import Noise
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.handedits import load_ledger
@@ -79,6 +85,7 @@ def open_loop(experiment_dir: str, max_rounds: int | None = None,
     preflight(session)
     spec = parallel_spec(protocol)
     gpu_slices(spec, spec.candidates)  # a batch needs its GPUs: say so before the baseline
+    check_batch_sandbox(session)
     save_session(experiment, protocol, max_rounds)
     if control.stop_requested(experiment):
         log.info("clearing a stop request left from before this run")

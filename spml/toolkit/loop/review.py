@@ -26,6 +26,7 @@ one improvement (or a criterion now passing) -> commit; otherwise commit with a 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Literal
 
@@ -67,6 +68,10 @@ class ReviewPolicy:
 
     criteria: ReviewCriteria
     noise: float | None = None
+    # Candidates judged at once against one incumbent (`parallel:`): the best of K is kept, so
+    # each margin widens as a Bonferroni correction would (2 SE is a 95 % two-sided margin;
+    # with 4 candidates it becomes the 98.75 % one, 2.55 SE).
+    comparisons: int = 1
 
     def review(self, candidate: Measurement,
                incumbent: Measurement | None) -> list[CriterionResult]:
@@ -139,10 +144,19 @@ class ReviewPolicy:
 
     def _margin(self, dimension: str, best: float, sem: float | None,
                 best_sem: float | None) -> float:
+        widen = _multiplicity(self.comparisons)
         if sem is not None and best_sem is not None:
-            return 2.0 * math.hypot(sem, best_sem)
+            return 2.0 * widen * math.hypot(sem, best_sem)
         relative = self.noise if self.noise is not None else DEFAULT_RELATIVE_NOISE[dimension]
-        return relative * abs(best)
+        return widen * relative * abs(best)
+
+
+def _multiplicity(comparisons: int) -> float:
+    """How much wider a margin gets when the best of ``comparisons`` candidates is kept."""
+    if comparisons <= 1:
+        return 1.0
+    normal = statistics.NormalDist()
+    return normal.inv_cdf(1 - 0.025 / comparisons) / normal.inv_cdf(0.975)
 
 
 def _noise_kind(source: str) -> str:

@@ -1,5 +1,8 @@
 """Batches of candidates on the local runner, driven without Prefect (`tests/helpers.py`):
-K rounds against one incumbent at once, at most one kept, every other one archived."""
+K rounds against one incumbent at once, at most one kept, every other one archived.
+
+Batches need the sandbox (each candidate may write its own worktree only), so the scripted
+researcher's plan and log live in `tmp_path/researcher`, outside the repository."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -27,17 +32,29 @@ from helpers import (
 from optuna.trial import TrialState
 
 from spml.errors import ProtocolError
-from spml.toolkit.loop.batch import read_batch
+from spml.toolkit.loop.batch import begin_batch, comply_batch, read_batch, research_candidate
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.ledger import read_journal, read_ledger
 from spml.toolkit.loop.researchers.optuna_search import STUDY_NAME
+from spml.toolkit.loop.session import LoopSession
+from spml.toolkit.process.sandbox import unavailable_reason
 
 BRANCH = "spml/autoresearch/exp"
 TRAIN_S = 1.5
 
 
+pytestmark = pytest.mark.skipif(bool(unavailable_reason()),
+                                reason=f"no sandbox here: {unavailable_reason()}")
+
+
+def outside(tmp_path: Path) -> Path:
+    """The researcher's folder, outside the repository (the sandbox lets it write there)."""
+    return tmp_path / "researcher"
+
+
 def batch_repo(tmp_path: Path, plan: dict[str, str], **protocol) -> Path:
-    [exp] = toy_repo(tmp_path, plan, "exp", parallel={"candidates": 4}, **protocol)
+    [exp] = toy_repo(tmp_path, plan, "exp", plan_dir=outside(tmp_path),
+                     parallel={"candidates": 4}, **protocol)
     return exp
 
 
@@ -58,7 +75,7 @@ def spans(path: Path) -> dict[int, tuple[float, float]]:
 
 
 def test_a_batch_of_four_trains_at_once_and_keeps_only_the_best(tmp_path: Path) -> None:
-    log = tmp_path / "spans.txt"
+    log = outside(tmp_path) / "spans.txt"
     plan = {str(n): f"set:x={x},train_s={TRAIN_S},spans={log}"
             for n, x in ((1, 1.0), (2, 2.9), (3, 2.0), (4, -5.0))}
     exp = batch_repo(tmp_path, plan, max_rounds=4)
@@ -117,21 +134,72 @@ def test_a_failing_candidate_does_not_affect_its_siblings(tmp_path: Path) -> Non
                check=False) == 0
 
 
-def test_a_candidate_that_moves_the_loop_branch_fails_the_batch(tmp_path: Path) -> None:
-    # Researchers that run at once share the loop's branch: a move of it cannot be pinned on
-    # one of them, so no candidate of that batch is kept, and the branch is put back.
+def test_a_candidate_cannot_move_the_loop_branch(tmp_path: Path) -> None:
+    # The sandbox keeps the repository's refs read-only to the researcher: the attempt fails
+    # that candidate alone, and its siblings go on.
     plan = {"1": "set:x=2.5", "2": "move_loop_branch", "3": "set:x=2.9", "4": "worse"}
     exp = batch_repo(tmp_path, plan, max_rounds=4)
     drive(exp)
-    rows = ledger(exp).rows[1:]
-    assert [r.compliance for r in rows] == ["fail"] * 4
-    assert all(f"moved ref refs/heads/{BRANCH}" in r.insight for r in rows)
-    assert git(exp, "rev-parse", BRANCH) == git(exp, "rev-parse", "main")
+    rows = {r.round: r for r in ledger(exp).rows}
+    assert rows[2].verdict == "rolled_back"
+    assert "researcher crashed" in rows[2].insight
+    assert rows[3].verdict == "committed"
+    assert git(exp, "rev-parse", f"{BRANCH}~1") == git(exp, "rev-parse", "main")
+
+
+def begun(tmp_path: Path, plan: dict[str, str]) -> tuple[Path, Any, tuple]:
+    """A batch of four begun and researched, not yet checked (what comply_batch sees)."""
+    exp = batch_repo(tmp_path, plan, max_rounds=4)
+    drive(exp, max_rounds=0)  # the baseline
+    session = replace(LoopSession.load(exp), max_rounds_override=4)
+    plans = begin_batch(session, 1)
+    for plan_ in plans:
+        research_candidate(session, plan_)
+    return exp, session, plans
+
+
+def test_a_changed_supervisor_file_fails_every_candidate(tmp_path: Path) -> None:
+    # Unconfined commands could write it; whichever wrote it, no candidate may be kept.
+    exp, session, plans = begun(tmp_path, {"default": "set:x=2.5"})
+    path = session.experiment.state_dir / "session.json"
+    original = path.read_bytes()
+    path.write_bytes(original + b" ")
+    checked = comply_batch(session, plans)
+    assert [[v.reason for v in found] for found in checked] == [
+        ["modified supervisor file session.json (restored)"]] * 4
+    assert path.read_bytes() == original
+
+
+def test_a_moved_sibling_branch_fails_every_candidate(tmp_path: Path) -> None:
+    exp, session, plans = begun(tmp_path, {"default": "set:x=2.5"})
+    branch = session.experiment.candidate_branch("autoresearch", 0)
+    git(exp, "update-ref", f"refs/heads/{branch}", git(exp, "rev-parse", "main~0"))
+    forged = git(exp, "commit-tree", "main^{tree}", "-p", "main", "-m", "forged")
+    git(exp, "update-ref", f"refs/heads/{branch}", forged)
+    owner, *siblings = comply_batch(session, plans)
+    assert any(v.reason.startswith("moved HEAD") for v in owner)
+    for found in siblings:  # a sibling's branch moved: not pinned on its owner alone
+        assert any(f"moved ref refs/heads/{branch}" in v.reason for v in found), found
+
+
+def test_a_batch_needs_the_sandbox(tmp_path: Path) -> None:
+    exp = batch_repo(tmp_path, {}, max_rounds=4, sandbox={"mode": "off"})
+    with pytest.raises(ProtocolError, match=r"parallel.candidates 4: candidates that run at "
+                                            r"once must be kept out of each other's worktrees"):
+        drive(exp)
+
+
+def test_a_batch_refuses_a_writable_grant_over_the_repository(tmp_path: Path) -> None:
+    [exp] = toy_repo(tmp_path, {}, "exp", parallel={"candidates": 2})  # grants tmp_path
+    with pytest.raises(ProtocolError, match=r"sandbox.writable .* holds the repository's git "
+                                            r"directory"):
+        drive(exp)
 
 
 @pytest.mark.parametrize("candidates", [1, 4])
 def test_the_batch_budget_never_runs_past_max_rounds(tmp_path: Path, candidates: int) -> None:
-    [exp] = toy_repo(tmp_path, {}, "exp", max_rounds=2, parallel={"candidates": candidates})
+    [exp] = toy_repo(tmp_path, {}, "exp", max_rounds=2, plan_dir=outside(tmp_path),
+                     parallel={"candidates": candidates})
     drive(exp)
     assert [r.round for r in ledger(exp).rows] == [0, 1, 2]
 
@@ -151,7 +219,7 @@ def supervise(exp: Path, crash_at: str = "") -> int:
 
 
 def researcher_runs(tmp_path: Path) -> Counter:
-    log = (tmp_path / "briefs.log").read_text()
+    log = (outside(tmp_path) / "briefs.log").read_text()
     return Counter(int(n) for n in re.findall(r"^=== round (\d+)$", log, flags=re.MULTILINE))
 
 
@@ -201,7 +269,7 @@ def test_optuna_asks_a_batch_of_distinct_trials_and_tells_each_one(tmp_path: Pat
                          "seed": 3, "startup_trials": 2,
                          "space": {"x": {"type": "float", "low": -5.0, "high": 5.0}}}
     exp = make_experiment(tmp_path, max_rounds=8, researcher=optuna_researcher,
-                          parallel={"candidates": 4})
+                          parallel={"candidates": 4}, sandbox={"writable": []})
     drive(exp)
     experiment = Experiment.locate(exp, "autoresearch-protocol.md")
     study = optuna.load_study(study_name=STUDY_NAME,
@@ -225,6 +293,14 @@ def test_an_iteration_batch_keeps_the_candidate_with_most_criteria_passing(
     exp = iteration_experiment(tmp_path, plan, max_rounds=4)
     fields = iteration_protocol_fields(tmp_path, max_rounds=4)
     del fields["review_criteria"]["performance"]
+    # The researcher's plan and log outside the repository: the sandbox's writable folder.
+    mine = outside(tmp_path)
+    mine.mkdir()
+    (mine / "plan.json").write_text(json.dumps(plan))
+    fields["researcher"]["command"] = fields["researcher"]["command"].replace(
+        str(tmp_path / "plan.json"), str(mine / "plan.json")).replace(
+        str(tmp_path / "researcher-runs.txt"), str(mine / "researcher-runs.txt"))
+    fields["sandbox"] = {"writable": [str(mine)]}
     write_iteration_protocol(exp, {**fields, "parallel": {"candidates": 4}})
     git(exp, "commit", "-qam", "four candidates at once")
     drive(exp, kind="ml-iteration")
@@ -244,9 +320,9 @@ def test_each_candidate_trains_on_its_own_gpu_slice(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # No GPU here: CUDA_VISIBLE_DEVICES stands for the GPUs the supervisor may hand out.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
-    log = tmp_path / "spans.txt"
+    log = outside(tmp_path) / "spans.txt"
     plan = {"1": f"set:x=1.0,spans={log}", "2": f"set:x=2.0,spans={log}"}
-    [exp] = toy_repo(tmp_path, plan, "exp", max_rounds=2,
+    [exp] = toy_repo(tmp_path, plan, "exp", max_rounds=2, plan_dir=outside(tmp_path),
                      parallel={"candidates": 2, "gpus_per_candidate": 2})
     drive(exp)
     seen = {int(r[0]): r[5] for r in (line.split() for line in log.read_text().splitlines())}
@@ -256,7 +332,7 @@ def test_each_candidate_trains_on_its_own_gpu_slice(tmp_path: Path,
 def test_too_few_gpus_for_the_batch_is_a_clear_error(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
-    [exp] = toy_repo(tmp_path, {}, "exp", max_rounds=2,
+    [exp] = toy_repo(tmp_path, {}, "exp", max_rounds=2, plan_dir=outside(tmp_path),
                      parallel={"candidates": 2, "gpus_per_candidate": 2})
     with pytest.raises(ProtocolError, match=r"2 candidates x 2 GPU\(s\) need 4 GPUs but this "
                                             r"machine shows 3 \(0, 1, 2\)"):

@@ -389,3 +389,15 @@ def test_stability_names_and_details() -> None:
     assert (same.name, same.status, same.detail) == ("stability", "fail", "NaN/Inf in lr")
     # Hits add up over patterns: 1 + 1 is more than the incumbent's 1.
     assert one(two, mixed([], 1, 1), mixed([], 1, 0)).status == "regressed"
+
+
+def test_a_batch_widens_every_margin_for_its_comparisons() -> None:
+    # 2 SE (0.1 here) for one candidate; with 4 judged at once, Bonferroni's 2.55 SE (0.127).
+    inc = metric("acc", 0.46, 0.54)
+    alone, four = ACC, ReviewPolicy(ACC.criteria, comparisons=4)
+    assert one(alone, metric("acc", 0.58, 0.64), inc).status == "improved"   # +0.11
+    assert one(four, metric("acc", 0.58, 0.64), inc).status == "fail"
+    assert one(four, metric("acc", 0.60, 0.66), inc).status == "improved"    # +0.13
+    # The relative margin too: 1 % of 0.5 -> 1.27 %.
+    assert one(four, metric("acc", 0.506), metric("acc", 0.5)).status == "fail"
+    assert one(four, metric("acc", 0.507), metric("acc", 0.5)).status == "improved"
