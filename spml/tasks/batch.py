@@ -13,6 +13,7 @@ processes: `cache_policy=NO_CACHE`.
 from __future__ import annotations
 
 import atexit
+import logging
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,8 @@ def _local_cluster(workers: int) -> str:
 
 
 def _close_local_clusters() -> None:
+    # At exit Prefect's API log handler is gone: the cluster's farewell lines would only fail.
+    logging.getLogger("distributed").setLevel(logging.ERROR)
     for cluster in _LOCAL_CLUSTERS.values():
         cluster.close()
     _LOCAL_CLUSTERS.clear()
