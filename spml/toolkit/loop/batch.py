@@ -149,15 +149,18 @@ def check_batch_sandbox(session: LoopSession) -> None:
             f"each other's worktrees, and only the sandbox does that (here: "
             f"{sandbox_status(session)}). Run where bubblewrap works with sandbox: auto or "
             "on, or set parallel.candidates to 1")
-    git_dir = session.experiment.git_dir.resolve()
+    experiment = session.experiment
+    kept = {"git directory": experiment.git_dir.resolve(),
+            "checkout": experiment.repo_root.resolve()}
     for path in box.writable:
         granted = Path(path).expanduser().resolve()
-        if git_dir.is_relative_to(granted) or granted.is_relative_to(git_dir):
-            raise ProtocolError(
-                f"sandbox.writable {path!r} holds the repository's git directory {git_dir}: "
-                f"with parallel.candidates {count} each candidate could write its siblings' "
-                "worktrees and branches. Grant a folder outside the repository, or set "
-                "parallel.candidates to 1")
+        for what, place in kept.items():
+            if place.is_relative_to(granted) or granted.is_relative_to(place):
+                raise ProtocolError(
+                    f"sandbox.writable {path!r} overlaps the repository's {what} {place}: with "
+                    f"parallel.candidates {count} each candidate could write its siblings' "
+                    "worktrees, branches, logs or the loop's state. Grant a folder outside the "
+                    "repository, or set parallel.candidates to 1")
 
 
 def corrected(protocol: Any, count: int) -> Any:
@@ -186,7 +189,10 @@ def candidate_session(session: LoopSession, plan: RoundPlan) -> LoopSession:
         f"refs/heads/{experiment.candidate_branch(kind, other)}"
         for other in range(len(plan.batch)) if other != slot))
     gpus = gpu_slices(parallel_spec(session.protocol), len(plan.batch))[slot]
-    return replace(session, workspace=workspace, slot=slot, gpus=gpus,
+    siblings = [n for n in plan.batch if n != plan.round_no]
+    sealed = (*(experiment.candidate_worktree_dir(kind, n - plan.batch[0]) for n in siblings),
+              *(experiment.round_dir(n) for n in siblings))
+    return replace(session, workspace=workspace, slot=slot, gpus=gpus, sealed_extra=sealed,
                    protocol=corrected(session.protocol, len(plan.batch)))
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spml.errors import GitStateError
+from spml.errors import GitStateError, ProtocolError
 from spml.toolkit.files import write_atomic
 from spml.toolkit.git.workspace import Workspace, ensure_excluded
 from spml.toolkit.loop.begin import RoundPlan
@@ -35,7 +36,9 @@ from spml.toolkit.loop.measurement import (
     Measurement,
     save_measurement,
 )
+from spml.toolkit.loop.sandboxing import confines, sandbox_spec
 from spml.toolkit.loop.session import LoopSession
+from spml.toolkit.process.sandbox import unavailable_reason
 
 log = logging.getLogger(__name__)
 CANDIDATE_REF_PREFIX = "refs/spml/candidates/"
@@ -109,6 +112,12 @@ def _evidence(session: LoopSession, plan: RoundPlan) -> dict[str, bytes]:
 
 def measure_remotely(job: RemoteJob, scratch: Path | None = None) -> RemoteResult:
     """On a worker: fetch the candidate, measure it as the supervisor would, send it back."""
+    spec = sandbox_spec(kind_named(job.kind).protocol_model.model_validate(job.protocol))
+    if not confines(spec):  # candidates sharing this worker must be kept apart here too
+        raise ProtocolError(f"worker {socket.gethostname()} cannot confine the candidate's "
+                            f"commands ({unavailable_reason() or 'sandbox: off'}): install "
+                            "bubblewrap there (spml-flows ships bwrap), or set "
+                            "parallel.runner to local")
     home = Path(tempfile.mkdtemp(prefix="spml-candidate-", dir=scratch))
     try:
         session = _clone(job, home)
@@ -145,7 +154,10 @@ def _clone(job: RemoteJob, home: Path) -> LoopSession:
                                          experiment.branch(kind.name), job.base)
     workspace.load_tree(job.commit)
     protocol = kind.protocol_model.model_validate(job.protocol)
-    return LoopSession(experiment, protocol, workspace, kind=kind)
+    # Other candidates' scratch clones on this worker, sealed from this one's commands (those
+    # that start later are not known yet: the sandbox keeps them read-only, not unreadable).
+    others = tuple(p for p in home.parent.glob("spml-candidate-*") if p != home)
+    return LoopSession(experiment, protocol, workspace, kind=kind, sealed_extra=others)
 
 
 def receive_measurement(session: LoopSession, plan: RoundPlan, result: RemoteResult) -> None:

@@ -77,13 +77,14 @@ def check_sandbox(session: LoopSession) -> None:
 def sealed_paths(session: LoopSession) -> tuple[Path, ...]:
     """What no round may read: the protocol's holdout paths in the person's checkout (where the
     untracked data lies), where they and the links inside them really point, and the state
-    folders whose logs hold results measured on the holdout."""
+    folders whose logs hold results measured on the holdout; for a batch's candidate, its
+    siblings' worktrees and round folders."""
     holdout = getattr(session.protocol, "holdout", None)
     if holdout is None:
-        return ()
+        return session.sealed_extra
     state = session.experiment.state_dir
     return (*_resolved(session.experiment.exp_dir, tuple(holdout.paths)),
-            state / "holdout", state / "verify")
+            state / "holdout", state / "verify", *session.sealed_extra)
 
 
 @functools.cache

@@ -46,6 +46,9 @@ class LoopSession:
     # and the GPUs its commands see (None: whatever the supervisor sees).
     slot: int | None = None
     gpus: tuple[str, ...] | None = None
+    # What its commands may not read besides the holdout: a candidate's siblings' worktrees
+    # and round folders (it could otherwise copy a sibling's idea and take its credit).
+    sealed_extra: tuple[Path, ...] = ()
 
     @classmethod
     def load(cls, experiment_dir: str | Path, kind: LoopKind = AUTORESEARCH) -> LoopSession:

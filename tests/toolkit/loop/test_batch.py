@@ -26,17 +26,28 @@ from helpers import (
     git,
     iteration_experiment,
     iteration_protocol_fields,
+    toy_protocol,
     toy_repo,
     write_iteration_protocol,
 )
 from optuna.trial import TrialState
 
 from spml.errors import ProtocolError
-from spml.toolkit.loop.batch import begin_batch, comply_batch, read_batch, research_candidate
+from spml.protocols.autoresearch import AutoresearchProtocol
+from spml.toolkit.loop.batch import (
+    begin_batch,
+    candidate_session,
+    comply_batch,
+    read_batch,
+    research_candidate,
+)
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.ledger import read_journal, read_ledger
+from spml.toolkit.loop.remote import RemoteJob, measure_remotely
 from spml.toolkit.loop.researchers.optuna_search import STUDY_NAME
+from spml.toolkit.loop.sandboxing import command_box
 from spml.toolkit.loop.session import LoopSession
+from spml.toolkit.process.runner import run_command
 from spml.toolkit.process.sandbox import unavailable_reason
 
 BRANCH = "spml/autoresearch/exp"
@@ -191,9 +202,43 @@ def test_a_batch_needs_the_sandbox(tmp_path: Path) -> None:
 
 def test_a_batch_refuses_a_writable_grant_over_the_repository(tmp_path: Path) -> None:
     [exp] = toy_repo(tmp_path, {}, "exp", parallel={"candidates": 2})  # grants tmp_path
-    with pytest.raises(ProtocolError, match=r"sandbox.writable .* holds the repository's git "
-                                            r"directory"):
+    with pytest.raises(ProtocolError, match=r"sandbox.writable .* overlaps the repository's "
+                                            r"git directory"):
         drive(exp)
+
+
+@pytest.mark.parametrize("inside", ["exp", "exp/.spml", "."])
+def test_a_batch_refuses_a_writable_grant_inside_the_checkout(tmp_path: Path,
+                                                              inside: str) -> None:
+    # The state folder, the ledger or the experiment: a candidate's training could rewrite a
+    # sibling's logs there.
+    repo = tmp_path / "repo"
+    [exp] = toy_repo(tmp_path, {}, "exp", plan_dir=outside(tmp_path),
+                     parallel={"candidates": 2},
+                     sandbox={"writable": [str(outside(tmp_path)), str(repo / inside)]})
+    with pytest.raises(ProtocolError, match=r"overlaps the repository's (checkout|git dir)"):
+        drive(exp)
+
+
+def test_a_candidate_cannot_read_its_siblings_work(tmp_path: Path) -> None:
+    # R1 tries to copy R2's params.yaml (and R2's strategy) into its own worktree.
+    exp, session, plans = begun(tmp_path, {"2": "set:x=2.77", "default": "set:x=1.0"})
+    candidate = candidate_session(session, plans[0])
+    assert candidate.sealed_extra == (
+        session.experiment.candidate_worktree_dir("autoresearch", 1),
+        session.experiment.candidate_worktree_dir("autoresearch", 2),
+        session.experiment.candidate_worktree_dir("autoresearch", 3),
+        session.experiment.round_dir(2), session.experiment.round_dir(3),
+        session.experiment.round_dir(4))
+    sibling = session.experiment.candidate_worktree_dir("autoresearch", 1) / "exp"
+    assert (sibling / "params.yaml").read_text() == "x: 2.77\n"  # there, to the supervisor
+    with command_box(candidate, candidate.workspace.path) as box:
+        done = run_command(f"cat {sibling / 'params.yaml'}; ls {sibling}", cwd=candidate.workdir,
+                           log_dir=tmp_path / "logs", name="peek", confine=box,
+                           time_limit_s=30)
+    seen = done.stdout_text()
+    assert "2.77" not in seen, seen
+    assert "train.py" not in seen, seen
 
 
 @pytest.mark.parametrize("candidates", [1, 4])
@@ -341,3 +386,14 @@ def test_too_few_gpus_for_the_batch_is_a_clear_error(tmp_path: Path,
     experiment = Experiment.locate(exp, "autoresearch-protocol.md")
     assert read_ledger(experiment) is None
     assert read_batch(experiment) is None
+
+
+def test_a_dask_worker_that_cannot_confine_refuses_the_candidate(tmp_path: Path) -> None:
+    fields = toy_protocol(outside(tmp_path) / "plan.json", sandbox={"mode": "off"})
+    protocol = AutoresearchProtocol.model_validate(fields).model_dump(mode="json")
+    job = RemoteJob(git_remote=str(tmp_path / "nowhere"), ref="refs/spml/candidates/x/1",
+                    commit="0" * 40, round_no=1, base="0" * 40, batch=(1, 2),
+                    kind="autoresearch", name="exp", exp_rel="exp", protocol=protocol)
+    with pytest.raises(ProtocolError, match=r"cannot confine the candidate's commands"):
+        measure_remotely(job, scratch=tmp_path)
+    assert not list(tmp_path.glob("spml-candidate-*"))  # refused before anything was fetched
