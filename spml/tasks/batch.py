@@ -27,6 +27,7 @@ from spml.errors import ProtocolError
 from spml.protocols.experiences import format_value
 from spml.protocols.parallel import ParallelSpec
 from spml.tasks.artifacts import publish_round
+from spml.tasks.loop import log_measured
 from spml.tasks.ui_controls import pull_ui_controls
 from spml.toolkit.loop import batch, control
 from spml.toolkit.loop.begin import RoundPlan
@@ -138,10 +139,7 @@ def comply_batch(experiment_dir: str, plans: tuple[RoundPlan, ...],
 def measure_candidate(experiment_dir: str, plan: RoundPlan, kind: str) -> Measurement:
     """S3+S4 for one candidate, with its own pid files and GPUs."""
     result = batch.measure_candidate(_session(experiment_dir, kind), plan)
-    shown = ", ".join(format_value(v) for v in result.values) or "no value"
-    get_run_logger().info("R%d measured %s in %.1fs train + %.1fs eval%s", plan.round_no,
-                          shown, result.train_s, result.eval_s,
-                          f" — {result.cause}" if result.cause else "")
+    log_measured(plan.round_no, result)
     return result
 
 
@@ -187,11 +185,8 @@ class TaskBatchSteps:
         """S1: every candidate's researcher at once, here (one after another for Optuna)."""
         session = _session(experiment_dir, self.kind)
         workers = len(plans) if batch.proposes_concurrently(session) else 1
-        with ThreadPoolTaskRunner(max_workers=workers) as runner:
-            futures = [runner.submit(research_candidate, {
-                "experiment_dir": experiment_dir, "plan": plan, "kind": self.kind})
-                for plan in plans]
-            return [future.result() for future in futures]
+        return _each(ThreadPoolTaskRunner(max_workers=workers), research_candidate,
+                     experiment_dir, plans, self.kind)
 
     def comply_all(self, experiment_dir: str, plans: tuple[RoundPlan, ...],
                    ) -> tuple[list[list[Violation]], str | None]:
@@ -208,11 +203,8 @@ class TaskBatchSteps:
         spec = batch.parallel_spec(_session(experiment_dir, self.kind).protocol)
         if spec.runner == "dask":
             return _measure_on_dask(experiment_dir, plans, self.kind, spec)
-        with task_runner_for(spec, len(plans)) as runner:
-            futures = [runner.submit(measure_candidate, {
-                "experiment_dir": experiment_dir, "plan": plan, "kind": self.kind})
-                for plan in plans]
-            return [future.result() for future in futures]
+        return _each(task_runner_for(spec, len(plans)), measure_candidate, experiment_dir,
+                     plans, self.kind)
 
     def settle(self, experiment_dir: str, plans: tuple[RoundPlan, ...],
                proposals: list[Proposal], violations: list[list[Violation]],
@@ -220,6 +212,15 @@ class TaskBatchSteps:
         """S5 for the batch."""
         return settle_batch(experiment_dir, plans, proposals, violations, measurements,
                             self.kind)
+
+
+def _each(runner: Any, step: Any, experiment_dir: str, plans: tuple[RoundPlan, ...],
+          kind: str) -> list[Any]:
+    """``step`` for every candidate at once on ``runner``; the results in the plans' order."""
+    with runner:
+        futures = [runner.submit(step, {"experiment_dir": experiment_dir, "plan": plan,
+                                        "kind": kind}) for plan in plans]
+        return [future.result() for future in futures]
 
 
 def _measure_on_dask(experiment_dir: str, plans: tuple[RoundPlan, ...], kind: str,

@@ -118,11 +118,16 @@ def check_compliance(experiment_dir: str, plan: RoundPlan, kind: str) -> Checked
 def train_and_evaluate(experiment_dir: str, plan: RoundPlan, kind: str) -> Measurement:
     """S3+S4: the fixed training and evaluation commands, with hard limits."""
     result = measure(_session(experiment_dir, kind), plan)
+    log_measured(plan.round_no, result)
+    return result
+
+
+def log_measured(round_no: int, result: Measurement) -> None:
+    """One line in the run's log: what a round's candidate measured, and in how long."""
     shown = ", ".join(format_value(v) for v in result.values) or "no value"
-    get_run_logger().info("R%d measured %s in %.1fs train + %.1fs eval%s", plan.round_no,
+    get_run_logger().info("R%d measured %s in %.1fs train + %.1fs eval%s", round_no,
                           shown, result.train_s, result.eval_s,
                           f" — {result.cause}" if result.cause else "")
-    return result
 
 
 @task(name="S5-decide-and-git", task_run_name="R{plan.round_no} S5: decide, commit or roll back",

@@ -53,7 +53,7 @@ def common_dir(repo: git.Repo) -> Path:
     return Path(repo.git.rev_parse("--path-format=absolute", "--git-common-dir")).resolve()
 
 
-def _git(repo: git.Repo, *args: str) -> str:
+def run_git(repo: git.Repo, *args: str) -> str:
     """Run a state-changing git command in the main repository, hardened and wrapped."""
     try:
         return repo.git.execute([repo.git.GIT_PYTHON_GIT_EXECUTABLE or "git",
@@ -94,7 +94,7 @@ def _ensure_branch(repo: git.Repo, branch: str, start_point: str) -> None:
     except git.GitCommandError:
         raise GitStateError(f"start point {start_point!r} names no commit in "
                             f"{repo.working_dir}; pass an existing commit or branch.") from None
-    _git(repo, "branch", "--no-track", "--end-of-options", branch, start)
+    run_git(repo, "branch", "--no-track", "--end-of-options", branch, start)
     log.info("created branch %s at %s", branch, start[:12])
 
 
@@ -140,7 +140,7 @@ def _reuse(repo: git.Repo, entry: dict[str, str], worktree: Path, branch: str,
     if entry.get("branch") != f"refs/heads/{branch}":
         state = entry.get("branch", "detached HEAD")
         log.warning("worktree %s was on %s; checking out %s again", worktree, state, branch)
-        _git(repo, "-C", str(worktree), "checkout", "--force", "--quiet", branch)
+        run_git(repo, "-C", str(worktree), "checkout", "--force", "--quiet", branch)
     return admin
 
 
@@ -150,7 +150,7 @@ def _create(repo: git.Repo, worktree: Path, branch: str, start_point: str) -> Pa
                             "delete it or choose another worktree directory.")
     _ensure_branch(repo, branch, start_point)
     worktree.parent.mkdir(parents=True, exist_ok=True)
-    _git(repo, "worktree", "add", "--quiet", str(worktree), branch)
+    run_git(repo, "worktree", "add", "--quiet", str(worktree), branch)
     log.info("created worktree %s on branch %s", worktree, branch)
     admin = _admin_dir_of(worktree)
     remove_stale_locks(admin, common_dir(repo), branch)
@@ -173,7 +173,7 @@ def attach_worktree(repo: git.Repo, worktree: Path, branch: str, start_point: st
         GitStateError: the directory is taken, or git refuses (e.g. the branch is checked out
             in another worktree).
     """
-    _git(repo, "worktree", "prune")
+    run_git(repo, "worktree", "prune")
     entries = _listed_worktrees(repo)
     resolved = [Path(entry["worktree"]).resolve() for entry in entries]
     if resolved and resolved[0] == worktree:

@@ -58,7 +58,7 @@ from spml.toolkit.loop.kind import BATCH_COLUMN
 from spml.toolkit.loop.ledger import clear_journal, read_journal, read_json
 from spml.toolkit.loop.measure import Measurement, measure, top_up_incumbent
 from spml.toolkit.loop.overrides import apply_overrides, pending_overrides
-from spml.toolkit.loop.recovery import kill_orphans, recover_unfinished_round, tip_is_round
+from spml.toolkit.loop.recovery import recover_unfinished_round, saved_snapshot, tip_is_round
 from spml.toolkit.loop.researchers import Proposal
 from spml.toolkit.loop.researchers.dispatch import run_researcher
 from spml.toolkit.loop.sandboxing import confines, sandbox_spec, sandbox_status
@@ -295,7 +295,8 @@ def discard_batch(session: LoopSession, journal: BatchJournal, reason: str) -> N
     experiment = session.experiment
     ledger = load_ledger(experiment)
     researcher = session.researcher()
-    session.workspace.rollback(journal.base, restore_refs=_main_snapshot(session, journal))
+    saved = saved_snapshot(session, journal.rounds[0])
+    session.workspace.rollback(journal.base, restore_refs=saved)
     for round_no in journal.rounds:
         if ledger.has_round(round_no):
             continue
@@ -317,16 +318,17 @@ def settle_batch(session: LoopSession, plans: tuple[RoundPlan, ...],
     (the outcomes in round order)."""
     ledger = load_ledger(session.experiment)
     number = 1 + len({r.extra[BATCH_COLUMN] for r in ledger.rows if r.extra.get(BATCH_COLUMN)})
+    candidates = [candidate_session(session, plan) for plan in plans]
     rows = []
-    for plan, proposal, broke, measured in zip(plans, proposals, violations, measurements,
-                                               strict=True):
-        row = decide(candidate_session(session, plan), plan, proposal, broke, measured)
+    for candidate, plan, proposal, broke, measured in zip(candidates, plans, proposals,
+                                                          violations, measurements, strict=True):
+        row = decide(candidate, plan, proposal, broke, measured)
         rows.append(row.model_copy(update={"extra": {**row.extra, BATCH_COLUMN: str(number)}}))
     winner = best_row(session, rows)
     rows = [row if winner is None or row is winner or row.verdict not in KEPT
             else _not_the_best(session, row, winner) for row in rows]
-    trees = {plan.round_no: candidate_session(session, plan).workspace.state_tree()
-             for plan in plans}
+    trees = {plan.round_no: candidate.workspace.state_tree()
+             for plan, candidate in zip(plans, candidates, strict=True)}
     journal = BatchJournal(rounds=plans[0].batch, base=plans[0].base, phase="settling",
                            rows={r.round: r.model_dump() for r in rows}, trees=trees,
                            winner=winner.round if winner else None)
@@ -374,7 +376,7 @@ def finish_settling(session: LoopSession, journal: BatchJournal) -> list[RoundOu
         if ledger.has_round(round_no):
             continue
         row = ExperienceRow.model_validate(journal.rows[round_no])
-        plan = RoundPlan(round_no, journal.base, _main_snapshot(session, journal, round_no),
+        plan = RoundPlan(round_no, journal.base, saved_snapshot(session, round_no),
                          batch=journal.rounds)
         session.workspace.rollback(journal.base)
         session.workspace.load_tree(journal.trees[round_no])
@@ -391,7 +393,6 @@ def recover_batch(session: LoopSession) -> bool:
     journal = read_batch(experiment)
     if journal is None:
         return False
-    kill_orphans(session)
     if journal.phase == "settling":
         main = read_journal(experiment)
         if main is not None and main.round in journal.rounds and main.phase == "committing" \
@@ -405,16 +406,3 @@ def recover_batch(session: LoopSession) -> bool:
         recover_unfinished_round(session)
         discard_batch(session, journal, "supervisor killed or stopped before it was decided")
     return True
-
-
-def _main_snapshot(session: LoopSession, journal: BatchJournal,
-                   round_no: int | None = None) -> GitSnapshot | None:
-    path = session.experiment.round_dir(round_no or journal.rounds[0]) / SNAPSHOT_FILENAME
-    try:
-        return GitSnapshot.from_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError, TypeError):
-        log.warning("no usable git snapshot for batch R%d; restoring the worktree only",
-                    journal.rounds[0])
-        return None
-
-

@@ -34,7 +34,7 @@ def recover_unfinished_round(session: LoopSession) -> str:
         return "clean"
     ledger = read_ledger(session.experiment)
     row = journal.decided_row()
-    saved = _saved_snapshot(session, journal.round)
+    saved = saved_snapshot(session, journal.round)
     if ledger is not None and ledger.has_round(journal.round):
         action = "finished the bookkeeping of"
         row = next(r for r in ledger.rows if r.round == journal.round)
@@ -61,7 +61,7 @@ def recover_unfinished_round(session: LoopSession) -> str:
     return message
 
 
-def _saved_snapshot(session: LoopSession, round_no: int) -> GitSnapshot | None:
+def saved_snapshot(session: LoopSession, round_no: int) -> GitSnapshot | None:
     """The git state saved when the round began: hooks, config and watched refs to restore."""
     path = session.experiment.round_dir(round_no) / SNAPSHOT_FILENAME
     try:

@@ -16,14 +16,16 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spml.errors import GitStateError, ProtocolError
+import git
+
+from spml.errors import ProtocolError
 from spml.toolkit.files import write_atomic
+from spml.toolkit.git.setup import run_git
 from spml.toolkit.git.workspace import Workspace, ensure_excluded
 from spml.toolkit.loop.begin import RoundPlan
 from spml.toolkit.loop.experiment import LEDGER_FILENAME, Experiment
@@ -87,7 +89,7 @@ def ship_candidate(session: LoopSession, candidate: LoopSession, plan: RoundPlan
         return None
     remote = git_remote or str(session.experiment.git_dir)
     if git_remote:  # the commit's parent, the base, travels with it
-        _git(session.experiment.repo_root, "push", "--quiet", "--force", git_remote,
+        run_git(session.workspace.repo, "push", "--quiet", "--force", git_remote,
              f"{commit}:{ref}")
     # No RoundPlan travels: its git snapshot holds copies of .git/config and the hooks.
     return RemoteJob(git_remote=remote, ref=ref, commit=commit, round_no=plan.round_no,
@@ -136,9 +138,10 @@ def _clone(job: RemoteJob, home: Path) -> LoopSession:
     evidence in the state folder, the loop worktree holding the candidate's files."""
     repo = home / "repo"
     repo.mkdir()
-    _git(repo, "init", "--quiet")
-    _git(repo, "fetch", "--quiet", "--no-tags", job.git_remote, f"+{job.ref}:{job.ref}")
-    _git(repo, "checkout", "--quiet", "-B", "spml-base", job.base)
+    clone = git.Repo.init(repo)
+    run_git(clone, "fetch", "--quiet", "--no-tags", job.git_remote, f"+{job.ref}:{job.ref}")
+    run_git(clone, "checkout", "--quiet", "-B", "spml-base", job.base)
+    clone.close()
     ensure_excluded(repo, ".spml/")
     kind = kind_named(job.kind)
     experiment = Experiment(exp_dir=repo / job.exp_rel, repo_root=repo, git_dir=repo / ".git",
@@ -175,10 +178,3 @@ def _tail(path: Path) -> bytes:
     with path.open("rb") as fh:
         fh.seek(max(0, size - LOG_TAIL_BYTES))
         return fh.read()
-
-
-def _git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise GitStateError(f"git {' '.join(args[:2])} failed in {cwd}: {done.stderr.strip()}")
-    return done.stdout
