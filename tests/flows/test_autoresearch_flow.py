@@ -110,3 +110,27 @@ def test_the_default_acceptance_tops_up_and_confirms_as_prefect_tasks(tmp_path,
             flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in rounds] + [run_id])))}
     assert "R2 S0: more runs of the incumbent" in names
     assert "confirm the best on fresh seeds" in names
+
+
+def test_round_subflows_run_without_a_heartbeat_of_their_own() -> None:
+    """Prefect reads the heartbeat interval from the run's settings when a flow run starts: a
+    round started inside `subflows_without_heartbeat` has none (no thread to join at its end),
+    while the loop's own run keeps Prefect's default."""
+    from prefect import flow
+    from prefect.settings import get_current_settings
+
+    from spml.flows._loop import subflows_without_heartbeat
+
+    @flow
+    def round_probe() -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    @flow
+    def loop_probe() -> tuple[int | None, int | None, int | None]:
+        with subflows_without_heartbeat():
+            inside = round_probe()
+        return get_current_settings().flows.heartbeat_frequency, inside, round_probe()
+
+    default = get_current_settings().flows.heartbeat_frequency
+    assert default is not None
+    assert loop_probe() == (default, None, default)
