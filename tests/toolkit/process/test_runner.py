@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from spml.errors import CommandError
+from spml.toolkit.process import runner
 from spml.toolkit.process.runner import (
     CommandResult,
     ExitKind,
@@ -401,3 +402,34 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in "ZX"
+
+
+@pytest.mark.parametrize("wait", ["pidfd", "polling"])
+def test_the_leader_wait_sees_the_exit_and_the_deadline_and_leaves_it_unreaped(
+        tmp_path: Path, wait: str) -> None:
+    """Both waits (the pidfd one, and the polling one where pidfds are missing) say False at
+    the deadline while the leader runs, True once it exited, and never reap it (its pid, the
+    group id, must not be reused before `finish`)."""
+    wait_for = runner._wait_leader_exit if wait == "pidfd" else runner._poll_leader_exit
+    flag = tmp_path / "go"
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, time
+        while not os.path.exists({str(flag)!r}):
+            time.sleep(0.01)
+        """)])
+    try:
+        assert wait_for(proc.pid, time.monotonic() + 0.05) is False
+        flag.touch()
+        assert wait_for(proc.pid, time.monotonic() + 30) is True
+        assert wait_for(proc.pid, None) is True  # no deadline: returns at once, still exited
+        assert Path(f"/proc/{proc.pid}").exists()  # a zombie: not reaped
+    finally:
+        proc.kill()
+        assert proc.wait() == 0  # reaped here, with the exit status the wait left alone
+
+
+def test_the_leader_wait_on_a_reaped_child_says_exited() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert runner._wait_leader_exit(proc.pid, time.monotonic() + 5) is True
+    assert runner._poll_leader_exit(proc.pid, time.monotonic() + 5) is True
