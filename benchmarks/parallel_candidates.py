@@ -7,8 +7,11 @@ Each configuration runs the real `autoresearch` flow (against one local Prefect 
 before the clocks run) on a fresh copy of the toy experiment (tests/fixtures/toy) in a new git
 repository: the baseline, then 8 rounds whose scripted researcher sets `x` (a different value
 each round) and `train_s: 2` (the training sleeps 2 s). Acceptance is `greedy` (one run per
-candidate), so every candidate costs one training and one evaluation. Prints the loop's wall
-time per configuration (median over --repeats) and its ratio to one at a time.
+candidate), so every candidate costs one training and one evaluation. Prints, per
+configuration (medians over --repeats) and as ratios to one at a time: the loop's wall time
+(the flow call: opening, the baseline, the candidates, closing), and the candidates' (from the
+first candidate's run start to the last one's end, as the Prefect server recorded them): the
+part parallel candidates can shorten.
 
     python benchmarks/parallel_candidates.py               # 8 candidates, 2 s each, 1 repeat
     python benchmarks/parallel_candidates.py --repeats 3 --configs sequential local
@@ -98,8 +101,23 @@ def start_cluster(tmp: Path, workers: int, api_url: str) -> tuple[str, list[subp
     return address, procs
 
 
-def run_once(config: str, rounds: int, train_s: float, api_url: str) -> float:
-    """One loop's wall time in seconds (the flow call, baseline included)."""
+def candidates_span(flow_run_id: Any) -> float:
+    """Seconds from the start of the first candidate's run (a round or batch subflow, not the
+    baseline's) to the end of the last one's, from the Prefect server's records."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+    candidates = [run for run in runs if run.name != "round-0"]
+    return (max(run.end_time for run in candidates)
+            - min(run.start_time for run in candidates)).total_seconds()
+
+
+def run_once(config: str, rounds: int, train_s: float, api_url: str) -> tuple[float, float]:
+    """One loop's wall time in seconds (the flow call: baseline, opening and closing
+    included), and its candidates' (`candidates_span`)."""
     from spml.flows.autoresearch import autoresearch_flow
 
     with tempfile.TemporaryDirectory(prefix=f"spml-bench-{config}-") as tmp:
@@ -111,12 +129,13 @@ def run_once(config: str, rounds: int, train_s: float, api_url: str) -> float:
             parallel["git_remote"] = str(remote)
         exp = make_experiment(Path(tmp), parallel, rounds, train_s)
         started = time.perf_counter()
-        summary = autoresearch_flow(str(exp))
+        state = autoresearch_flow(str(exp), return_state=True)
         elapsed = time.perf_counter() - started
         for proc in procs:
             proc.terminate()
+        summary = state.result()
         assert summary.rounds_done == rounds, summary
-        return elapsed
+        return elapsed, candidates_span(state.state_details.flow_run_id)
 
 
 def main() -> None:
@@ -135,17 +154,18 @@ def main() -> None:
         from prefect.settings import PREFECT_API_URL
 
         api_url = str(PREFECT_API_URL.value())
-        walls = {config: statistics.median(run_once(config, args.rounds, args.train_s, api_url)
-                                           for _ in range(args.repeats))
-                 for config in args.configs}
+        walls = {config: [run_once(config, args.rounds, args.train_s, api_url)
+                          for _ in range(args.repeats)] for config in args.configs}
     print(f"{args.rounds} candidates, {args.train_s:g} s training each, median of "
           f"{args.repeats}; {os.cpu_count()} CPUs")
-    print(f"{'config':<12} {'wall s':>8} {'vs sequential':>14}")
-    base = walls.get("sequential")
-    for config, wall in walls.items():
-        ratio = f"{wall / base:.2f}x" if base else "-"
-        print(f"{config:<12} {wall:>8.1f} {ratio:>14}")
-
+    print(f"{'config':<13} {'loop s':>7} {'ratio':>6} {'candidates s':>13} {'ratio':>6}")
+    medians = {config: [statistics.median(run[i] for run in runs) for i in (0, 1)]
+               for config, runs in walls.items()}
+    base = medians.get("sequential")
+    for config, (loop, candidates) in medians.items():
+        ratios = [f"{value / base[i]:.2f}x" if base else "-"
+                  for i, value in enumerate((loop, candidates))]
+        print(f"{config:<13} {loop:>7.1f} {ratios[0]:>6} {candidates:>13.1f} {ratios[1]:>6}")
 
 if __name__ == "__main__":
     main()

@@ -296,10 +296,21 @@ class Workspace:
             The commit sha, or None when the state equals ``base`` (then any old commit on
             ``ref`` is deleted).
         """
+        base_sha = self._runner.resolve_commit(base)
+        return self.archive_tree(ref, base_sha, gittrees.state_tree(self._runner, base_sha),
+                                 message)
+
+    def archive_tree(self, ref: str, base: str, tree: str, message: str) -> str | None:
+        """Keep ``tree`` (a `state_tree`, of this worktree or another) as a commit on ``ref``
+        (under ``refs/spml/``), parent ``base``; nothing in the worktree changes.
+
+        Returns:
+            The commit sha, or None when ``tree`` is ``base``'s (then any old commit on ``ref``
+            is deleted).
+        """
         if not ref.startswith(PRIVATE_REF_PREFIX):
             raise ValueError(f"an attempt ref must be under {PRIVATE_REF_PREFIX}, got {ref!r}")
         base_sha = self._runner.resolve_commit(base)
-        tree = gittrees.state_tree(self._runner, base_sha)
         if tree == gittrees.tree_of(self._runner, base_sha):
             self._runner.probe("update-ref", "-d", ref)
             return None

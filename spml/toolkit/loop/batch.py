@@ -14,9 +14,10 @@ A batch numbers its candidates as consecutive rounds (R5..R8) and runs them as:
 4. `settle_batch`: each candidate is judged against the incumbent measured before the batch
    (never its siblings), at the protocol's confidence Bonferroni-corrected for the K
    comparisons; the best one that is kept wins; every other one is archived as an attempt. The
-   decided rows and the candidates' trees go into the journal first (`settling`), then each
-   candidate's files are loaded into the loop's worktree and settled there by the one-round
-   `settle` (the winner last, so the base stays HEAD until then).
+   decided rows and the candidates' trees go into the journal first (`settling`); then each
+   other candidate's tree is archived straight from the journal and its row recorded, and last
+   the winner's files are loaded into the loop's worktree and committed there by the one-round
+   `settle` (so the base stays HEAD until then).
 
 Recovery (`recover_batch`, when a killed supervisor resumes): a batch killed while `settling`
 settles its remaining candidates from the journal; one killed earlier is discarded (its round
@@ -28,9 +29,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -49,15 +52,27 @@ from spml.toolkit.loop.begin import (
     round_brief,
     supervisor_files,
 )
-from spml.toolkit.loop.compliance import Violation, check_round, restore_supervisor_files
+from spml.toolkit.loop.compliance import (
+    Violation,
+    check_changes,
+    check_shared_state,
+    restore_supervisor_files,
+)
 from spml.toolkit.loop.experiment import Experiment
 from spml.toolkit.loop.faults import crash_point
 from spml.toolkit.loop.handedits import load_ledger, reconcile_ledger
 from spml.toolkit.loop.incumbent import find_incumbent, measured_runs, top_up_seeds
 from spml.toolkit.loop.kind import BATCH_COLUMN
-from spml.toolkit.loop.ledger import clear_journal, read_journal, read_json
+from spml.toolkit.loop.ledger import (
+    Journal,
+    clear_journal,
+    read_journal,
+    read_json,
+    write_journal,
+)
 from spml.toolkit.loop.measure import Measurement, measure, top_up_incumbent
 from spml.toolkit.loop.overrides import apply_overrides, pending_overrides
+from spml.toolkit.loop.record import record
 from spml.toolkit.loop.recovery import recover_unfinished_round, saved_snapshot, tip_is_round
 from spml.toolkit.loop.researchers import Proposal
 from spml.toolkit.loop.researchers.dispatch import run_researcher
@@ -67,6 +82,8 @@ from spml.toolkit.loop.settle import RoundOutcome, decide, settle
 from spml.toolkit.profiling.gpuinfo import visible_gpus
 
 log = logging.getLogger(__name__)
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 class BatchJournal(BaseModel):
@@ -196,6 +213,13 @@ def candidate_session(session: LoopSession, plan: RoundPlan) -> LoopSession:
                    protocol=corrected(session.protocol, len(plan.batch)))
 
 
+def each_candidate(work: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
+    """``work`` on every candidate's item at once, results in order (the first error raised):
+    each works in its own worktree, and its git commands, being processes, overlap."""
+    with ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+        return list(pool.map(work, items))
+
+
 def begin_batch(session: LoopSession, first: int) -> tuple[RoundPlan, ...] | None:
     """Begin the batch starting at round ``first``; None when it cannot run as a batch (HEAD's
     code was never measured, or the protocol now asks for one candidate): then a round alone
@@ -233,13 +257,19 @@ def begin_batch(session: LoopSession, first: int) -> tuple[RoundPlan, ...] | Non
         plans.append(RoundPlan(round_no, base, GitSnapshot.from_json(main_snapshot),
                                tuple(notes), read_all(supervisor_files(session, round_no, first)),
                                queued, top_up=top_up if slot == 0 else (), batch=rounds))
+    # One after another: this is where worktrees are created, and two `git worktree add` at
+    # once can read each other's half-made admin folder.
     candidates = [candidate_session(session, plan) for plan in plans]
-    for candidate in candidates:
+
+    def reset(candidate: LoopSession) -> None:
         candidate.workspace.rollback(base)
         candidate.workspace.clean_ignored()  # no outputs of an earlier candidate carried over
+
+    each_candidate(reset, candidates)
     # Only once every candidate branch is at the base: each snapshot watches its siblings'.
-    plans = [replace(plan, snapshot=candidate.workspace.snapshot())
-             for plan, candidate in zip(plans, candidates, strict=True)]
+    snapshots = each_candidate(lambda candidate: candidate.workspace.snapshot(), candidates)
+    plans = [replace(plan, snapshot=snapshot)
+             for plan, snapshot in zip(plans, snapshots, strict=True)]
     for plan in plans:
         write_atomic(experiment.round_dir(plan.round_no) / "brief.md",
                      round_brief(session, plan))
@@ -266,8 +296,14 @@ def comply_batch(session: LoopSession,
     protocol = str(session.experiment.protocol_path)
     shared = {v.reason: v for plan in plans
               for v in restore_supervisor_files(plan, skip=(protocol,))}
-    return [check_round(candidate_session(session, plan), plan) + list(shared.values())
-            for plan in plans]
+
+    def check(plan: RoundPlan) -> tuple[LoopSession, list[Violation]]:
+        candidate = candidate_session(session, plan)
+        return candidate, check_changes(candidate, plan)
+
+    return [check_shared_state(candidate, plan, violations) + list(shared.values())
+            for plan, (candidate, violations) in zip(plans, each_candidate(check, plans),
+                                                     strict=True)]
 
 
 def measure_candidate(session: LoopSession, plan: RoundPlan) -> Measurement:
@@ -318,7 +354,7 @@ def settle_batch(session: LoopSession, plans: tuple[RoundPlan, ...],
     (the outcomes in round order)."""
     ledger = load_ledger(session.experiment)
     number = 1 + len({r.extra[BATCH_COLUMN] for r in ledger.rows if r.extra.get(BATCH_COLUMN)})
-    candidates = [candidate_session(session, plan) for plan in plans]
+    candidates = each_candidate(lambda plan: candidate_session(session, plan), plans)
     rows = []
     for candidate, plan, proposal, broke, measured in zip(candidates, plans, proposals,
                                                           violations, measurements, strict=True):
@@ -327,8 +363,8 @@ def settle_batch(session: LoopSession, plans: tuple[RoundPlan, ...],
     winner = best_row(session, rows)
     rows = [row if winner is None or row is winner or row.verdict not in KEPT
             else _not_the_best(session, row, winner) for row in rows]
-    trees = {plan.round_no: candidate.workspace.state_tree()
-             for plan, candidate in zip(plans, candidates, strict=True)}
+    trees = dict(zip((plan.round_no for plan in plans), each_candidate(
+        lambda candidate: candidate.workspace.state_tree(), candidates), strict=True))
     journal = BatchJournal(rounds=plans[0].batch, base=plans[0].base, phase="settling",
                            rows={r.round: r.model_dump() for r in rows}, trees=trees,
                            winner=winner.round if winner else None)
@@ -369,21 +405,42 @@ def finish_settling(session: LoopSession, journal: BatchJournal) -> list[RoundOu
     """Settle every decided candidate not yet in the ledger, the winner last (idempotent);
     the outcomes of those it settled, in round order."""
     ledger = load_ledger(session.experiment)
-    outcomes = []
-    order = [r for r in journal.rounds if r != journal.winner]
-    order += [journal.winner] if journal.winner is not None else []
-    for round_no in order:
-        if ledger.has_round(round_no):
-            continue
+    unsettled = [r for r in journal.rounds if not ledger.has_round(r)]
+    if not unsettled:  # all recorded: the winner's commit is past the base, left as it is
+        clear_batch(session.experiment)
+        return []
+    outcomes = [_settle_loser(session, journal, round_no) for round_no in unsettled
+                if round_no != journal.winner]
+    # The loop's git state as the batch began (hooks, config, watched refs), restored.
+    saved = saved_snapshot(session, journal.rounds[0])
+    session.workspace.rollback(journal.base, restore_refs=saved)
+    if journal.winner in unsettled:
+        round_no = journal.winner
         row = ExperienceRow.model_validate(journal.rows[round_no])
-        plan = RoundPlan(round_no, journal.base, saved_snapshot(session, round_no),
-                         batch=journal.rounds)
-        session.workspace.rollback(journal.base)
         session.workspace.load_tree(journal.trees[round_no])
         crash_point("batch-loaded", round_no)
+        plan = RoundPlan(round_no, journal.base, saved, batch=journal.rounds)
         outcomes.append(settle(session, plan, row))
     clear_batch(session.experiment)
     return sorted(outcomes, key=lambda outcome: outcome.row.round)
+
+
+def _settle_loser(session: LoopSession, journal: BatchJournal, round_no: int) -> RoundOutcome:
+    """A candidate the batch did not keep: its tree archived as its attempt straight from the
+    journal (it never enters the loop's worktree), then its row recorded."""
+    experiment = session.experiment
+    row = ExperienceRow.model_validate(journal.rows[round_no])
+    attempt = session.workspace.archive_tree(
+        experiment.attempt_ref(round_no), journal.base, journal.trees[round_no],
+        f"spml attempt: round {round_no} — {row.insight}")
+    crash_point("batch-archived", round_no)
+    # Journaled once archived: the one-round recovery then finishes the row and the
+    # researcher's feedback exactly once (it archives only changes in the loop's worktree).
+    write_journal(experiment, Journal(round=round_no, base=journal.base, phase="rolling_back",
+                                      row=row.model_dump()))
+    crash_point("before-rollback", round_no)
+    record(session, row)
+    return RoundOutcome(row, None, attempt)
 
 
 def recover_batch(session: LoopSession) -> bool:

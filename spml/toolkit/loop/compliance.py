@@ -190,13 +190,27 @@ def check_round(session: LoopSession, plan: RoundPlan,
     while the researcher ran is held (it could be the researcher widening its own rights), one
     made during training is the person's and applies next round.
     """
+    return check_shared_state(session, plan, check_changes(session, plan), after_researcher)
+
+
+def check_changes(session: LoopSession, plan: RoundPlan) -> list[Violation]:
+    """The git side of S2, in the session's own worktree alone (candidates of a batch are
+    checked at once): the changes since the base, and the git state since the snapshot."""
     workspace, experiment = session.workspace, session.experiment
     fixed = session.fixed_paths(plan.base)
-    violations = check_compliance(
+    return check_compliance(
         plan.snapshot, workspace.snapshot(), workspace.changes_since(plan.base),
         exp_rel=experiment.exp_rel, variable=session.protocol.editable_files,
         fixed=session.fixed_globs, fixed_module_names=_module_names(fixed),
     )
+
+
+def check_shared_state(session: LoopSession, plan: RoundPlan, violations: list[Violation],
+                    after_researcher: bool = True) -> list[Violation]:
+    """The rest of S2, on the files the supervisor and people share (one round at a time):
+    supervisor files restored, the ledger reconciled, protocol edits and overrides held."""
+    experiment = session.experiment
+    violations = list(violations)
     protocol = str(experiment.protocol_path)
     # The supervisor's files first: the ledger is then judged against an untouched copy.
     violations += restore_supervisor_files(plan, skip=(protocol,))

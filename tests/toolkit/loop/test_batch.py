@@ -272,7 +272,7 @@ def researcher_runs(tmp_path: Path) -> Counter:
     ("batch-begun@1", None),         # journal written, no candidate set up yet
     ("after-measure@3", True),       # one candidate measured, its siblings still training
     ("batch-decided@1", False),      # every row decided and journaled, nothing settled
-    ("batch-loaded@3", False),       # a loser's files in the loop's worktree
+    ("batch-archived@3", False),     # a loser archived as its attempt, not journaled
     ("before-rollback@4", False),    # a loser's rollback journaled
     ("batch-loaded@2", False),       # the winner's files in the loop's worktree
     ("before-commit@2", False),      # the winner's commit journaled, not made
@@ -294,6 +294,9 @@ def test_kill_9_anywhere_in_a_batch_resumes_exactly_once(tmp_path: Path, crash_a
     for round_no in (1, 3, 4):
         assert git(exp, "rev-parse", "--verify", "-q", attempt_ref(exp, round_no),
                    check=False) == 0
+    for round_no, x in ((1, "1.0"), (3, "2.0"), (4, "-5.0")):  # each its own candidate's code
+        assert git(exp, "show", f"{attempt_ref(exp, round_no)}:exp/params.yaml").startswith(
+            f"x: {x}")
     experiment = Experiment.locate(exp, "autoresearch-protocol.md")
     assert read_batch(experiment) is None
     assert read_journal(experiment) is None
