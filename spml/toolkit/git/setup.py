@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import git
@@ -12,6 +13,9 @@ from spml.errors import GitStateError
 from spml.toolkit.git.runner import HARDENING, config_args, describe_git_error
 
 log = logging.getLogger(__name__)
+# Held to prune, list or add worktrees: a `git worktree add` beside another thread's (a batch's
+# candidates open their worktrees at once) can read its half-made admin folder and fail.
+_WORKTREE_LIST = threading.Lock()
 
 
 def find_repo(repo_dir: Path) -> git.Repo:
@@ -173,13 +177,15 @@ def attach_worktree(repo: git.Repo, worktree: Path, branch: str, start_point: st
         GitStateError: the directory is taken, or git refuses (e.g. the branch is checked out
             in another worktree).
     """
-    run_git(repo, "worktree", "prune")
-    entries = _listed_worktrees(repo)
-    resolved = [Path(entry["worktree"]).resolve() for entry in entries]
-    if resolved and resolved[0] == worktree:
-        raise GitStateError(f"{worktree} is the repository's main checkout; the supervisor "
-                            "needs a separate worktree directory.")
-    for entry, path in zip(entries, resolved, strict=True):
-        if path == worktree and os.path.isdir(worktree):
-            return _reuse(repo, entry, worktree, branch, start_point)
-    return _create(repo, worktree, branch, start_point)
+    with _WORKTREE_LIST:
+        run_git(repo, "worktree", "prune")
+        entries = _listed_worktrees(repo)
+        resolved = [Path(entry["worktree"]).resolve() for entry in entries]
+        if resolved and resolved[0] == worktree:
+            raise GitStateError(f"{worktree} is the repository's main checkout; the "
+                                "supervisor needs a separate worktree directory.")
+        listed = [entry for entry, path in zip(entries, resolved, strict=True)
+                  if path == worktree and os.path.isdir(worktree)]
+        if not listed:
+            return _create(repo, worktree, branch, start_point)
+    return _reuse(repo, listed[0], worktree, branch, start_point)

@@ -455,6 +455,10 @@ def recover_batch(session: LoopSession) -> bool:
         if main is not None and main.round in journal.rounds and main.phase == "committing" \
                 and not tip_is_round(session, main):
             clear_journal(experiment)  # killed before the winner's commit: settled again below
+        if main is not None and main.phase == "rolling_back" and main.round != journal.winner:
+            # A loser is archived before it is journaled, and never enters the loop's
+            # worktree: whatever is there now (a person's edit) must not become its attempt.
+            session.workspace.rollback(session.workspace.head())
         recover_unfinished_round(session)
         finish_settling(session, journal)
         log.warning("finished settling batch R%d-R%d (supervisor killed or stopped)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import git
@@ -473,3 +474,23 @@ def test_uncommitted_files_lists_every_change_under_a_folder(repo: Path) -> None
                                               "exp/new file.py": True,
                                               "exp/params.yaml": False}
     assert "README.md" in uncommitted_files(repo, ".")
+
+
+def test_worktrees_created_again_from_several_threads_at_once(repo: Path) -> None:
+    """A batch's candidates open their worktrees at once; after a person deleted them, each is
+    created again. Unserialized, a `git worktree add` read another's half-made admin folder
+    (2 failures in 15 rounds, in review; most runs of this test failed)."""
+    dirs = [repo / ".git" / "spml" / "candidates" / str(slot) for slot in range(4)]
+
+    def open_slot(slot: int) -> str:
+        workspace = Workspace.open_or_create(repo, dirs[slot], f"candidate/{slot}", "main")
+        return workspace.state_tree()
+
+    for _ in range(30):
+        for slot in range(4):
+            open_slot(slot)
+        for path in dirs:
+            shutil.rmtree(path)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            trees = list(pool.map(open_slot, range(4)))
+        assert len(set(trees)) == 1  # each at the same commit, none failed

@@ -312,6 +312,23 @@ def test_kill_9_anywhere_in_a_batch_resumes_exactly_once(tmp_path: Path, crash_a
     assert not list(experiment.state_dir.glob("*.pid"))
 
 
+
+def test_a_persons_edit_before_a_resume_never_becomes_a_losers_attempt(
+        tmp_path: Path) -> None:
+    """Killed once R3 (a loser) was archived and its rollback journaled; a person edits the
+    loop's worktree before resuming. R3's attempt keeps R3's code (review finding: the
+    recovery archived the loop's worktree, the person's edit without R3's change)."""
+    exp = batch_repo(tmp_path, WINNER_PLAN, max_rounds=4)
+    assert supervise(exp, "before-rollback@3") == -signal.SIGKILL
+    experiment = Experiment.locate(exp, "autoresearch-protocol.md")
+    train = experiment.worktree_dir("autoresearch") / "exp" / "train.py"
+    train.write_text(train.read_text() + "\n# a person's edit\n")
+    assert supervise(exp) == 0
+    assert git(exp, "show", f"{attempt_ref(exp, 3)}:exp/params.yaml").startswith("x: 2.0")
+    assert "a person's edit" not in git(exp, "show", f"{attempt_ref(exp, 3)}:exp/train.py")
+    assert [(r.round, r.verdict) for r in ledger(exp).rows][3] == (3, "rolled_back")
+    assert git(experiment.worktree_dir("autoresearch"), "status", "--porcelain") == ""
+
 def test_optuna_asks_a_batch_of_distinct_trials_and_tells_each_one(tmp_path: Path) -> None:
     optuna_researcher = {"kind": "optuna", "params_file": "params.yaml", "sampler": "tpe",
                          "seed": 3, "startup_trials": 2,
