@@ -87,11 +87,13 @@ def test_forward_and_backward_time_per_layer_on_cpu() -> None:
 
 def test_first_layer_backward_includes_its_weight_gradients() -> None:
     # Its input needs no grad, so its full backward hook fires before the weight gradient is
-    # computed; without the accumulate-grad end mark its backward would read ~0.
+    # computed; without the accumulate-grad end mark its backward would read ~0 (a few
+    # microseconds). Its weight gradient is a matmul the size of its forward: on a shared
+    # machine one slow forward made it read 0.3x (CI), so the bound is 0.1x over 7 iterations.
     model = make_model()
-    profile = profile_layers(model, train_step(model), depth=1, iterations=3, warmup=1)
+    profile = profile_layers(model, train_step(model), depth=1, iterations=7, warmup=2)
     first = by_name(profile)["0"]
-    assert first.backward_ms > 0.3 * first.forward_ms
+    assert first.backward_ms > 0.1 * first.forward_ms
 
 
 def test_depth_two_profiles_only_depth_two_modules() -> None:
