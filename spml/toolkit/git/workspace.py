@@ -297,8 +297,8 @@ class Workspace:
             ``ref`` is deleted).
         """
         base_sha = self._runner.resolve_commit(base)
-        return self.archive_tree(ref, base_sha, gittrees.state_tree(self._runner, base_sha),
-                                 message)
+        return self._archive(ref, base_sha, gittrees.state_tree(self._runner, base_sha),
+                             message)
 
     def archive_tree(self, ref: str, base: str, tree: str, message: str) -> str | None:
         """Keep ``tree`` (a `state_tree`, of this worktree or another) as a commit on ``ref``
@@ -308,9 +308,11 @@ class Workspace:
             The commit sha, or None when ``tree`` is ``base``'s (then any old commit on ``ref``
             is deleted).
         """
+        return self._archive(ref, self._runner.resolve_commit(base), tree, message)
+
+    def _archive(self, ref: str, base_sha: str, tree: str, message: str) -> str | None:
         if not ref.startswith(PRIVATE_REF_PREFIX):
             raise ValueError(f"an attempt ref must be under {PRIVATE_REF_PREFIX}, got {ref!r}")
-        base_sha = self._runner.resolve_commit(base)
         if tree == gittrees.tree_of(self._runner, base_sha):
             self._runner.probe("update-ref", "-d", ref)
             return None

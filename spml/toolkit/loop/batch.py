@@ -72,7 +72,7 @@ from spml.toolkit.loop.ledger import (
 )
 from spml.toolkit.loop.measure import Measurement, measure, top_up_incumbent
 from spml.toolkit.loop.overrides import apply_overrides, pending_overrides
-from spml.toolkit.loop.record import record
+from spml.toolkit.loop.record import attempt_message, record
 from spml.toolkit.loop.recovery import recover_unfinished_round, saved_snapshot, tip_is_round
 from spml.toolkit.loop.researchers import Proposal
 from spml.toolkit.loop.researchers.dispatch import run_researcher
@@ -257,15 +257,14 @@ def begin_batch(session: LoopSession, first: int) -> tuple[RoundPlan, ...] | Non
         plans.append(RoundPlan(round_no, base, GitSnapshot.from_json(main_snapshot),
                                tuple(notes), read_all(supervisor_files(session, round_no, first)),
                                queued, top_up=top_up if slot == 0 else (), batch=rounds))
-    # One after another: this is where worktrees are created, and two `git worktree add` at
-    # once can read each other's half-made admin folder.
-    candidates = [candidate_session(session, plan) for plan in plans]
 
-    def reset(candidate: LoopSession) -> None:
+    def reset(plan: RoundPlan) -> LoopSession:
+        candidate = candidate_session(session, plan)  # creates its worktree the first time
         candidate.workspace.rollback(base)
         candidate.workspace.clean_ignored()  # no outputs of an earlier candidate carried over
+        return candidate
 
-    each_candidate(reset, candidates)
+    candidates = each_candidate(reset, plans)
     # Only once every candidate branch is at the base: each snapshot watches its siblings'.
     snapshots = each_candidate(lambda candidate: candidate.workspace.snapshot(), candidates)
     plans = [replace(plan, snapshot=snapshot)
@@ -432,7 +431,7 @@ def _settle_loser(session: LoopSession, journal: BatchJournal, round_no: int) ->
     row = ExperienceRow.model_validate(journal.rows[round_no])
     attempt = session.workspace.archive_tree(
         experiment.attempt_ref(round_no), journal.base, journal.trees[round_no],
-        f"spml attempt: round {round_no} — {row.insight}")
+        attempt_message(row))
     crash_point("batch-archived", round_no)
     # Journaled once archived: the one-round recovery then finishes the row and the
     # researcher's feedback exactly once (it archives only changes in the loop's worktree).

@@ -27,6 +27,11 @@ def generation_trailers(experiment: Experiment) -> dict[str, str]:
     return {GENERATION_TRAILER: experiment.generation} if experiment.generation else {}
 
 
+def attempt_message(row: ExperienceRow) -> str:
+    """The message of a rolled-back round's archived attempt (`refs/spml/attempts/...`)."""
+    return f"spml attempt: round {row.round} — {row.insight}"
+
+
 def generation_lines(experiment: Experiment) -> tuple[str, ...]:
     """`generation_trailers` as message lines, to find this generation's commits."""
     return tuple(f"{key}: {value}" for key, value in generation_trailers(experiment).items())

@@ -17,7 +17,7 @@ import logging
 from spml.toolkit.git.workspace import GitSnapshot
 from spml.toolkit.loop.begin import SNAPSHOT_FILENAME
 from spml.toolkit.loop.ledger import Journal, clear_journal, read_journal, read_ledger
-from spml.toolkit.loop.record import ROUND_TRAILER, record
+from spml.toolkit.loop.record import ROUND_TRAILER, attempt_message, record
 from spml.toolkit.loop.session import LoopSession
 from spml.toolkit.process.runner import kill_stale_process_group
 
@@ -45,7 +45,7 @@ def recover_unfinished_round(session: LoopSession) -> str:
         action = "finished the rollback of"
         if workspace.changes_since(journal.base):  # killed before the attempt was archived
             workspace.archive_attempt(session.experiment.attempt_ref(journal.round), journal.base,
-                                      f"spml attempt: round {journal.round} — {row.insight}")
+                                      attempt_message(row))
         workspace.rollback(journal.base, restore_refs=saved)
     else:
         row, action = None, "rolled back"

@@ -27,7 +27,12 @@ from spml.toolkit.loop.ledger import Journal, clear_journal, write_journal
 from spml.toolkit.loop.measure import Measurement
 from spml.toolkit.loop.overrides import held_notes
 from spml.toolkit.loop.policies import Decision
-from spml.toolkit.loop.record import ROUND_TRAILER, generation_trailers, record
+from spml.toolkit.loop.record import (
+    ROUND_TRAILER,
+    attempt_message,
+    generation_trailers,
+    record,
+)
 from spml.toolkit.loop.researchers import Proposal
 from spml.toolkit.loop.review import DIMENSION_COLUMNS
 from spml.toolkit.loop.session import LoopSession
@@ -146,8 +151,7 @@ def settle(session: LoopSession, plan: RoundPlan, row: ExperienceRow) -> RoundOu
                                           phase="rolling_back", row=row.model_dump()))
         crash_point("before-rollback", plan.round_no)
         attempt = workspace.archive_attempt(experiment.attempt_ref(plan.round_no), plan.base,
-                                            f"spml attempt: round {plan.round_no} — "
-                                            f"{row.insight}")
+                                            attempt_message(row))
         workspace.rollback(plan.base, restore_refs=plan.snapshot)
         crash_point("after-rollback", plan.round_no)
     record(session, row)
